@@ -1,0 +1,44 @@
+# cvtpm: `make demo` runs the main job end to end, `make test` runs the tests.
+# Both install what is missing first: Debian packages, a virtual environment,
+# and the package itself.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: all setup test test-fast demo bench lint format clean
+
+all: test
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup-host
+	./scripts/setup-host
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not qemu and not postgres"
+
+demo: setup
+	$(BIN)/cvtpm demo
+
+bench: setup
+	$(BIN)/python -m bench
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+format: setup
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

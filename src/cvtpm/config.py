@@ -1,0 +1,51 @@
+"""Where cvtpm keeps its state on the host, overridable for tests and unusual hosts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_STATE_ROOT = Path("/var/lib/cvtpm")
+DEFAULT_RUN_ROOT = Path("/run/cvtpm")
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The host directories: persistent state under `state`, sockets under `run`."""
+
+    state: Path = DEFAULT_STATE_ROOT
+    run: Path = DEFAULT_RUN_ROOT
+
+    @classmethod
+    def from_env(cls) -> Paths:
+        """Paths from CVTPM_STATE_DIR and CVTPM_RUN_DIR, else the defaults."""
+        return cls(
+            state=Path(os.environ.get("CVTPM_STATE_DIR", DEFAULT_STATE_ROOT)),
+            run=Path(os.environ.get("CVTPM_RUN_DIR", DEFAULT_RUN_ROOT)),
+        )
+
+    @property
+    def vtpms(self) -> Path:
+        """One state directory per vTPM lives here."""
+        return self.state / "vtpm"
+
+    @property
+    def ca(self) -> Path:
+        """The local CA's keys and certificates."""
+        return self.state / "ca"
+
+    @property
+    def master_key(self) -> Path:
+        """The host master key from which every vTPM's state key is derived."""
+        return self.state / "master.key"
+
+    @property
+    def registry_url(self) -> str:
+        """The SQLAlchemy URL of the host's vTPM registry."""
+        return f"sqlite:///{self.state / 'cvtpm.db'}"
+
+    @property
+    def lists(self) -> Path:
+        """Measurement lists and their journals, one directory per container."""
+        return self.state / "lists"
