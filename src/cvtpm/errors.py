@@ -16,7 +16,9 @@ class CvtpmError(Exception):
 class ParseError(CvtpmError, ValueError):
     """Malformed input: says what was being read and at which byte or line."""
 
-    def __init__(self, message: str, *, offset: int | None = None, entry: int | None = None):
+    def __init__(
+        self, message: str, *, offset: int | None = None, entry: int | None = None
+    ):
         self.offset = offset
         self.entry = entry
         where = []

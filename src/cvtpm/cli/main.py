@@ -1,0 +1,75 @@
+"""The `cvtpm` command: subcommands, exit codes and error reporting."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from cvtpm import __version__
+from cvtpm.cli import attest, daemon, demo, hook, log, policy, run, verifier, vtpm
+from cvtpm.config import Paths
+from cvtpm.errors import CvtpmError
+
+USAGE_ERROR = 2
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cvtpm")
+@click.option("-v", "--verbose", count=True, help="-v for info, -vv for debug logs.")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    envvar="CVTPM_STATE_DIR",
+    help="Persistent state (default /var/lib/cvtpm).",
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False),
+    envvar="CVTPM_RUN_DIR",
+    help="Sockets and pid files (default /run/cvtpm).",
+)
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, state_dir: str | None, run_dir: str | None):
+    """A virtual TPM and a measurement list for every container."""
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    defaults = Paths.from_env()
+    ctx.obj = Paths(
+        state=defaults.state if state_dir is None else type(defaults.state)(state_dir),
+        run=defaults.run if run_dir is None else type(defaults.run)(run_dir),
+    )
+
+
+for module in (vtpm, log, attest, policy, run, hook, daemon, verifier, demo):
+    for command in module.COMMANDS:
+        cli.add_command(command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code: 0 ok, 1 failure or no, 2 usage."""
+    try:
+        cli.main(args=argv, prog_name="cvtpm", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return USAGE_ERROR if isinstance(exc, click.UsageError) else exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    except CvtpmError as exc:
+        click.echo(f"cvtpm: error: {exc.explain()}", err=True)
+        return exc.exit_code
+    except BrokenPipeError:
+        # The reader went away (e.g. `cvtpm log x | head`); that is not an error.
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
