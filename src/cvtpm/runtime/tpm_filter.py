@@ -1,0 +1,354 @@
+"""The filtered TPM a container talks to: a pair of sockets in front of its vTPM.
+
+Each filter listens on a data socket and on a control socket next to it (the
+data path plus ".ctrl", the layout tpm2-tss' tcti-swtpm expects), checks every
+command with `cvtpm.runtime.tpm_commands` and `cvtpm.runtime.ctrl_commands`,
+forwards what is allowed to the vTPM's own sockets and answers the rest itself.
+
+Commands reach the vTPM one at a time: swtpm serves one data connection at a time,
+and the host daemon talks to the same vTPM, so the filter opens a connection per
+command (as tcti-swtpm does) under a per-filter lock and closes it again. A client
+holding its connection open therefore never blocks the host or other clients.
+
+`FilterHost` runs the filters of many containers on one asyncio loop in one thread,
+with a blocking API for a daemon that is not itself asynchronous; an asynchronous
+daemon can run `TpmFilter` on its own loop instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from cvtpm.errors import StateError
+from cvtpm.runtime import ctrl_commands as ctrl
+from cvtpm.runtime.tpm_commands import (
+    HEADER_SIZE,
+    FilterPolicy,
+    Verdict,
+    check_command,
+    check_header,
+    error_response,
+    parse_header,
+)
+
+log = logging.getLogger(__name__)
+
+DATA_SOCKET = "tpm.sock"
+CTRL_SUFFIX = ".ctrl"
+
+# Key generation in swtpm takes seconds; anything slower means the vTPM is stuck.
+UPSTREAM_TIMEOUT = 120.0
+
+# Larger than any TPM 2.0 response libtpms produces (its buffer is 4 KiB) and than
+# any CMD_GET_INFO answer; a bigger size announcement means a broken upstream.
+MAX_RESPONSE_SIZE = 1 << 16
+
+
+@dataclass(frozen=True)
+class FilterEndpoint:
+    """Where a container's filtered TPM listens on the host."""
+
+    name: str
+    data_path: Path
+
+    @property
+    def ctrl_path(self) -> Path:
+        """The control socket, which tcti-swtpm finds at the data path plus .ctrl."""
+        return Path(str(self.data_path) + CTRL_SUFFIX)
+
+    @property
+    def directory(self) -> Path:
+        """The directory holding both sockets; this is what gets bind-mounted."""
+        return self.data_path.parent
+
+    @property
+    def tcti(self) -> str:
+        """The TCTI configuration string reaching this filter from the host."""
+        return f"swtpm:path={self.data_path}"
+
+
+class UpstreamError(Exception):
+    """The vTPM behind a filter did not answer properly."""
+
+
+class TpmFilter:
+    """One container's filtered TPM: serves two sockets, forwards to one vTPM."""
+
+    def __init__(
+        self,
+        name: str,
+        upstream: Path,
+        data_path: Path,
+        policy: FilterPolicy | None = None,
+        *,
+        timeout: float = UPSTREAM_TIMEOUT,
+    ):
+        self.endpoint = FilterEndpoint(name=name, data_path=Path(data_path))
+        self.upstream = Path(upstream)
+        self.policy = policy or FilterPolicy()
+        self.timeout = timeout
+        self.refused = 0
+        self.forwarded = 0
+        self._lock = asyncio.Lock()
+        self._servers: list[asyncio.AbstractServer] = []
+        self._clients: set[asyncio.Task] = set()
+
+    async def start(self) -> FilterEndpoint:
+        """Create both listening sockets (mode 0666: the bind mount is the guard)."""
+        directory = self.endpoint.directory
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+
+        for path, handler in (
+            (self.endpoint.data_path, self._serve_data),
+            (self.endpoint.ctrl_path, self._serve_ctrl),
+        ):
+            # A socket file left by a daemon that died would make bind() fail.
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            server = await asyncio.start_unix_server(
+                self._tracked(handler), path=str(path)
+            )
+            os.chmod(path, 0o666)
+            self._servers.append(server)
+
+        log.info("filter %s listening at %s", self.endpoint.name, directory)
+        return self.endpoint
+
+    async def close(self) -> None:
+        """Stop listening, end every client connection and remove the sockets."""
+        for server in self._servers:
+            server.close()
+        for task in list(self._clients):
+            task.cancel()
+        await asyncio.gather(*self._clients, return_exceptions=True)
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+
+        for path in (self.endpoint.data_path, self.endpoint.ctrl_path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        with contextlib.suppress(OSError):
+            self.endpoint.directory.rmdir()
+        log.info("filter %s closed", self.endpoint.name)
+
+    def _tracked(self, handler):
+        async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+            task = asyncio.current_task()
+            self._clients.add(task)
+            try:
+                await handler(reader, writer)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            except UpstreamError as exc:
+                log.warning("filter %s: %s", self.endpoint.name, exc)
+            except Exception:
+                log.exception("filter %s: client handler failed", self.endpoint.name)
+            finally:
+                self._clients.discard(task)
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+
+        return run
+
+    async def _serve_data(self, reader, writer) -> None:
+        while True:
+            head = await reader.readexactly(HEADER_SIZE)
+
+            # 1. A header with a bad tag or size: answer, then close, because the
+            # stream can no longer be cut into commands.
+            decision = check_header(parse_header(head), self.policy)
+            if decision.verdict is Verdict.REFUSE:
+                await self._refuse(writer, error_response(decision.rc), decision.reason)
+                return
+
+            # 2. The whole command, checked against the policy.
+            body = await reader.readexactly(parse_header(head).size - HEADER_SIZE)
+            command = head + body
+            decision = check_command(command, self.policy)
+            if decision.verdict is Verdict.REFUSE:
+                await self._refuse(writer, error_response(decision.rc), decision.reason)
+                continue
+
+            # 3. Forwarded, one command in flight to the vTPM at a time.
+            response = await self._transact_data(command)
+            self.forwarded += 1
+            writer.write(response)
+            await writer.drain()
+
+    async def _serve_ctrl(self, reader, writer) -> None:
+        while True:
+            code = struct.unpack(">I", await reader.readexactly(4))[0]
+
+            # 1. Unknown or refused commands: their payload length may be unknown,
+            # so answer and close.
+            size = ctrl.payload_size(code)
+            if size is None:
+                await self._refuse(
+                    writer, ctrl.refusal(ctrl.TPM_DISABLED_CMD), f"ctrl.cmd_{code:#x}"
+                )
+                return
+            payload = await reader.readexactly(size)
+            decision = ctrl.check_ctrl(code, payload)
+            if not decision.forward:
+                await self._refuse(
+                    writer, ctrl.refusal(decision.result), decision.reason
+                )
+                return
+
+            # 2. Forwarded, serialized with the data channel.
+            response = await self._transact_ctrl(code, payload)
+            if code == ctrl.CMD_GET_CAPABILITY:
+                response = ctrl.mask_capabilities(response)
+            self.forwarded += 1
+            writer.write(response)
+            await writer.drain()
+
+    async def _refuse(self, writer, response: bytes, reason: str) -> None:
+        self.refused += 1
+        log.info("filter %s refused a command: %s", self.endpoint.name, reason)
+        writer.write(response)
+        await writer.drain()
+
+    async def _transact_data(self, command: bytes) -> bytes:
+        async with self._lock:
+            return await self._with_upstream(
+                self.upstream, command, self._read_response
+            )
+
+    async def _transact_ctrl(self, code: int, payload: bytes) -> bytes:
+        async def read(reader: asyncio.StreamReader) -> bytes:
+            result = await reader.readexactly(4)
+            if result != b"\0\0\0\0":
+                return result
+            tail = await reader.readexactly(ctrl.RESPONSE_TAIL[code])
+            if code == ctrl.CMD_GET_INFO:
+                length = struct.unpack_from(">I", tail, 4)[0]
+                if length > MAX_RESPONSE_SIZE:
+                    raise UpstreamError(f"control response of {length} bytes")
+                tail += await reader.readexactly(length)
+            return result + tail
+
+        request = struct.pack(">I", code) + payload
+        path = Path(str(self.upstream) + CTRL_SUFFIX)
+        async with self._lock:
+            return await self._with_upstream(path, request, read)
+
+    async def _with_upstream(self, path: Path, request: bytes, read) -> bytes:
+        try:
+            async with asyncio.timeout(self.timeout):
+                reader, writer = await asyncio.open_unix_connection(str(path))
+                try:
+                    writer.write(request)
+                    await writer.drain()
+                    return await read(reader)
+                finally:
+                    writer.close()
+                    with contextlib.suppress(Exception):
+                        await writer.wait_closed()
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            raise UpstreamError(f"vTPM at {path} did not answer: {exc!r}") from exc
+
+    @staticmethod
+    async def _read_response(reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readexactly(HEADER_SIZE)
+        size = parse_header(head).size
+        if not HEADER_SIZE <= size <= MAX_RESPONSE_SIZE:
+            raise UpstreamError(f"vTPM announced a response of {size} bytes")
+        return head + await reader.readexactly(size - HEADER_SIZE)
+
+
+class FilterHost:
+    """Runs the filters of many containers on one event loop in a background thread."""
+
+    def __init__(self, *, timeout: float = UPSTREAM_TIMEOUT):
+        self.timeout = timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._filters: dict[str, TpmFilter] = {}
+        self._guard = threading.Lock()
+
+    def start(self) -> FilterHost:
+        """Start the loop thread; returns self, so it works as a context manager."""
+        if self._thread is not None:
+            raise StateError("filter host already started")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="cvtpm-tpm-filters", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def open(
+        self,
+        name: str,
+        upstream: Path,
+        directory: Path,
+        policy: FilterPolicy | None = None,
+    ) -> FilterEndpoint:
+        """Start filtering the vTPM at `upstream` for container `name`.
+
+        The sockets are `directory/tpm.sock` and `directory/tpm.sock.ctrl`; opening
+        a name twice replaces the older filter (a daemon restoring its state).
+        """
+        with self._guard:
+            if name in self._filters:
+                self._call(self._filters.pop(name).close())
+            tpm_filter = TpmFilter(
+                name,
+                Path(upstream),
+                Path(directory) / DATA_SOCKET,
+                policy,
+                timeout=self.timeout,
+            )
+            endpoint = self._call(tpm_filter.start())
+            self._filters[name] = tpm_filter
+            return endpoint
+
+    def close(self, name: str) -> None:
+        """Stop the filter of container `name`, remove its sockets; no-op if absent."""
+        with self._guard:
+            tpm_filter = self._filters.pop(name, None)
+            if tpm_filter is not None:
+                self._call(tpm_filter.close())
+
+    def get(self, name: str) -> TpmFilter | None:
+        """The running filter of container `name`, if any."""
+        with self._guard:
+            return self._filters.get(name)
+
+    def names(self) -> list[str]:
+        """The containers whose filters are running."""
+        with self._guard:
+            return sorted(self._filters)
+
+    def stop(self) -> None:
+        """Close every filter and end the loop thread."""
+        if self._loop is None:
+            return
+        for name in self.names():
+            self.close(name)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+        self._loop = self._thread = None
+
+    def __enter__(self) -> FilterHost:
+        return self if self._thread is not None else self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def _call(self, coroutine):
+        if self._loop is None:
+            coroutine.close()
+            raise StateError("filter host is not running; call start() first")
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
