@@ -25,6 +25,13 @@ class Paths:
             run=Path(os.environ.get("CVTPM_RUN_DIR", DEFAULT_RUN_ROOT)),
         )
 
+    def ensure(self) -> Paths:
+        """Create the state and run trees, readable by root only, and return self."""
+        for directory in (self.state, self.vtpms, self.ca, self.lists, self.run):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(directory, 0o700)
+        return self
+
     @property
     def vtpms(self) -> Path:
         """One state directory per vTPM lives here."""

@@ -31,6 +31,12 @@ class ParseError(CvtpmError, ValueError):
         self.message = message
 
 
+class UsageError(CvtpmError):
+    """The command was called wrongly (bad name, unknown choice); exit code 2."""
+
+    exit_code = 2
+
+
 class ConfigError(CvtpmError):
     """The host is not set up the way a command needs (paths, keys, packages)."""
 

@@ -9,7 +9,6 @@ and key usage keyEncipherment (RSA) or keyAgreement (ECC).
 from __future__ import annotations
 
 import datetime
-import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from cvtpm.ca._files import private_dir, write_private, write_public
 from cvtpm.errors import ConfigError
+from cvtpm.locking import exclusive
 
 # TCG OIDs (TCG EK Credential Profile v2.5, section A.1).
 OID_TPM_MANUFACTURER = x509.ObjectIdentifier("2.23.133.2.1")
@@ -149,9 +149,8 @@ class LocalCa:
     def _load_or_create(self) -> None:
         """Load the CA from its directory, creating it under a lock the first time."""
         private_dir(self.directory)
-        with open(self.directory / ".lock", "a") as lock:
-            # Two processes creating the CA at once must not make two roots.
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        # Two processes creating the CA at once must not make two roots.
+        with exclusive(self.directory / ".lock"):
             if not (self.directory / "issuing.pem").exists():
                 self._create()
             self._load()

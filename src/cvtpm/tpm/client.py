@@ -210,6 +210,24 @@ class TpmClient:
         values = TPML_DIGEST_VALUES([_tpmt_ha(bank, d) for bank, d in digests.items()])
         self._call("TPM2_PCR_Extend", self.esys.pcr_extend, ESYS_TR.PCR0 + pcr, values)
 
+    def pcr_allocate(self, banks: Iterable[str]) -> None:
+        """TPM2_PCR_Allocate: 24 PCRs in each bank chosen, none elsewhere.
+
+        The new allocation takes effect at the next _TPM_Init (a power cycle).
+        """
+        chosen = set(banks)
+        allocation = _pcr_selections(
+            {bank: range(24) if bank in chosen else [] for bank in BANK_ALGS}
+        )
+        allocated, *_ = self._call(
+            "TPM2_PCR_Allocate",
+            self.esys.pcr_allocate,
+            allocation,
+            ESYS_TR.RH_PLATFORM,
+        )
+        if not allocated:
+            raise TpmError(f"TPM2_PCR_Allocate refused the banks {sorted(chosen)}")
+
     # -- keys -------------------------------------------------------------------
 
     def create_persistent_primary(

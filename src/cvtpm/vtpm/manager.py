@@ -1,0 +1,393 @@
+"""The vTPM manager: manufacture, start, stop and delete per-container vTPMs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import shutil
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from tpm2_pytss.types import TPM2B_DIGEST, TPM2B_NAME
+from tpm2_pytss.utils import make_credential
+
+from cvtpm.ca import LocalCa, TpmIdentity
+from cvtpm.config import Paths
+from cvtpm.errors import StateError, TpmError, UsageError
+from cvtpm.locking import exclusive
+from cvtpm.tpm.client import BANK_ALGS, TpmClient
+from cvtpm.tpm.templates import AK_HANDLES, EK_PROFILES, ak_template, ek_template
+from cvtpm.vtpm import ctrl, swtpm
+from cvtpm.vtpm.keys import derive_state_key, load_or_create_master_key
+from cvtpm.vtpm.registry import Registry, VtpmRecord
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+# What a vTPM loses when its swtpm dies without TPM2_Shutdown(STATE): the
+# volatile state (TPM 2.0 Part 1, section 36.7). Keys, NV and the EK
+# certificate are in the permanent state, written on every change.
+VOLATILE_STATE = ["PCR values", "loaded objects and sessions"]
+
+
+@dataclass(frozen=True)
+class VtpmInfo:
+    """Everything a user or verifier needs to know about one vTPM."""
+
+    name: str
+    uuid: str
+    state: str
+    pid: int | None
+    tcti: str
+    socket: str
+    banks: list[str]
+    ek_handles: dict[str, int]
+    ek_certs_pem: dict[str, str]
+    ak_handle: int
+    ak_type: str
+    ak_cert_pem: str
+    ca_chain_pem: str
+    restarts: int
+    ephemeral: bool
+
+    @property
+    def ek_handle(self) -> int:
+        """The handle of the EK the AK was activated with (ECC if there is one)."""
+        return self.ek_handles.get("ecc", next(iter(self.ek_handles.values())))
+
+    @property
+    def ek_cert_pem(self) -> str:
+        """The certificate of that EK."""
+        return self.ek_certs_pem.get("ecc", next(iter(self.ek_certs_pem.values())))
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict, as `--json` prints it."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StartReport:
+    """How a start went: resumed from an orderly stop, or what was lost."""
+
+    name: str
+    pid: int
+    resumed: bool
+    lost: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        if self.resumed:
+            return f"{self.name}: resumed (pid {self.pid}); nothing lost"
+        if not self.lost:
+            return f"{self.name}: started fresh (pid {self.pid})"
+        return (
+            f"{self.name}: restarted after an unclean stop (pid {self.pid}); lost: "
+            + ", ".join(self.lost)
+            + "; kept: keys, NV and certificates"
+        )
+
+
+class VtpmManager:
+    """Owns every vTPM on this host: their state, processes and registry entries."""
+
+    def __init__(self, paths: Paths | None = None):
+        self.paths = paths or Paths.from_env()
+        self.paths.ensure()
+        self.registry = Registry(self.paths.registry_url)
+        self._ca: LocalCa | None = None
+        self._master_key: bytes | None = None
+
+    # -- lookups --------------------------------------------------------------
+
+    @property
+    def ca(self) -> LocalCa:
+        """The local CA, created on first use."""
+        if self._ca is None:
+            self._ca = LocalCa(self.paths.ca)
+        return self._ca
+
+    def get(self, name: str) -> VtpmInfo:
+        """The vTPM called `name`, or NotFoundError."""
+        return self._info(self.registry.get(name))
+
+    def list(self) -> list[VtpmInfo]:
+        """Every vTPM on this host, by name."""
+        return [self._info(record) for record in self.registry.all()]
+
+    def swtpm_paths(self, name: str) -> swtpm.SwtpmPaths:
+        """Where the named vTPM keeps its state and sockets."""
+        return swtpm.SwtpmPaths(
+            state_dir=self.paths.vtpms / name, run_dir=self.paths.run / "vtpm" / name
+        )
+
+    def client(self, name: str) -> TpmClient:
+        """A TPM connection to the named, running vTPM."""
+        return TpmClient(self.swtpm_paths(name).tcti)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def create(
+        self,
+        name: str,
+        ek_types: Iterable[str] = ("ecc",),
+        banks: Iterable[str] | None = None,
+        ak_type: str = "ecc",
+        start: bool = True,
+        ephemeral: bool = False,
+    ) -> VtpmInfo:
+        """Manufacture a vTPM: EKs with CA certificates in NV, and an activated AK."""
+        _check_name(name)
+        ek_types = _check_choices("EK type", ek_types, EK_PROFILES)
+        wanted_banks = _check_choices("PCR bank", banks, BANK_ALGS) if banks else None
+        _check_choices("AK type", [ak_type], AK_HANDLES)
+
+        record = VtpmRecord(
+            name=name,
+            uuid=str(uuid.uuid4()),
+            state="creating",
+            banks="",
+            ak_type=ak_type,
+            ephemeral=ephemeral,
+        )
+        self.registry.add(record)
+        paths = self.swtpm_paths(name)
+        pid = None
+        try:
+            with self._locked(name):
+                pid = swtpm.start(paths, self._state_key(record.uuid))
+                with TpmClient(paths.tcti) as tpm:
+                    tpm.startup()
+                    if wanted_banks:
+                        self._allocate_banks(tpm, paths, wanted_banks)
+                    fields = self._manufacture(tpm, name, ek_types, ak_type)
+                    tpm.disable_platform_hierarchy()
+            self.registry.update(
+                name, state="running", pid=pid, orderly=False, **fields
+            )
+        except BaseException:
+            swtpm.kill(pid)
+            shutil.rmtree(paths.state_dir, ignore_errors=True)
+            shutil.rmtree(paths.run_dir, ignore_errors=True)
+            self.registry.remove(name)
+            raise
+
+        if not start:
+            self.stop(name)
+        log.info("created vTPM %s (EK %s, AK %s)", name, ",".join(ek_types), ak_type)
+        return self.get(name)
+
+    def start(self, name: str) -> StartReport:
+        """Run the vTPM from its saved state, and say what, if anything, was lost."""
+        record = self.registry.get(name)
+        paths = self.swtpm_paths(name)
+        with self._locked(name):
+            if record.state == "corrupt":
+                raise StateError(
+                    f"vTPM {name!r} has unreadable state, set aside in "
+                    f"{paths.state_dir / 'quarantine'}; restore it or delete the vTPM"
+                )
+            if record.state == "creating":
+                raise StateError(f"vTPM {name!r} is still being created")
+            if swtpm.is_running(record.pid):
+                return StartReport(name, record.pid, resumed=True)
+            if not paths.permanent_state.exists():
+                # Starting swtpm now would manufacture a blank TPM under the
+                # old name: a new EK that no certificate vouches for.
+                raise StateError(
+                    f"vTPM {name!r} has no state in {paths.state_dir}; it was "
+                    "removed or never written; refusing to start a blank TPM"
+                )
+
+            try:
+                pid = swtpm.start(paths, self._state_key(record.uuid))
+            except swtpm.StateUnreadable as exc:
+                kept = self._quarantine(paths)
+                self.registry.update(name, state="corrupt", pid=None)
+                raise StateError(
+                    f"vTPM {name!r}: {exc}; the state was kept in {kept}"
+                ) from exc
+
+            with TpmClient(paths.tcti) as tpm:
+                resumed = tpm.startup()
+                tpm.disable_platform_hierarchy()
+
+        lost = [] if resumed else list(VOLATILE_STATE)
+        if not resumed and record.orderly:
+            lost.append("the saved state of an orderly stop (it did not resume)")
+        unclean = record.state == "running" or not record.orderly
+        self.registry.update(
+            name,
+            state="running",
+            pid=pid,
+            orderly=False,
+            restarts=record.restarts + (1 if unclean else 0),
+        )
+        report = StartReport(name, pid, resumed=resumed, lost=lost)
+        log.log(logging.INFO if resumed else logging.WARNING, report.describe())
+        return report
+
+    def stop(self, name: str) -> None:
+        """Orderly stop: TPM2_Shutdown(STATE), then CMD_SHUTDOWN so swtpm saves it."""
+        record = self.registry.get(name)
+        paths = self.swtpm_paths(name)
+        with self._locked(name):
+            if swtpm.is_running(record.pid):
+                with TpmClient(paths.tcti) as tpm:
+                    tpm.shutdown_state()
+                swtpm.stop(paths, record.pid)
+                orderly = True
+            else:
+                orderly = record.orderly
+            self.registry.update(name, state="stopped", pid=None, orderly=orderly)
+            shutil.rmtree(paths.run_dir, ignore_errors=True)
+
+    def delete(self, name: str) -> None:
+        """Remove the vTPM: process, state, sockets and registry entry."""
+        record = self.registry.get(name)
+        paths = self.swtpm_paths(name)
+        with self._locked(name):
+            swtpm.kill(record.pid)
+            shutil.rmtree(paths.run_dir, ignore_errors=True)
+            # The state key is derived, never stored: removing the state is all.
+            shutil.rmtree(paths.state_dir, ignore_errors=True)
+            self.registry.remove(name)
+        log.info("deleted vTPM %s", name)
+
+    def is_running(self, name: str) -> bool:
+        """True if the vTPM's swtpm process is alive."""
+        return swtpm.is_running(self.registry.get(name).pid)
+
+    # -- manufacturing ----------------------------------------------------------
+
+    def _manufacture(
+        self, tpm: TpmClient, name: str, ek_types: list[str], ak_type: str
+    ) -> dict:
+        """Create EKs and their certificates, then the AK, proven by activation."""
+        identity = TpmIdentity(**vars(tpm.info()))
+        ek_certs = {}
+        ek_publics = {}
+        for key_type in ek_types:
+            profile = EK_PROFILES[key_type]
+            public = tpm.create_persistent_primary(
+                ek_template(key_type), profile.persistent_handle
+            )
+            ek_publics[key_type] = public
+            cert = self.ca.issue_ek_certificate(_public_key(public), identity)
+            tpm.nv_write_ek_certificate(
+                profile.cert_nv_index, cert.public_bytes(serialization.Encoding.DER)
+            )
+            ek_certs[key_type] = cert.public_bytes(serialization.Encoding.PEM).decode()
+
+        ak_handle = AK_HANDLES[ak_type]
+        ak_public = tpm.create_persistent_primary(ak_template(ak_type), ak_handle)
+        _, ak_name = tpm.read_public(ak_handle)
+
+        # Credential activation (TPM 2.0 Part 1, section 24): a secret sealed to
+        # the EK and bound to the AK's name comes back only if both keys live
+        # in this TPM. Only then does the CA certify the AK.
+        activating = "ecc" if "ecc" in ek_types else ek_types[0]
+        challenge = secrets.token_bytes(32)
+        blob, secret = make_credential(
+            ek_publics[activating], TPM2B_DIGEST(challenge), TPM2B_NAME(ak_name)
+        )
+        answer = tpm.activate_credential(
+            ak_handle,
+            EK_PROFILES[activating].persistent_handle,
+            bytes(blob),
+            bytes(secret),
+        )
+        if answer != challenge:
+            raise TpmError(f"credential activation of the AK of {name!r} failed")
+        ak_cert = self.ca.issue_ak_certificate(_public_key(ak_public), name)
+
+        return {
+            "banks": ",".join(tpm.active_banks()),
+            "ek_certs_json": json.dumps(ek_certs),
+            "ak_cert_pem": ak_cert.public_bytes(serialization.Encoding.PEM).decode(),
+            "ak_name": ak_name.hex(),
+        }
+
+    def _allocate_banks(
+        self, tpm: TpmClient, paths: swtpm.SwtpmPaths, banks: list[str]
+    ) -> None:
+        """TPM2_PCR_Allocate to exactly `banks`, then a power cycle to apply it."""
+        if sorted(tpm.active_banks()) == sorted(banks):
+            return
+        tpm.pcr_allocate(banks)
+        ctrl.init(paths.ctrl_socket)
+        tpm.startup()
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _state_key(self, vtpm_uuid: str) -> bytes:
+        if self._master_key is None:
+            self._master_key = load_or_create_master_key(self.paths.master_key)
+        return derive_state_key(self._master_key, vtpm_uuid)
+
+    @contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        """Hold the vTPM's manager lock, so two managers never act on it at once."""
+        directory = self.paths.vtpms / name
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with exclusive(directory / ".manager.lock"):
+            yield
+
+    def _quarantine(self, paths: swtpm.SwtpmPaths) -> Path:
+        """Move unreadable state aside, where no swtpm will pick it up again."""
+        kept = paths.state_dir / "quarantine" / time.strftime("%Y%m%dT%H%M%S")
+        kept.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for state_file in paths.state_dir.glob("tpm2-*"):
+            state_file.rename(kept / state_file.name)
+        return kept
+
+    def _info(self, record: VtpmRecord) -> VtpmInfo:
+        paths = self.swtpm_paths(record.name)
+        ek_certs = record.ek_certs
+        return VtpmInfo(
+            name=record.name,
+            uuid=record.uuid,
+            state=record.state,
+            pid=record.pid,
+            tcti=paths.tcti,
+            socket=str(paths.socket),
+            banks=record.bank_list,
+            ek_handles={t: EK_PROFILES[t].persistent_handle for t in ek_certs},
+            ek_certs_pem=ek_certs,
+            ak_handle=AK_HANDLES[record.ak_type],
+            ak_type=record.ak_type,
+            ak_cert_pem=record.ak_cert_pem,
+            ca_chain_pem=self.ca.chain_pem.decode(),
+            restarts=record.restarts,
+            ephemeral=record.ephemeral,
+        )
+
+
+def _public_key(public):
+    """A `cryptography` public key from a TPM2B_PUBLIC."""
+    return serialization.load_der_public_key(public.publicArea.to_der())
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.match(name):
+        raise UsageError(
+            f"invalid vTPM name {name!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+
+
+def _check_choices(what: str, chosen: Iterable[str], allowed) -> list[str]:
+    values = [c.strip().lower() for c in chosen if c.strip()]
+    unknown = [v for v in values if v not in allowed]
+    if unknown or not values:
+        raise UsageError(
+            f"unknown {what} {', '.join(unknown) or '(none)'}; choose from "
+            + ", ".join(allowed)
+        )
+    return list(dict.fromkeys(values))

@@ -1,0 +1,104 @@
+"""The host's registry of vTPMs: what was manufactured, and whether it should run."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Integer, String, Text, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from cvtpm.db import make_engine
+from cvtpm.errors import NotFoundError, StateError
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class VtpmRecord(_Base):
+    """One vTPM: its identity, certificates, and lifecycle state."""
+
+    __tablename__ = "vtpms"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    created_at: Mapped[float] = mapped_column()
+    # "creating" until manufacturing finished, then "running" or "stopped";
+    # "corrupt" once its state failed to load and was set aside.
+    state: Mapped[str] = mapped_column(String(16))
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Whether the last stop was an orderly TPM2_Shutdown(STATE) + CMD_SHUTDOWN.
+    orderly: Mapped[bool] = mapped_column(default=True)
+    restarts: Mapped[int] = mapped_column(default=0)
+    banks: Mapped[str] = mapped_column(String(64))
+    ak_type: Mapped[str] = mapped_column(String(8))
+    ek_certs_json: Mapped[str] = mapped_column(Text, default="{}")
+    ak_cert_pem: Mapped[str] = mapped_column(Text, default="")
+    ak_name: Mapped[str] = mapped_column(String(140), default="")
+    ephemeral: Mapped[bool] = mapped_column(default=False)
+
+    @property
+    def ek_certs(self) -> dict[str, str]:
+        """EK certificate PEM by key type ("ecc", "rsa")."""
+        return json.loads(self.ek_certs_json)
+
+    @property
+    def bank_list(self) -> list[str]:
+        return [b for b in self.banks.split(",") if b]
+
+
+class Registry:
+    """The vTPM table in the host's SQLite database (any SQLAlchemy URL works)."""
+
+    def __init__(self, url: str):
+        self.engine = make_engine(url)
+        _Base.metadata.create_all(self.engine)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed on success, rolled back on error."""
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    def add(self, record: VtpmRecord) -> None:
+        """Insert a new vTPM; a name already taken is a StateError."""
+        record.created_at = record.created_at or time.time()
+        try:
+            with self.session() as session:
+                session.add(record)
+        except IntegrityError as exc:
+            raise StateError(f"a vTPM named {record.name!r} already exists") from exc
+
+    def get(self, name: str) -> VtpmRecord:
+        """The vTPM called `name`, or NotFoundError."""
+        with self.session() as session:
+            record = session.get(VtpmRecord, name)
+        if record is None:
+            raise NotFoundError(f"no vTPM named {name!r} (see `cvtpm vtpm list`)")
+        return record
+
+    def all(self) -> list[VtpmRecord]:
+        """Every vTPM, by name."""
+        with self.session() as session:
+            return list(session.scalars(select(VtpmRecord).order_by(VtpmRecord.name)))
+
+    def update(self, name: str, **fields) -> VtpmRecord:
+        """Change some fields of one vTPM."""
+        with self.session() as session:
+            record = session.get(VtpmRecord, name)
+            if record is None:
+                raise NotFoundError(f"no vTPM named {name!r}")
+            for key, value in fields.items():
+                setattr(record, key, value)
+        return record
+
+    def remove(self, name: str) -> None:
+        """Forget a vTPM (its files are the manager's business)."""
+        with self.session() as session:
+            record = session.get(VtpmRecord, name)
+            if record is not None:
+                session.delete(record)

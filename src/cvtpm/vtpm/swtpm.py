@@ -1,0 +1,179 @@
+"""Starting and stopping one swtpm process for one vTPM's state."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cvtpm.errors import ConfigError, StateError
+from cvtpm.vtpm import ctrl
+from cvtpm.vtpm.keys import key_pipe
+
+# sun_path is 108 bytes with its terminating NUL (unix(7)).
+_MAX_SOCKET_PATH = 107
+_STOP_TIMEOUT = 10.0
+
+# What swtpm logs when the state does not decrypt or fails its HMAC
+# (swtpm src/swtpm/swtpm_nvstore.c).
+_UNREADABLE_STATE = ("Verification of HMAC failed", "GetDecryptedData", "decrypt")
+
+
+@dataclass(frozen=True)
+class SwtpmPaths:
+    """Where one vTPM's swtpm keeps state and listens."""
+
+    state_dir: Path
+    run_dir: Path
+
+    @property
+    def socket(self) -> Path:
+        """The TPM command socket; the TCTI is `swtpm:path=<socket>`."""
+        return self.run_dir / "tpm.sock"
+
+    @property
+    def ctrl_socket(self) -> Path:
+        """The control channel, where tcti-swtpm expects it: next to the socket."""
+        return self.run_dir / "tpm.sock.ctrl"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / "swtpm.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.run_dir / "swtpm.log"
+
+    @property
+    def permanent_state(self) -> Path:
+        """libtpms's permanent state (NV, keys' seeds, saved PCRs)."""
+        return self.state_dir / "tpm2-00.permall"
+
+    @property
+    def tcti(self) -> str:
+        return f"swtpm:path={self.socket}"
+
+
+class StateUnreadable(StateError):
+    """swtpm could not decrypt or verify the vTPM's saved state."""
+
+
+def swtpm_binary() -> str:
+    """The swtpm executable, or a ConfigError saying how to install it."""
+    path = shutil.which("swtpm")
+    if path is None:
+        raise ConfigError(
+            "swtpm is not installed; run `apt-get install swtpm swtpm-tools`"
+        )
+    return path
+
+
+def start(paths: SwtpmPaths, state_key: bytes) -> int:
+    """Start swtpm on `paths` with its state encrypted by `state_key`; returns its pid.
+
+    swtpm daemonizes only once its sockets listen, so when this returns the
+    vTPM accepts commands. TPM2_Startup is left to the caller.
+    """
+    if len(str(paths.ctrl_socket)) > _MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"socket path {paths.ctrl_socket} is longer than {_MAX_SOCKET_PATH} bytes; "
+            "choose a shorter --run-dir or vTPM name"
+        )
+    paths.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    paths.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for stale in (paths.socket, paths.ctrl_socket, paths.pid_file):
+        stale.unlink(missing_ok=True)
+
+    key_fd = key_pipe(state_key)
+    try:
+        result = subprocess.run(
+            [
+                swtpm_binary(),
+                "socket",
+                "--tpm2",
+                "--tpmstate", f"dir={paths.state_dir},mode=0600",
+                "--server", f"type=unixio,path={paths.socket},mode=0600",
+                "--ctrl", f"type=unixio,path={paths.ctrl_socket},mode=0600",
+                "--key", f"fd={key_fd},mode=aes-256-cbc,format=binary",
+                # TPM2_Startup is ours to send: STATE to resume after an orderly
+                # stop, CLEAR otherwise (see TpmClient.startup).
+                "--flags", "not-need-init",
+                "--pid", f"file={paths.pid_file}",
+                "--log", f"file={paths.log_file},level=1,truncate",
+                "--daemon",
+            ],
+            pass_fds=(key_fd,),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+        )  # fmt: skip
+    finally:
+        os.close(key_fd)
+
+    if result.returncode != 0:
+        log = _read_log(paths) + result.stderr
+        if any(marker in log for marker in _UNREADABLE_STATE):
+            raise StateUnreadable(
+                f"the state in {paths.state_dir} does not decrypt or failed its "
+                "integrity check (wrong master key, or a damaged file)"
+            )
+        if "lock" in log.lower():
+            raise StateError(
+                f"the state in {paths.state_dir} is in use by another swtpm; "
+                "a vTPM's state never runs twice"
+            )
+        raise StateError(f"swtpm failed to start: {log.strip()[-500:]}")
+    return int(paths.pid_file.read_text().strip())
+
+
+def is_running(pid: int | None) -> bool:
+    """True if `pid` is a live (not zombie) swtpm process."""
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)
+        with open(f"/proc/{pid}/comm") as comm:
+            name = comm.read().strip()
+    except OSError:
+        return False
+    return name == "swtpm" and fields[1].split()[0] != "Z"
+
+
+def stop(paths: SwtpmPaths, pid: int | None) -> None:
+    """CMD_SHUTDOWN on the control channel, then wait for swtpm to exit."""
+    if not is_running(pid):
+        return
+    ctrl.shutdown(paths.ctrl_socket)
+    _wait_exit(pid, _STOP_TIMEOUT)
+
+
+def kill(pid: int | None) -> None:
+    """SIGKILL swtpm and wait for it to go: for delete and failed creation only."""
+    if not is_running(pid):
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    _wait_exit(pid, _STOP_TIMEOUT)
+
+
+def _wait_exit(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while is_running(pid):
+        if time.monotonic() > deadline:
+            raise StateError(f"swtpm (pid {pid}) did not exit within {timeout:.0f} s")
+        time.sleep(0.002)
+
+
+def _read_log(paths: SwtpmPaths) -> str:
+    try:
+        return paths.log_file.read_text(errors="replace")
+    except OSError:
+        return ""
