@@ -1,6 +1,142 @@
-"""The `cvtpm vtpm` command."""
+"""The `cvtpm vtpm` commands: create, list, show, start, stop, delete."""
 
 from __future__ import annotations
 
-# TODO: not built yet; its subcommands are added by the component that owns them.
-COMMANDS: list = []
+import click
+
+from cvtpm.cli.output import emit, json_option
+from cvtpm.errors import CvtpmError
+from cvtpm.vtpm.manager import VtpmInfo, VtpmManager
+
+
+@click.group()
+def vtpm():
+    """Manage the virtual TPMs on this host."""
+
+
+def _manager(ctx: click.Context) -> VtpmManager:
+    return VtpmManager(ctx.obj)
+
+
+def _describe(info: VtpmInfo) -> str:
+    eks = ", ".join(f"{t} at 0x{h:08x}" for t, h in info.ek_handles.items())
+    lines = [
+        f"name:      {info.name}",
+        f"uuid:      {info.uuid}",
+        f"state:     {info.state}" + (f" (pid {info.pid})" if info.pid else ""),
+        f"tcti:      {info.tcti}",
+        f"banks:     {', '.join(info.banks)}",
+        f"EK:        {eks}",
+        f"AK:        {info.ak_type} at 0x{info.ak_handle:08x}",
+        f"restarts:  {info.restarts}",
+    ]
+    return "\n".join(lines)
+
+
+@vtpm.command()
+@click.argument("name")
+@click.option(
+    "--ek",
+    type=click.Choice(["ecc", "rsa", "both"]),
+    default="ecc",
+    show_default=True,
+    help="Endorsement key type(s), from the TCG EK credential profile.",
+)
+@click.option("--banks", help="PCR banks to allocate, e.g. sha1,sha256 (default: all).")
+@click.option(
+    "--ak", type=click.Choice(["ecc", "rsa"]), default="ecc", show_default=True
+)
+@click.option("--no-start", is_flag=True, help="Leave it stopped after creation.")
+@json_option
+@click.pass_context
+def create(ctx, name, ek, banks, ak, no_start, as_json):
+    """Manufacture a vTPM: EK, EK certificate in NV, and a certified AK."""
+    ek_types = ["ecc", "rsa"] if ek == "both" else [ek]
+    bank_list = banks.split(",") if banks else None
+    info = _manager(ctx).create(
+        name, ek_types=ek_types, banks=bank_list, ak_type=ak, start=not no_start
+    )
+    emit(info.to_dict(), as_json, lambda _: _describe(info))
+
+
+@vtpm.command(name="list")
+@json_option
+@click.pass_context
+def list_(ctx, as_json):
+    """List the vTPMs and their state."""
+    infos = _manager(ctx).list()
+
+    def text(_):
+        if not infos:
+            return "no vTPMs"
+        rows = [f"{'NAME':<32} {'STATE':<9} {'PID':>7}  BANKS"]
+        for i in infos:
+            rows.append(
+                f"{i.name:<32} {i.state:<9} {i.pid or '-':>7}  {','.join(i.banks)}"
+            )
+        return "\n".join(rows)
+
+    emit([i.to_dict() for i in infos], as_json, text)
+
+
+@vtpm.command()
+@click.argument("name")
+@json_option
+@click.pass_context
+def show(ctx, name, as_json):
+    """Show one vTPM, with its PCR 10 when it is running."""
+    manager = _manager(ctx)
+    info = manager.get(name)
+    data = info.to_dict()
+    if manager.is_running(name):
+        try:
+            with manager.client(name) as tpm:
+                data["pcr10"] = {b: v.hex() for b, v in tpm.pcr_read(10).items()}
+        except CvtpmError as exc:
+            data["pcr10_error"] = exc.explain()
+
+    def text(_):
+        extra = [f"PCR 10 {b}: {v}" for b, v in data.get("pcr10", {}).items()]
+        return "\n".join([_describe(info), *extra])
+
+    emit(data, as_json, text)
+
+
+@vtpm.command()
+@click.argument("name")
+@json_option
+@click.pass_context
+def start(ctx, name, as_json):
+    """Start a stopped vTPM from its saved state."""
+    report = _manager(ctx).start(name)
+    emit(
+        {
+            "name": name,
+            "pid": report.pid,
+            "resumed": report.resumed,
+            "lost": report.lost,
+        },
+        as_json,
+        lambda _: report.describe(),
+    )
+
+
+@vtpm.command()
+@click.argument("name")
+@click.pass_context
+def stop(ctx, name):
+    """Orderly stop: TPM2_Shutdown(STATE), then swtpm saves its state."""
+    _manager(ctx).stop(name)
+    click.echo(f"{name}: stopped")
+
+
+@vtpm.command()
+@click.argument("name")
+@click.pass_context
+def delete(ctx, name):
+    """Delete a vTPM with its state and keys; this cannot be undone."""
+    _manager(ctx).delete(name)
+    click.echo(f"{name}: deleted")
+
+
+COMMANDS = [vtpm]
