@@ -1,4 +1,4 @@
-"""A real swtpm with an EK, an AK and certificates from a local CA, and a list to attest."""
+"""A real swtpm with an EK, an AK, certificates from a local CA, and a list."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from cvtpm.ca.authority import LocalCa, TpmIdentity
 from cvtpm.ima.binary import encode_binary
 from cvtpm.ima.entry import Entry, boot_aggregate, ima_ng
 from cvtpm.tpm.client import TpmClient
-from cvtpm.tpm.templates import ak_template, ek_template
 from cvtpm.tpm.structures import unmarshal_tpm2b_public
+from cvtpm.tpm.templates import ak_template, ek_template
 
 EK_HANDLES = {"ecc": 0x81010002, "rsa": 0x81010001}
 AK_HANDLE = 0x81010003
@@ -86,7 +86,7 @@ class Vtpm:
         self.write_list()
 
     def write_list(self, entries: list[Entry] | None = None) -> None:
-        """(Re)write the binary list file from `entries` (default: what was measured)."""
+        """(Re)write the binary list from `entries` (default: what was measured)."""
         chosen = self.entries if entries is None else entries
         self.list_path.write_bytes(b"".join(encode_binary(e) for e in chosen))
 

@@ -13,7 +13,12 @@ import hmac
 import os
 
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+try:  # CFB moved to the "decrepit" module in cryptography 47; the TPM still uses it.
+    from cryptography.hazmat.decrepit.ciphers.modes import CFB
+except ImportError:  # pragma: no cover - older cryptography
+    from cryptography.hazmat.primitives.ciphers.modes import CFB
 
 from cvtpm.tpm import _alg as alg
 from cvtpm.tpm._cursor import marshal_tpm2b, marshal_u32
@@ -116,7 +121,7 @@ def make_credential(ek: Public, ak_name: bytes, secret: bytes) -> tuple[bytes, b
     # Part 1, 24.4: symKey = KDFa(nameAlg, seed, "STORAGE", name, NULL, keyBits);
     # the credential is a TPM2B_DIGEST encrypted in CFB mode with a zero IV.
     sym_key = kdfa(ek.name_alg, seed, b"STORAGE", ak_name, b"", ek.symmetric[1])
-    encryptor = Cipher(algorithms.AES(sym_key), modes.CFB(b"\0" * 16)).encryptor()
+    encryptor = Cipher(algorithms.AES(sym_key), CFB(b"\0" * 16)).encryptor()
     enc_identity = encryptor.update(marshal_tpm2b(secret)) + encryptor.finalize()
 
     # Part 1, 24.5: HMACkey = KDFa(nameAlg, seed, "INTEGRITY", NULL, NULL, bits),

@@ -1,0 +1,246 @@
+"""The verifier's verdicts on evidence from a real swtpm: each attack, its reason."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import pytest
+from tests.attest.conftest import files, make_vtpm
+
+from cvtpm.attest.evidence import Evidence, collect_evidence
+from cvtpm.attest.trust import TrustStore
+from cvtpm.attest.verifier import Registration, ReplayState, verify
+from cvtpm.ima.entry import violation
+from cvtpm.tpm.templates import ak_template
+
+pytestmark = pytest.mark.swtpm
+
+
+class Attestor:
+    """The verifier's side of a conversation with one vTPM, kept in memory."""
+
+    def __init__(self, vtpm, ca, policy=None):
+        self.vtpm = vtpm
+        self.trust = TrustStore()
+        self.trust.add_pem(ca.root_pem)
+        self.reg = Registration(
+            vtpm.name,
+            vtpm.ek_cert_pem,
+            vtpm.ak_public,
+            vtpm.ak_cert_pem,
+            vtpm.ca_chain_pem,
+            vtpm.banks,
+        )
+        self.state = ReplayState()
+        self.policy = policy
+        self.used: set[bytes] = set()
+
+    def evidence(
+        self, nonce: bytes | None = None, since: int | None = None
+    ) -> Evidence:
+        """Fresh evidence from the vTPM, through its JSON form."""
+        nonce = nonce or os.urandom(20)
+        with self.vtpm.client() as tpm:
+            since = self.state.index if since is None else since
+            evidence = collect_evidence(
+                tpm, self.vtpm, nonce, self.vtpm.list_path, since
+            )
+        return Evidence.from_json(evidence.to_json())
+
+    def check(self, evidence: Evidence, nonce: bytes | None = None):
+        """Verify evidence for `nonce` (default: the one it carries)."""
+        nonce = evidence.nonce if nonce is None else nonce
+        fresh = nonce not in self.used
+        self.used.add(nonce)
+        result, self.state = verify(
+            self.reg,
+            self.state,
+            evidence,
+            nonce,
+            trust_store=self.trust,
+            policy=self.policy,
+            nonce_fresh=fresh,
+        )
+        return result
+
+    def attest(self):
+        """One complete round: nonce, evidence, verdict."""
+        return self.check(self.evidence())
+
+
+def reasons(result) -> list[str]:
+    return [f.reason for f in result.failures]
+
+
+def test_clean_list_is_trusted(vtpm, local_ca, caplog):
+    """A list whose entries are all in PCR 10 of every bank is trusted; one log line."""
+    vtpm.measure(files(20) + [violation("/tmp/racy")])
+    attestor = Attestor(vtpm, local_ca)
+    with caplog.at_level(logging.INFO, logger="cvtpm.attest"):
+        result = attestor.attest()
+    assert result.trusted, result.failures
+    assert (result.verified_index, result.new_entries, result.pending) == (22, 22, 0)
+    lines = [r for r in caplog.records if r.name == "cvtpm.attest"]
+    assert len(lines) == 1 and "verdict=trusted" in lines[0].getMessage()
+
+
+def test_state_per_container_is_small(vtpm, local_ca):
+    """What the verifier keeps between attestations fits in well under 4 KB."""
+    vtpm.measure(files(5))
+    attestor = Attestor(vtpm, local_ca)
+    assert attestor.attest().trusted
+    import json
+
+    assert len(json.dumps(attestor.state.to_dict())) < 1024
+
+
+def test_quote_by_another_ak_has_a_bad_signature(vtpm, local_ca):
+    """A quote signed by an AK other than the registered one is not trusted."""
+    with vtpm.client() as tpm:
+        tpm.create_persistent_primary(ak_template("rsa"), 0x81010005)
+    attestor = Attestor(vtpm, local_ca)
+    other = dataclasses.replace(vtpm, ak_handle=0x81010005)
+    nonce = os.urandom(20)
+    with other.client() as tpm:
+        evidence = collect_evidence(tpm, other, nonce, vtpm.list_path, 0)
+    assert reasons(attestor.check(evidence)) == ["quote.bad_signature"]
+
+
+def test_reused_nonce_is_refused(vtpm, local_ca):
+    """Evidence replayed with the nonce it was first accepted for is not trusted."""
+    attestor = Attestor(vtpm, local_ca)
+    evidence = attestor.evidence()
+    assert attestor.check(evidence).trusted
+    attestor.state = ReplayState()
+    assert reasons(attestor.check(evidence)) == ["quote.nonce_reused"]
+
+
+def test_quote_over_another_nonce_is_refused(vtpm, local_ca):
+    """A quote whose extraData is not the nonce we sent is not trusted."""
+    attestor = Attestor(vtpm, local_ca)
+    evidence = attestor.evidence(nonce=b"old-nonce-from-earlier")
+    assert reasons(attestor.check(evidence, b"the-nonce-we-sent-now")) == [
+        "quote.nonce_mismatch"
+    ]
+
+
+def test_tampered_pcr_value_breaks_the_digest(vtpm, local_ca):
+    """A PCR value changed after quoting no longer matches the quoted digest."""
+    vtpm.measure(files(3))
+    attestor = Attestor(vtpm, local_ca)
+    evidence = attestor.evidence()
+    evidence.pcrs["sha256"][10] = bytes(32)
+    assert reasons(attestor.check(evidence)) == ["quote.pcr_digest_mismatch"]
+
+
+@pytest.mark.parametrize("damage", ["removed", "reordered"])
+def test_damaged_list_matches_no_boundary(vtpm, local_ca, damage):
+    """A list with an entry removed or two swapped fails at the first unproven entry."""
+    vtpm.measure(files(10))
+    listed = list(vtpm.entries)
+    if damage == "removed":
+        del listed[4]
+    else:
+        listed[4], listed[5] = listed[5], listed[4]
+    vtpm.write_list(listed)
+    result = Attestor(vtpm, local_ca).attest()
+    assert reasons(result) == ["list.pcr_mismatch"]
+    assert result.failures[0].index == 0 and result.verified_index == 0
+
+
+def test_ek_certificate_from_unknown_ca_is_untrusted(swtpm_dir, other_ca, local_ca):
+    """An EK certificate issued by a CA outside the trust store is not trusted."""
+    vtpm = make_vtpm(swtpm_dir, other_ca)
+    attestor = Attestor(vtpm, local_ca)
+    result = attestor.attest()
+    assert "ek.untrusted_ca" in reasons(result)
+    assert not result.trusted
+
+
+def test_ak_certificate_for_another_key_is_not_bound(vtpm, local_ca):
+    """An AK certificate that names a different key does not bind the AK."""
+    attestor = Attestor(vtpm, local_ca)
+    attestor.reg.ak_cert_pem = vtpm.ek_cert_pem
+    assert "ak.not_bound" in reasons(attestor.attest())
+
+
+def test_lagging_pcr_is_accepted_at_a_boundary(vtpm, local_ca):
+    """Entries listed after the quote stay pending and are proven by the next quote."""
+    vtpm.measure(files(5))
+    attestor = Attestor(vtpm, local_ca)
+    late = files(3, start=100)
+    vtpm.measure(late, extend=False)  # in the list, not yet in the PCR
+    result = attestor.attest()
+    assert result.trusted
+    assert (result.verified_index, result.pending) == (6, 3)
+
+    with vtpm.client() as tpm:
+        for entry in late:
+            tpm.pcr_extend(10, {b: entry.pcr_extend_digest(b) for b in vtpm.banks})
+    result = attestor.attest()
+    assert result.trusted
+    assert (result.start_index, result.verified_index, result.new_entries) == (6, 9, 3)
+
+
+def test_incremental_attestation_replays_only_new_entries(vtpm, local_ca):
+    """A second attestation receives and replays only what was appended since."""
+    vtpm.measure(files(50))
+    attestor = Attestor(vtpm, local_ca)
+    assert attestor.attest().new_entries == 51
+
+    assert attestor.attest().new_entries == 0
+    vtpm.measure(files(7, start=500))
+    evidence = attestor.evidence()
+    assert evidence.since == 51
+    result = attestor.check(evidence)
+    assert result.trusted and (result.new_entries, result.verified_index) == (7, 58)
+
+
+def test_incremental_attestation_detects_tampering_after_the_boundary(vtpm, local_ca):
+    """Entries appended after a verified boundary that the PCR does not hold fail."""
+    vtpm.measure(files(5))
+    attestor = Attestor(vtpm, local_ca)
+    assert attestor.attest().trusted
+    vtpm.measure(files(2, start=50))
+    vtpm.entries[-1] = files(1, start=99)[0]
+    vtpm.write_list()
+    result = attestor.attest()
+    assert reasons(result) == ["list.pcr_mismatch"]
+    assert result.failures[0].index == 6
+
+
+def test_counter_regression_is_refused(vtpm, local_ca):
+    """A quote whose resetCount is lower than one seen before is not trusted."""
+    attestor = Attestor(vtpm, local_ca)
+    assert attestor.attest().trusted
+    attestor.state.reset_count += 1
+    assert reasons(attestor.attest()) == ["quote.counter_regressed"]
+
+
+def test_tpm_reset_is_reported(vtpm, local_ca):
+    """A higher resetCount than last time is reported as an event."""
+    attestor = Attestor(vtpm, local_ca)
+    assert attestor.attest().trusted
+    attestor.state.reset_count -= 1
+    assert "quote.tpm_reset" in attestor.attest().events
+
+
+def test_missing_bank_in_selection_is_refused(vtpm, local_ca):
+    """A quote that leaves out an expected bank is not trusted."""
+    attestor = Attestor(vtpm, local_ca)
+    vtpm.banks = ["sha256"]
+    evidence = attestor.evidence()
+    assert "quote.pcr_selection" in reasons(attestor.check(evidence))
+
+
+def test_failures_are_reported_again_until_fixed(vtpm, local_ca):
+    """A failed attestation does not advance the verified index."""
+    vtpm.measure(files(3))
+    attestor = Attestor(vtpm, local_ca)
+    vtpm.write_list(vtpm.entries[:-1] + files(1, start=77))
+    assert not attestor.attest().trusted
+    assert attestor.state.index == 0
+    vtpm.write_list()
+    assert attestor.attest().verified_index == 4
