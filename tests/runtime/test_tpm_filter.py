@@ -1,0 +1,204 @@
+"""The filtered TPM socket before a real swtpm, driven by tpm2-tools and raw bytes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from cvtpm.runtime import ctrl_commands as ctrl
+
+pytestmark = pytest.mark.swtpm
+
+ZERO = "00" * 32
+
+
+def tpm2(tool: str, *args: str, tcti: str) -> subprocess.CompletedProcess:
+    """Run one tpm2-tools tool against `tcti`."""
+    env = dict(os.environ, TPM2TOOLS_TCTI=tcti)
+    return subprocess.run(
+        ["tpm2", tool, *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def pcr_read_command(pcr: int) -> bytes:
+    """TPM2_PCR_Read of one sha256 PCR."""
+    select = bytearray(3)
+    select[pcr // 8] |= 1 << (pcr % 8)
+    body = struct.pack(">IHB", 1, 0x000B, 3) + bytes(select)
+    return struct.pack(">HII", 0x8001, 10 + len(body), 0x17E) + body
+
+
+def exchange(path, request: bytes, count: int = 1) -> list[bytes]:
+    """Send `request` `count` times on one connection; return each TPM response."""
+    responses = []
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.settimeout(30)
+        conn.connect(str(path))
+        for _ in range(count):
+            conn.sendall(request)
+            head = _recv_exactly(conn, 10)
+            size = struct.unpack(">I", head[2:6])[0]
+            responses.append(head + _recv_exactly(conn, size - 10))
+    return responses
+
+
+def ctrl_exchange(path, request: bytes) -> bytes:
+    """Send one control command; return what comes back until the filter closes."""
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.settimeout(30)
+        conn.connect(str(path))
+        conn.sendall(request)
+        conn.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := conn.recv(4096):
+            data += chunk
+        return data
+
+
+def _recv_exactly(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(data)} of {size} bytes")
+        data += chunk
+    return data
+
+
+@pytest.fixture
+def filtered(swtpm_socket, filter_host, tmp_path):
+    """A filter in front of the swtpm; yields (endpoint, direct TCTI)."""
+    endpoint = filter_host.open("c1", swtpm_socket, tmp_path / "filter")
+    return endpoint, f"swtpm:path={swtpm_socket}"
+
+
+@pytest.fixture
+def upstream(swtpm_socket):
+    """The swtpm's own data socket, bypassing the filter."""
+    return swtpm_socket
+
+
+def test_pcrread_through_the_filter(filtered):
+    """tpm2_pcrread through the filter prints what the vTPM itself reports."""
+    endpoint, direct = filtered
+    through = tpm2("pcrread", "sha256:10,16", tcti=endpoint.tcti)
+    assert through.returncode == 0, through.stderr
+    assert through.stdout == tpm2("pcrread", "sha256:10,16", tcti=direct).stdout
+
+
+def test_extend_of_pcr_10_is_refused_and_pcr_16_passes(filtered):
+    """PCR 10 cannot be extended through the filter (TPM_RC_LOCALITY); PCR 16 can."""
+    endpoint, direct = filtered
+    before = tpm2("pcrread", "sha256:10", tcti=direct).stdout
+
+    refused = tpm2("pcrextend", f"10:sha256={ZERO}", tcti=endpoint.tcti)
+    assert refused.returncode != 0
+    assert "0x907" in refused.stderr
+    assert tpm2("pcrread", "sha256:10", tcti=direct).stdout == before
+
+    passed = tpm2("pcrextend", f"16:sha256={ZERO}", tcti=endpoint.tcti)
+    assert passed.returncode == 0, passed.stderr
+    assert "0x0000000000" not in tpm2("pcrread", "sha256:16", tcti=direct).stdout
+    assert endpoint.tcti.endswith("/filter/tpm.sock")
+
+
+def test_reset_and_startup_are_refused(filtered):
+    """PCR_Reset of PCR 10 and TPM2_Startup(CLEAR) never reach the vTPM."""
+    endpoint, direct = filtered
+    tpm2("pcrextend", f"10:sha256={ZERO}", tcti=direct)
+    extended = tpm2("pcrread", "sha256:10", tcti=direct).stdout
+
+    assert "0x907" in tpm2("pcrreset", "10", tcti=endpoint.tcti).stderr
+    assert tpm2("startup", "--clear", tcti=endpoint.tcti).returncode == 0
+    assert tpm2("shutdown", tcti=endpoint.tcti).returncode != 0
+    assert tpm2("pcrread", "sha256:10", tcti=direct).stdout == extended
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "result"),
+    [
+        (struct.pack(">II", ctrl.CMD_INIT, 0), ctrl.TPM_DISABLED_CMD),
+        (struct.pack(">I", ctrl.CMD_STOP), ctrl.TPM_DISABLED_CMD),
+        (struct.pack(">I", ctrl.CMD_SHUTDOWN), ctrl.TPM_DISABLED_CMD),
+        (struct.pack(">IIII", ctrl.CMD_GET_STATEBLOB, 1, 1, 0), ctrl.TPM_DISABLED_CMD),
+        (struct.pack(">IB", ctrl.CMD_RESET_TPMESTABLISHED, 3), ctrl.TPM_DISABLED_CMD),
+        (struct.pack(">IB", ctrl.CMD_SET_LOCALITY, 4), ctrl.TPM_BAD_LOCALITY),
+        (struct.pack(">II", ctrl.CMD_SET_BUFFERSIZE, 1 << 16), ctrl.TPM_DISABLED_CMD),
+    ],
+)
+def test_control_channel_refusals(filtered, request_bytes, result):
+    """Power cycles, stops, state reads and locality changes get an error result."""
+    endpoint, direct = filtered
+    tpm2("pcrextend", f"16:sha256={ZERO}", tcti=direct)
+    extended = tpm2("pcrread", "sha256:16", tcti=direct).stdout
+
+    assert ctrl_exchange(endpoint.ctrl_path, request_bytes) == struct.pack(">I", result)
+    assert tpm2("pcrread", "sha256:16", tcti=direct).stdout == extended
+
+
+def test_control_channel_queries_pass(filtered):
+    """Capabilities (masked), locality 0 and the establishment bit are answered."""
+    endpoint, _ = filtered
+    caps = ctrl_exchange(endpoint.ctrl_path, struct.pack(">I", ctrl.CMD_GET_CAPABILITY))
+    assert caps[:4] == bytes(4)
+    assert struct.unpack(">I", caps[4:8])[0] & ~ctrl.ALLOWED_CAPS == 0
+
+    locality = ctrl_exchange(endpoint.ctrl_path, struct.pack(">IB", 5, 0))
+    assert locality == bytes(4)
+    established = ctrl_exchange(endpoint.ctrl_path, struct.pack(">I", 4))
+    assert len(established) == 8 and established[:4] == bytes(4)
+
+
+def test_concurrent_clients_get_their_own_answers(filtered, upstream):
+    """Sixteen clients, four commands each on one connection, each get their PCR."""
+    endpoint, direct = filtered
+    pcrs = list(range(16, 24)) * 2
+    for pcr in range(16, 24):
+        tpm2("pcrextend", f"{pcr}:sha256={pcr:064x}", tcti=direct)
+    expected = {
+        pcr: exchange(
+            endpoint.data_path.parent.parent / "swtpm" / "tpm.sock",
+            pcr_read_command(pcr),
+        )[0]
+        for pcr in range(16, 24)
+    }
+
+    def client(pcr):
+        return pcr, exchange(endpoint.data_path, pcr_read_command(pcr), count=4)
+
+    with ThreadPoolExecutor(len(pcrs)) as pool:
+        for pcr, responses in pool.map(client, pcrs):
+            assert responses == [expected[pcr]] * 4
+
+    tools = tpm2("pcrread", "sha256:16", tcti=endpoint.tcti)
+    assert tools.returncode == 0
+
+
+def test_garbage_gets_an_error_response_and_the_filter_keeps_serving(filtered):
+    """Non-TPM bytes get TPM_RC_BAD_TAG, oversized ones TPM_RC_COMMAND_SIZE."""
+    endpoint, _ = filtered
+    garbage = ctrl_exchange(endpoint.data_path, b"GET / HTTP/1.0\r\n\r\n")
+    assert garbage == bytes.fromhex("00c40000000a0000001e")
+
+    huge = struct.pack(">HII", 0x8001, 1 << 24, 0x17B)
+    assert ctrl_exchange(endpoint.data_path, huge) == bytes.fromhex(
+        "80010000000a00000142"
+    )
+
+    assert tpm2("getrandom", "--hex", "8", tcti=endpoint.tcti).returncode == 0
+
+
+def test_closing_a_filter_removes_its_sockets(filtered, filter_host):
+    """After close() no socket file or directory of the filter is left."""
+    endpoint, _ = filtered
+    assert endpoint.data_path.is_socket() and endpoint.ctrl_path.is_socket()
+    assert oct(endpoint.data_path.stat().st_mode & 0o777) == "0o666"
+
+    filter_host.close("c1")
+    assert not endpoint.directory.exists()
+    assert filter_host.names() == []
