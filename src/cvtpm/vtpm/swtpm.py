@@ -107,6 +107,8 @@ def start(paths: SwtpmPaths, state_key: bytes) -> int:
                 "--daemon",
             ],
             pass_fds=(key_fd,),
+            # swtpm creates its lock and log files with the inherited umask.
+            umask=0o077,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
