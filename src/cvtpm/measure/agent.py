@@ -1,0 +1,423 @@
+"""The measurement agent: fanotify permission events -> hash -> list -> PCR -> allow.
+
+Every exec (FAN_OPEN_EXEC_PERM, the kernel's BPRM_CHECK) and open
+(FAN_OPEN_PERM, FILE_CHECK) on a marked container mount blocks until the
+agent answers.  The agent finds the container from the thread that caused the
+event (its mount namespace), asks that container's IMA policy, hashes the file
+through the event's fd, journals the entry, extends it into the container's
+vTPM PCR 10 (and each ancestor's, by the ancestor's policy), and only then
+allows the access.  When it cannot record, it denies: fail closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import resource
+import select
+import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from cvtpm.errors import StateError
+from cvtpm.ima import entry as ima_entry
+from cvtpm.ima.policy import Func
+from cvtpm.measure import fanotify, procinfo
+from cvtpm.measure.container import Container, ContainerSpec
+from cvtpm.measure.hashing import hash_fd
+from cvtpm.measure.journal import MeasurementList
+
+log = logging.getLogger(__name__)
+
+MARK_MASK = fanotify.FAN_OPEN_EXEC_PERM | fanotify.FAN_OPEN_PERM
+# How far up the process tree an unknown thread is traced to a container.
+_MAX_ANCESTRY = 64
+_XATTR_IMA = "security.ima"
+_EVM_IMA_XATTR_DIGSIG = 0x03  # include/linux/integrity.h, evm_ima_xattr_type
+
+
+class Agent:
+    """Measures the files that containers execute or open, per their IMA policy.
+
+    `policy` is the default cvtpm.ima.policy.ImaPolicy (a ContainerSpec may
+    carry its own).  `fanotify_fd` adopts a group created elsewhere (see
+    fanotify.init_group) so that it, and its marks, outlive a crash of the
+    agent: pending accesses then wait for the next agent instead of being let
+    through.  `host_pcrs` is what boot_aggregate is computed from (None: zeros).
+    """
+
+    def __init__(
+        self,
+        policy,
+        *,
+        fanotify_fd: int | None = None,
+        workers: int = 4,
+        host_pcrs: dict[str, dict[int, bytes]] | None = None,
+        hash_algorithm: str = "sha256",
+        template: str = "ima-ng",
+    ):
+        self.policy = policy
+        self.hash_algorithm = hash_algorithm
+        self.template = template
+        self.host_pcrs = host_pcrs
+        self._containers: dict[str, Container] = {}
+        self._by_ns: dict[int, Container] = {}
+        # (st_dev, st_ino) -> containers that measured it for a reader: the
+        # kernel's IMA_MAY_EMIT_TOMTOU flag, kept per list.
+        self._tomtou: dict[tuple[int, int], set[Container]] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="cvtpm-measure")
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+
+        # 1. The fanotify group: our own, or adopted from a holder that
+        # survived the previous agent.
+        self._owns_group = fanotify_fd is None
+        self.group = fanotify.init_group() if fanotify_fd is None else fanotify_fd
+        os.set_blocking(self.group, False)
+
+        # 2. An adopted group may hold events a dead agent read but never
+        # answered; deny them before reading anything new (fail closed).
+        if not self._owns_group:
+            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            denied = fanotify.deny_orphans(self.group, limit)
+            if denied:
+                log.warning(
+                    "denied %d accesses left pending by a previous agent", denied
+                )
+
+    # -- containers ---------------------------------------------------------
+
+    def add_container(self, spec: ContainerSpec) -> MeasurementList:
+        """Start measuring a container: open its list, reconcile its vTPM, mark it.
+
+        Raises StateError when the list and the vTPM disagree (see
+        MeasurementList.reconcile), OSError when the mount cannot be marked.
+        """
+        with self._lock:
+            if spec.name in self._containers:
+                raise StateError(f"container {spec.name!r} is already measured")
+            parent = None
+            if spec.parent is not None:
+                parent = self._containers.get(spec.parent)
+                if parent is None:
+                    raise StateError(f"parent container {spec.parent!r} is not known")
+
+        # 1. The list, with boot_aggregate first, and the vTPM brought up to it.
+        mlist = MeasurementList(spec.list_dir)
+        container = Container(
+            spec=spec,
+            mnt_ns=spec.resolved_mnt_ns(),
+            policy=spec.policy if spec.policy is not None else self.policy,
+            mlist=mlist,
+            parent=parent,
+        )
+        try:
+            with mlist.lock:
+                if not mlist.entries:
+                    mlist.append(
+                        ima_entry.boot_aggregate(
+                            self.host_pcrs, self.template, self.hash_algorithm
+                        )
+                    )
+                container.tpm()
+
+            # 2. The marks: every exec and open on the container's mounts.
+            for path in spec.resolved_mounts():
+                fanotify.mark(
+                    self.group, path, MARK_MASK, filesystem=spec.filesystem_mark
+                )
+        except BaseException:
+            container.close()
+            raise
+
+        with self._lock:
+            self._containers[spec.name] = container
+            self._by_ns[container.mnt_ns] = container
+        log.info("measuring container %s (mnt ns %d)", spec.name, container.mnt_ns)
+        return mlist
+
+    def remove_container(self, name: str) -> None:
+        """Stop measuring a container; its list stays on disk."""
+        with self._lock:
+            container = self._containers.pop(name)
+            if self._by_ns.get(container.mnt_ns) is container:
+                del self._by_ns[container.mnt_ns]
+            for readers in self._tomtou.values():
+                readers.discard(container)
+
+        # The marks vanish with the mount when the container is gone; remove
+        # them only while the mount is still there.
+        with contextlib.suppress(OSError, ValueError):
+            for path in container.spec.resolved_mounts():
+                fanotify.unmark(
+                    self.group,
+                    path,
+                    MARK_MASK,
+                    filesystem=container.spec.filesystem_mark,
+                )
+        with container.mlist.lock:
+            container.close()
+
+    def containers(self) -> list[str]:
+        """Names of the containers being measured."""
+        with self._lock:
+            return list(self._containers)
+
+    # -- the event loop -----------------------------------------------------
+
+    def start(self) -> None:
+        """Run the event loop in a background thread."""
+        self._thread = threading.Thread(
+            target=self.run, name="cvtpm-fanotify", daemon=True
+        )
+        self._thread.start()
+
+    def run(self) -> None:
+        """Read events and hand each to a worker until stop() is called."""
+        while not self._stopping.is_set():
+            ready, _, _ = select.select([self.group, self._wake_r], [], [])
+            if self._wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 64)
+                continue
+            for event in fanotify.read_events(self.group):
+                if event.fd < 0:
+                    log.error("fanotify queue overflow (mask 0x%x)", event.mask)
+                    continue
+                if not event.is_permission:
+                    os.close(event.fd)
+                    continue
+                self._pool.submit(self._handle, event)
+
+    def stop(self) -> None:
+        """Stop the loop, finish events in flight, close lists and an own group.
+
+        Closing a group allows every access still queued in it (fanotify_release
+        in fs/notify/fanotify/fanotify_user.c), so stop the agent only once its
+        containers are gone, or hand the group to a holder first.
+        """
+        self._stopping.set()
+        os.write(self._wake_w, b"x")
+        if self._thread is not None:
+            self._thread.join()
+        self._pool.shutdown(wait=True)
+        for name in self.containers():
+            self.remove_container(name)
+        if self._owns_group:
+            os.close(self.group)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    # -- one event ----------------------------------------------------------
+
+    def _handle(self, event: fanotify.Event) -> None:
+        allow = False
+        try:
+            allow = self._measure(event)
+        except Exception as exc:
+            # Fail closed: an access the agent cannot record does not happen.
+            log.error("denying access by pid %d: %s", event.pid, exc)
+        finally:
+            try:
+                fanotify.respond(self.group, event.fd, allow)
+            except OSError as exc:
+                log.error("answering fanotify event of pid %d: %s", event.pid, exc)
+            os.close(event.fd)
+
+    def _measure(self, event: fanotify.Event) -> bool:
+        """Record what the access needs recorded; True to allow it."""
+        # 1. What: a regular file (IMA measures nothing else).
+        st = os.fstat(event.fd)
+        if not stat.S_ISREG(st.st_mode):
+            return True
+        file = _File(event.fd, st)
+
+        # 2. Who: the container of the thread, by mount namespace.
+        task = procinfo.task(event.pid)
+        container = self._container_of(task)
+        with self._lock:
+            readers_of = set(self._tomtou.get(file.key, ()))
+        if container is None and not readers_of:
+            log.debug("pid %d is in no measured container; allowing", event.pid)
+            return True
+
+        # 3. How: exec (BPRM_CHECK) or open (FILE_CHECK) with the open's mask.
+        if event.mask & fanotify.FAN_OPEN_EXEC_PERM:
+            func, mask = Func.BPRM_CHECK, procinfo.MAY_EXEC
+        else:
+            # TODO: opens whose flags /proc cannot show (io_uring, kernel-made
+            # opens) are taken as reads; a write made that way escapes ToMToU.
+            func = Func.FILE_CHECK
+            mask = procinfo.open_mask(task.tid) or procinfo.MAY_READ
+
+        # 4. ToMToU goes to every list that measured the file for a reader,
+        # whoever the writer is (the kernel's iint is per inode, not per task).
+        if func == Func.FILE_CHECK and mask & procinfo.MAY_WRITE and readers_of:
+            self._check_tomtou(file, readers_of)
+        if container is None:
+            return True
+
+        # 5. Record in the container's list, then each ancestor's, each by its
+        # own policy; any failure denies the access.
+        for node in container.chain():
+            self._record(node, file, func, mask, task)
+        return True
+
+    def _check_tomtou(self, file: _File, flagged: set[Container]) -> None:
+        """Log ToMToU where a measured reader still has the file open."""
+        # ima_rdwr_violation_check tests i_readcount; /proc/*/fd stands in.
+        if not procinfo.open_for_read_elsewhere(*file.key):
+            return
+        with self._lock:
+            self._tomtou.pop(file.key, None)
+        for c in flagged:
+            with c.mlist.lock:
+                log.warning("%s: ToMToU violation on %s", c.name, file.path())
+                c.record(
+                    ima_entry.violation(file.path(), self.template, self.hash_algorithm)
+                )
+
+    def _record(self, c: Container, file: _File, func, mask: int, task) -> None:
+        decision = c.policy.should_measure(
+            func=func,
+            mask=mask,
+            uid=task.uid,
+            euid=task.euid,
+            fowner=file.st.st_uid,
+            fsmagic=file.fsmagic(),
+        )
+        measure = bool(decision.measure)
+        if not measure:
+            return
+        template = getattr(decision, "template", None) or self.template
+
+        key, version = file.key, file.version
+        if c.measured.get(key) != version:
+            file.digest(self.hash_algorithm)  # outside the lock: hashing is slow
+
+        with c.mlist.lock:
+            # ima_main.c process_measurement: violations are checked for
+            # FILE_CHECK, before the measurement; write opens were handled above.
+            reading = not mask & procinfo.MAY_WRITE
+            if func == Func.FILE_CHECK and reading and self._open_writers(c, file):
+                log.warning("%s: open_writers violation on %s", c.name, file.path())
+                c.record(
+                    ima_entry.violation(file.path(), template, self.hash_algorithm)
+                )
+            if c.measured.get(key) != version:
+                c.record(self._entry(template, file))
+                c.measured[key] = version
+
+    def _open_writers(self, c: Container, file: _File) -> bool:
+        """The reader half of ima_rdwr_violation_check (ima_main.c)."""
+        with self._lock:
+            self._tomtou.setdefault(file.key, set()).add(c)
+
+        # open_writers: a read open of a file someone has open for write; once
+        # per writer period.  The kernel clears the flag when the last writer
+        # closes; here the first read open that finds no writer clears it.
+        if procinfo.open_for_write(file.fd):
+            if file.key not in c.emitted_open_writers:
+                c.emitted_open_writers.add(file.key)
+                return True
+        else:
+            c.emitted_open_writers.discard(file.key)
+        return False
+
+    def _entry(self, template: str, file: _File) -> ima_entry.Entry:
+        alg = self.hash_algorithm
+        digest = file.digest(alg)
+        if template == "ima-sig":
+            return ima_entry.ima_sig(file.path(), digest, alg, file.signature())
+        if template == "ima":
+            return ima_entry.ima_legacy(file.path(), file.digest("sha1"))
+        return ima_entry.make_entry(template, file.path(), digest, alg)
+
+    def _container_of(self, task: procinfo.Task) -> Container | None:
+        """The container whose mount namespace the thread is in, or descends from.
+
+        A process that made its own mount namespace inside a container is
+        still that container's: its parent chain is followed to a known one.
+        Host processes (the runtime, an admin reading the rootfs through
+        /proc/PID/root) belong to none.
+        """
+        with self._lock:
+            found = self._by_ns.get(task.mnt_ns)
+            if found is not None:
+                return found
+            by_ns = dict(self._by_ns)
+
+        ppid = task.ppid
+        for _ in range(_MAX_ANCESTRY):
+            if ppid <= 1:
+                return None
+            try:
+                parent = procinfo.task(ppid)
+            except (OSError, KeyError):
+                return None
+            if parent.mnt_ns in by_ns:
+                return by_ns[parent.mnt_ns]
+            ppid = parent.ppid
+        return None
+
+
+class _File:
+    """The file behind an event fd, with what IMA needs computed once."""
+
+    def __init__(self, fd: int, st: os.stat_result):
+        self.fd = fd
+        self.st = st
+        # i_version stand-in: ctime and mtime change with every content or
+        # metadata change that goes through the kernel.
+        self.version = (st.st_ctime_ns, st.st_mtime_ns)
+        self.key = (st.st_dev, st.st_ino)
+        self._digests: dict[str, bytes] = {}
+        self._path: str | None = None
+        self._fsmagic: int | None = None
+
+    def digest(self, alg: str) -> bytes:
+        """The file's digest, hashed through the fd once per algorithm."""
+        if alg not in self._digests:
+            self._digests[alg] = hash_fd(self.fd, alg)
+        return self._digests[alg]
+
+    def path(self) -> str:
+        """The path as the container sees it (d_path of the event's file)."""
+        if self._path is None:
+            self._path = os.readlink(f"/proc/self/fd/{self.fd}")
+        return self._path
+
+    def fsmagic(self) -> int:
+        """The filesystem's magic number, for `fsmagic=` policy rules."""
+        if self._fsmagic is None:
+            self._fsmagic = procinfo.fs_magic(self.fd)
+        return self._fsmagic
+
+    def signature(self) -> bytes:
+        """The file's security.ima signature (for ima-sig), or b"" if none."""
+        try:
+            value = os.getxattr(self.fd, _XATTR_IMA)
+        except OSError:
+            return b""
+        return value if value[:1] == bytes([_EVM_IMA_XATTR_DIGSIG]) else b""
+
+
+def default_host_pcrs(
+    device: str = "/dev/tpmrm0",
+) -> dict[str, dict[int, bytes]] | None:
+    """PCRs 0-9 of the host TPM in its sha1 and sha256 banks, or None without one."""
+    if not Path(device).exists():
+        return None
+    from cvtpm.tpm.client import TpmClient
+
+    with TpmClient(f"device:{device}") as tpm:
+        banks = [b for b in tpm.active_banks() if b in ("sha1", "sha256")]
+        values: dict[str, dict[int, bytes]] = {bank: {} for bank in banks}
+        for index in range(10):
+            for bank, value in tpm.pcr_read(index, banks).items():
+                values[bank][index] = value
+    return values

@@ -1,0 +1,135 @@
+"""A container as the agent tracks it: its list, its vTPM, its cache and flags."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cvtpm.errors import TpmError
+from cvtpm.ima.entry import Entry
+from cvtpm.measure.journal import Extender, MeasurementList, extend
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ContainerSpec:
+    """What the agent needs to measure one container.
+
+    `extender` is a TPM client (anything with active_banks, pcr_read and
+    pcr_extend, e.g. cvtpm.tpm.client.TpmClient) or a zero-argument callable
+    that opens one; with a callable the agent reconnects after a TPM failure
+    (an swtpm restart), and closes what it opened.  `mnt_ns` defaults to that
+    of `pid`; `mounts` (the paths whose mounts are marked) to /proc/PID/root.
+    """
+
+    name: str
+    list_dir: Path
+    extender: Extender | Callable[[], Extender]
+    pid: int | None = None
+    mnt_ns: int | None = None
+    mounts: Sequence[str] = ()
+    parent: str | None = None
+    policy: Any = None
+    filesystem_mark: bool = False
+
+    def resolved_mnt_ns(self) -> int:
+        """The mount namespace inode that identifies this container's processes."""
+        if self.mnt_ns is not None:
+            return self.mnt_ns
+        if self.pid is None:
+            raise ValueError(f"container {self.name!r} needs a pid or a mnt_ns")
+        return os.stat(f"/proc/{self.pid}/ns/mnt").st_ino
+
+    def resolved_mounts(self) -> list[str]:
+        """The paths to mark: as given, else the root of the container's init."""
+        if self.mounts:
+            return [os.fspath(m) for m in self.mounts]
+        if self.pid is None:
+            raise ValueError(f"container {self.name!r} needs a pid or mounts")
+        return [f"/proc/{self.pid}/root"]
+
+
+@dataclass(eq=False)
+class Container:
+    """Run-time state of one measured container."""
+
+    spec: ContainerSpec
+    mnt_ns: int
+    policy: Any
+    mlist: MeasurementList
+    parent: Container | None = None
+    # (st_dev, st_ino) -> (st_ctime_ns, st_mtime_ns) when measured: the
+    # kernel's iint "measured" flag with its i_version (ima_main.c).
+    measured: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
+    # Inodes whose open_writers violation was logged and no reader has since
+    # seen them free of writers (IMA_EMITTED_OPENWRITERS).
+    emitted_open_writers: set[tuple[int, int]] = field(default_factory=set)
+    _tpm: Extender | None = None
+    _banks: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The container's name, which is also its list's name."""
+        return self.spec.name
+
+    def chain(self) -> list[Container]:
+        """This container, then its parent, grandparent... up to the root one."""
+        out, node = [], self
+        while node is not None:
+            out.append(node)
+            node = node.parent
+        return out
+
+    def record(self, entry: Entry) -> None:
+        """Journal the entry, then extend it into the vTPM (call with mlist.lock held).
+
+        Raises on any failure; the caller then denies the access.  An entry
+        journaled but not extended is extended by the next reconcile.
+        """
+        tpm = self.tpm()
+        self.mlist.append(entry)
+        try:
+            extend(tpm, entry, self._banks, self.mlist.pcr)
+        except Exception as exc:
+            self.drop_tpm()
+            raise TpmError(
+                f"extending PCR {self.mlist.pcr} of {self.name}: {exc}"
+            ) from exc
+
+    def tpm(self) -> Extender:
+        """The connected vTPM, reconciled with the list; connects if needed."""
+        if self._tpm is not None:
+            return self._tpm
+        extender = self.spec.extender
+        tpm = extender if hasattr(extender, "pcr_extend") else extender()
+        try:
+            self._banks = list(tpm.active_banks())
+            self.mlist.reconcile(tpm)
+        except Exception:
+            self._close(tpm)
+            raise
+        self._tpm = tpm
+        return tpm
+
+    def drop_tpm(self) -> None:
+        """Forget the connection after a failure; the next use reconnects."""
+        if self._tpm is not None:
+            self._close(self._tpm)
+        self._tpm = None
+
+    def close(self) -> None:
+        """Release the list files and any TPM connection the agent opened."""
+        self.drop_tpm()
+        self.mlist.close()
+
+    def _close(self, tpm: Extender) -> None:
+        # Only connections the agent opened itself (through a factory) are its own.
+        if tpm is not self.spec.extender:
+            with contextlib.suppress(Exception):
+                tpm.close()

@@ -1,0 +1,259 @@
+"""The agent against the real kernel: runc containers, fanotify, swtpm."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from cvtpm.ima.replay import replay
+from cvtpm.measure.agent import Agent
+from cvtpm.measure.container import ContainerSpec
+from cvtpm.measure.journal import BINARY_NAME, read_list
+
+from .conftest import make_program, sha256_file
+
+pytestmark = [pytest.mark.root, pytest.mark.runc, pytest.mark.swtpm]
+
+
+@pytest.fixture
+def agent(policy):
+    """A running agent, stopped after the test."""
+    a = Agent(policy)
+    a.start()
+    yield a
+    a.stop()
+
+
+def run_container(agent, runc, bundle, name, list_dir, extender, **spec):
+    """Create a container, hand it to the agent, start it and wait for its end."""
+    cid, pid = runc.create(bundle)
+    agent.add_container(
+        ContainerSpec(name=name, pid=pid, list_dir=list_dir, extender=extender, **spec)
+    )
+    runc.start(cid)
+    runc.wait(cid)
+    agent.remove_container(name)
+    return read_list(list_dir)
+
+
+def measured(entries) -> dict[str, list[bytes]]:
+    """path -> file digests logged for it, in order (boot_aggregate left out)."""
+    out: dict[str, list[bytes]] = {}
+    for entry in entries[1:]:
+        out.setdefault(entry.path, []).append(entry.file_digest)
+    return out
+
+
+def test_each_distinct_program_is_measured_once(
+    agent, runc, bundle_factory, swtpm_factory, tmp_path
+):
+    """Every program a container runs is logged once, with sha256sum's digest."""
+    bundle = bundle_factory()
+    programs = [make_program(bundle.rootfs, f"/opt/p{i}", bytes([i])) for i in range(3)]
+    bundle.set_script("/opt/p0/true; /opt/p1/true; /opt/p0/true; /opt/p2/true")
+    tpm = swtpm_factory()
+
+    with tpm.client() as client:
+        entries = run_container(agent, runc, bundle, "c1", tmp_path / "l1", client)
+
+    assert entries[0].path == "boot_aggregate"
+    assert measured(entries) == {
+        "/bin/busybox": [sha256_file(bundle.rootfs / "bin/busybox")],
+        **{f"/opt/p{i}/true": [sha256_file(p)] for i, p in enumerate(programs)},
+    }
+    assert tpm.pcr10("sha256") == replay(entries, "sha256")
+    assert tpm.pcr10("sha1") == replay(entries, "sha1")
+
+
+def test_two_containers_of_one_image_keep_separate_lists(
+    agent, runc, bundle_factory, swtpm_factory, tmp_path
+):
+    """Two containers of the same rootfs get a list each; neither sees the other's."""
+    bundle = bundle_factory()
+    make_program(bundle.rootfs, "/opt/a", b"a")
+    bundle.set_script("/opt/a/true; sleep 0.3; /opt/a/true")
+    tpm_a, tpm_b = swtpm_factory("a"), swtpm_factory("b")
+
+    with tpm_a.client() as client_a, tpm_b.client() as client_b:
+        cid_a, pid_a = runc.create(bundle)
+        cid_b, pid_b = runc.create(bundle)
+        agent.add_container(ContainerSpec("a", tmp_path / "la", client_a, pid=pid_a))
+        agent.add_container(ContainerSpec("b", tmp_path / "lb", client_b, pid=pid_b))
+        runc.start(cid_a)
+        runc.start(cid_b)
+        runc.wait(cid_a)
+        runc.wait(cid_b)
+
+    list_a, list_b = read_list(tmp_path / "la"), read_list(tmp_path / "lb")
+    assert measured(list_a) == measured(list_b)
+    # sleep is a link to busybox: one inode, logged once under its real path.
+    assert set(measured(list_a)) == {"/bin/busybox", "/opt/a/true"}
+    assert all(len(digests) == 1 for digests in measured(list_a).values())
+    assert tpm_a.pcr10() == replay(list_a, "sha256")
+    assert tpm_b.pcr10() == replay(list_b, "sha256")
+
+
+def test_a_changed_program_is_measured_again(
+    agent, runc, bundle_factory, swtpm_factory, tmp_path
+):
+    """Running a modified binary adds an entry with the new digest."""
+    bundle = bundle_factory()
+    program = make_program(bundle.rootfs, "/opt/a", b"first")
+    bundle.set_script("/opt/a/true")
+    tpm = swtpm_factory()
+    spec = {"list_dir": tmp_path / "l", "extender": None}
+
+    with tpm.client() as client:
+        spec["extender"] = client
+        run_container(agent, runc, bundle, "c", **spec)
+        old = sha256_file(program)
+        with open(program, "ab") as f:
+            f.write(b"second")
+        entries = run_container(agent, runc, bundle, "c", **spec)
+
+    assert measured(entries)["/opt/a/true"] == [old, sha256_file(program)]
+    assert tpm.pcr10() == replay(entries, "sha256")
+
+
+def test_evmctl_accepts_the_list_against_the_vtpm(
+    agent, runc, bundle_factory, swtpm_factory, tmp_path
+):
+    """evmctl ima_measurement validates the binary list with PCR 10 of sha1 and sha256."""
+    bundle = bundle_factory()
+    make_program(bundle.rootfs, "/opt/a", b"a")
+    bundle.set_script("/opt/a/true; ls / > /dev/null")
+    tpm = swtpm_factory()
+    with tpm.client() as client:
+        run_container(agent, runc, bundle, "c", tmp_path / "l", client)
+
+    for bank in ("sha1", "sha256"):
+        pcrs = tmp_path / f"pcrs-{bank}"
+        # evmctl's --pcrs file: one "PCR-NN: hex" line per PCR, from 00 on.
+        lines = [f"PCR-{i:02d}: {v.hex()}\n" for i, v in enumerate(tpm.pcrs(bank))]
+        pcrs.write_text("".join(lines))
+        result = subprocess.run(
+            [
+                "evmctl", "ima_measurement",
+                "--pcrs", f"{bank},{pcrs}", f"--verify-bank={bank}",
+                str(tmp_path / "l" / BINARY_NAME),
+            ],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Matched per TPM bank" in result.stdout + result.stderr
+
+
+def test_nested_container_is_recorded_in_its_ancestor(
+    agent, runc, bundle_factory, swtpm_factory, tmp_path
+):
+    """A child's measurements land in the parent's list and vTPM too, not vice versa."""
+    parent_bundle, child_bundle = bundle_factory(), bundle_factory()
+    make_program(parent_bundle.rootfs, "/opt/parent", b"p")
+    make_program(child_bundle.rootfs, "/opt/child", b"c")
+    parent_bundle.set_script("sleep 1; /opt/parent/true")
+    child_bundle.set_script("/opt/child/true")
+    tpm_p, tpm_c = swtpm_factory("p"), swtpm_factory("c")
+
+    with tpm_p.client() as client_p, tpm_c.client() as client_c:
+        cid_p, pid_p = runc.create(parent_bundle)
+        agent.add_container(ContainerSpec("p", tmp_path / "lp", client_p, pid=pid_p))
+        runc.start(cid_p)
+        run_container(
+            agent, runc, child_bundle, "c", tmp_path / "lc", client_c, parent="p"
+        )
+        runc.wait(cid_p)
+
+    parent, child = read_list(tmp_path / "lp"), read_list(tmp_path / "lc")
+    assert "/opt/child/true" in measured(parent)
+    assert "/opt/parent/true" in measured(parent)
+    assert "/opt/parent/true" not in measured(child)
+    assert tpm_p.pcr10() == replay(parent, "sha256")
+    assert tpm_c.pcr10() == replay(child, "sha256")
+
+
+def test_violations_open_writers_and_tomtou(
+    agent, runc, bundle_factory, swtpm_factory, tmp_path
+):
+    """Reading a file open for write, and writing a file measured and open for read,
+    log open_writers and ToMToU entries (zero digests, 0xFF extends)."""
+    bundle = bundle_factory()
+    (bundle.rootfs / "data" / "w").write_text("w")
+    (bundle.rootfs / "data" / "r").write_text("r")
+    bundle.set_script(
+        "exec 3>>/data/w; cat /data/w > /dev/null; exec 3>&-; "
+        "exec 4</data/r; echo more >> /data/r; exec 4<&-"
+    )
+    tpm = swtpm_factory()
+    with tpm.client() as client:
+        entries = run_container(agent, runc, bundle, "c", tmp_path / "l", client)
+
+    violations = [(e.path, e.is_violation) for e in entries if e.is_violation]
+    assert ("/data/w", True) in violations
+    assert ("/data/r", True) in violations
+    assert len(violations) == 2
+    assert tpm.pcr10() == replay(entries, "sha256")
+
+
+def test_denies_when_the_vtpm_is_down_and_recovers(
+    agent, runc, bundle_factory, swtpm_factory, tmp_path
+):
+    """With the vTPM gone a new program is denied; after an swtpm restart (PCRs
+    reset) the agent replays the list and allows again."""
+    bundle = bundle_factory()
+    make_program(bundle.rootfs, "/opt/a", b"a")
+    make_program(bundle.rootfs, "/opt/b", b"b")
+    bundle.set_script(
+        "/opt/a/true; until [ -e /go ]; do sleep 0.05; done; "
+        "/opt/b/true; echo $? > /result; rm /go; "
+        "until [ -e /go ]; do sleep 0.05; done; /opt/b/true; echo $? >> /result"
+    )
+    tpm = swtpm_factory()
+    list_dir = tmp_path / "l"
+    cid, pid = runc.create(bundle)
+    agent.add_container(ContainerSpec("c", list_dir, tpm.client, pid=pid))
+    runc.start(cid)
+    _wait_for(lambda: "/opt/a/true" in measured(read_list(list_dir)))
+
+    tpm.stop()
+    (bundle.rootfs / "go").touch()
+    _wait_for(lambda: not (bundle.rootfs / "go").exists())
+    tpm.start()
+    (bundle.rootfs / "go").touch()
+    runc.wait(cid)
+
+    assert (bundle.rootfs / "result").read_text().split() != ["0", "0"]
+    assert (bundle.rootfs / "result").read_text().split()[0] != "0"
+    assert (bundle.rootfs / "result").read_text().split()[1] == "0"
+    entries = read_list(list_dir)
+    assert "/opt/b/true" in measured(entries)
+    assert tpm.pcr10() == replay(entries, "sha256")
+    agent.remove_container("c")
+
+
+def _wait_for(condition, timeout: float = 20) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.05)
+
+
+def test_unknown_processes_are_allowed(
+    agent, runc, bundle_factory, swtpm_factory, tmp_path
+):
+    """A host process running a file through a container's root is allowed, unlogged."""
+    bundle = bundle_factory()
+    make_program(bundle.rootfs, "/opt/a", b"a")
+    bundle.set_script("sleep 2")
+    tpm = swtpm_factory()
+    with tpm.client() as client:
+        cid, pid = runc.create(bundle)
+        agent.add_container(ContainerSpec("c", tmp_path / "l", client, pid=pid))
+        runc.start(cid)
+        subprocess.run([f"/proc/{pid}/root/opt/a/true"], check=True)
+        runc.wait(cid)
+        agent.remove_container("c")
+    assert "/opt/a/true" not in measured(read_list(tmp_path / "l"))
