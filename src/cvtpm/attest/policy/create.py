@@ -1,0 +1,54 @@
+"""Make a runtime policy from a container's root filesystem."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+from pathlib import Path
+
+from cvtpm.attest.policy.model import Digest, RuntimePolicy
+from cvtpm.ima.hashes import hash_function
+from cvtpm.ima.template import kernel_name
+
+# Shared objects: libc.so.6, ld-linux-x86-64.so.2, libfoo.so
+_LIBRARY = re.compile(r"\.so(\.\d+)*$")
+
+
+def create_policy(
+    rootfs: Path, alg: str = "sha256", *, all_files: bool = False
+) -> RuntimePolicy:
+    """Hash every regular executable or shared library under `rootfs`.
+
+    Paths are those the container sees (relative to `rootfs`, with a leading
+    "/", spaces as "_" like the kernel logs them). Symbolic links are never
+    followed, so nothing outside `rootfs` is read; IMA logs a file under its
+    resolved path, which the walk reaches on its own. With `all_files`, every
+    regular file is hashed (for containers that measure reads too).
+    """
+    hash_function(alg)  # ValueError early for an algorithm we cannot compute
+    root = Path(rootfs)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root} is not a directory")
+
+    digests: dict[str, frozenset[Digest]] = {}
+    for directory, subdirs, files in os.walk(root, followlinks=False):
+        subdirs.sort()
+        for name in sorted(files):
+            path = Path(directory, name)
+            info = path.lstat()
+            if not stat.S_ISREG(info.st_mode):
+                continue  # symlinks, devices, fifos, sockets
+            if not (all_files or info.st_mode & 0o111 or _LIBRARY.search(name)):
+                continue
+            inside = "/" + path.relative_to(root).as_posix()
+            digests[kernel_name(inside)] = frozenset({Digest(alg, _hash(path, alg))})
+    return RuntimePolicy(digests=digests)
+
+
+def _hash(path: Path, alg: str) -> bytes:
+    # O_NOFOLLOW: a file swapped for a symlink after the walk is not followed.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        return hashlib.file_digest(handle, hash_function(alg)).digest()
