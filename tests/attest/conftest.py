@@ -146,12 +146,12 @@ def other_ca(tmp_path_factory) -> LocalCa:
 
 
 @pytest.fixture
-def swtpm_dir(tmp_path):
+def swtpm_dir(short_tmp):
     """A running swtpm in a temporary directory, killed after the test."""
     if shutil.which("swtpm") is None:
         pytest.fail("swtpm is not installed")
-    proc = start_swtpm(tmp_path / "tpm")
-    yield tmp_path / "tpm"
+    proc = start_swtpm(short_tmp / "tpm")
+    yield short_tmp / "tpm"
     os.kill(proc.pid, signal.SIGTERM)
     proc.wait(timeout=10)
 

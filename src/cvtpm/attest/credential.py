@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import os
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
@@ -21,8 +22,8 @@ except ImportError:  # pragma: no cover - older cryptography
     from cryptography.hazmat.primitives.ciphers.modes import CFB
 
 from cvtpm.tpm import _alg as alg
-from cvtpm.tpm._cursor import marshal_tpm2b, marshal_u32
-from cvtpm.tpm.structures import Public
+from cvtpm.tpm._cursor import marshal_tpm2b, marshal_u16, marshal_u32
+from cvtpm.tpm.structures import Public, unmarshal_tpmt_public
 
 
 def kdfa(
@@ -131,3 +132,55 @@ def make_credential(ek: Public, ak_name: bytes, secret: bytes) -> tuple[bytes, b
     outer_hmac = hmac.new(hmac_key, enc_identity + ak_name, ek.name_alg).digest()
     id_object = marshal_tpm2b(outer_hmac) + enc_identity
     return id_object, encrypted_seed
+
+
+# TCG EK Credential Profile 2.x, B.3.3 templates L-1 (RSA 2048) and L-2 (ECC
+# NIST P-256): fixedTPM, fixedParent, sensitiveDataOrigin, adminWithPolicy,
+# restricted, decrypt; authPolicy PolicySecret(TPM_RH_ENDORSEMENT); AES-128-CFB.
+EK_ATTRIBUTES = 0x000300B2
+EK_POLICY = bytes.fromhex(
+    "837197674484b3f81a90cc8d46a5d724fd52d76e06520b64f2a1da1b331469aa"
+)
+
+
+def ek_public_from_certificate(cert: x509.Certificate) -> Public:
+    """The EK public area a TPM creates from the profile's low-range template.
+
+    It is rebuilt from the certificate's key, so MakeCredential can target an
+    EK known only by its certificate.
+    """
+    key = cert.public_key()
+    head = (
+        marshal_u16(alg.HASH_IDS["sha256"])
+        + marshal_u32(EK_ATTRIBUTES)
+        + marshal_tpm2b(EK_POLICY)
+        + marshal_u16(alg.ALG_AES)
+        + marshal_u16(128)
+        + marshal_u16(alg.ALG_CFB)
+        + marshal_u16(alg.ALG_NULL)  # scheme
+    )
+    if isinstance(key, rsa.RSAPublicKey):
+        numbers = key.public_numbers()
+        size = (key.key_size + 7) // 8
+        exponent = 0 if numbers.e == 65537 else numbers.e
+        body = (
+            marshal_u16(alg.ALG_RSA)
+            + head
+            + marshal_u16(key.key_size)
+            + marshal_u32(exponent)
+            + marshal_tpm2b(numbers.n.to_bytes(size, "big"))
+        )
+    elif isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name in alg.CURVE_IDS:
+        numbers = key.public_numbers()
+        size = (key.curve.key_size + 7) // 8
+        body = (
+            marshal_u16(alg.ALG_ECC)
+            + head
+            + marshal_u16(alg.CURVE_IDS[key.curve.name])
+            + marshal_u16(alg.ALG_NULL)  # kdf
+            + marshal_tpm2b(numbers.x.to_bytes(size, "big"))
+            + marshal_tpm2b(numbers.y.to_bytes(size, "big"))
+        )
+    else:
+        raise ValueError("the EK certificate holds neither an RSA nor an ECC key")
+    return unmarshal_tpmt_public(body)
