@@ -1,0 +1,56 @@
+"""Fixtures of the QEMU tier: one guest boot per session, shared by every check."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from .guest import CheckResult, GuestRun, parse_checks, run_guest
+from .guest_checks import all_checks
+
+
+@dataclass
+class GuestSession:
+    """The one boot of the session: the run itself and each check's result."""
+
+    run: GuestRun
+    checks: dict[str, CheckResult]
+
+
+@pytest.fixture(scope="session")
+def guest_session(tmp_path_factory: pytest.TempPathFactory) -> GuestSession:
+    """Boot the guest once and run every check of `guest_checks.all_checks()`.
+
+    `run_guest` kills QEMU before it returns or raises, on success, timeout,
+    failure or interrupt alike; a boot that fails is reported to every test
+    that asks for this fixture (pytest keeps the error for the session).
+    """
+    workdir = tmp_path_factory.mktemp("qemu-guest")
+    run = run_guest(all_checks(), workdir)
+    return GuestSession(run=run, checks=parse_checks(run.output))
+
+
+@pytest.fixture
+def guest_check(guest_session: GuestSession) -> Callable[..., CheckResult]:
+    """Look up one check's result; fail with the guest's output if it did not run.
+
+    `guest_check(name)` also fails the test when the check exited non-zero,
+    unless `ok=False` is passed to look at a failure deliberately.
+    """
+
+    def lookup(name: str, ok: bool = True) -> CheckResult:
+        result = guest_session.checks.get(name)
+        if result is None:
+            pytest.fail(
+                f"check {name!r} has no result; the guest's output was:\n"
+                f"{guest_session.run.output[-4000:]}"
+            )
+        if ok and result.status != 0:
+            pytest.fail(
+                f"check {name!r} exited {result.status} in the guest:\n{result.output}"
+            )
+        return result
+
+    return lookup

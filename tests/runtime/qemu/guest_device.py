@@ -1,0 +1,67 @@
+"""Run inside the QEMU guest: start and stop a device-mode vTPM with cvtpm's own code.
+
+`python guest_device.py start DIR` starts swtpm through
+`cvtpm.vtpm.vtpm_proxy.start` with its state under DIR and prints the device
+as one JSON line; `stop DIR` stops it through the control channel and prints
+whether the kernel removed the devices. The host-side tests read these lines.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+import time
+from pathlib import Path
+
+from cvtpm.vtpm import swtpm, vtpm_proxy
+from cvtpm.vtpm.swtpm import SwtpmPaths
+
+
+def _paths(base: Path) -> SwtpmPaths:
+    return SwtpmPaths(state_dir=base / "state", run_dir=base / "run")
+
+
+def start(base: Path) -> dict:
+    """Start a fresh vTPM as a vtpm-proxy chip; its key is kept for `stop`."""
+    key = secrets.token_bytes(32)
+    device = vtpm_proxy.start(_paths(base), key)
+    facts = {
+        "number": device.number,
+        "tpm": str(device.tpm),
+        "tpmrm": str(device.tpmrm),
+        "tpm_devnum": list(device.tpm_devnum),
+        "tpmrm_devnum": list(device.tpmrm_devnum),
+        "pid": device.pid,
+        "tcti": device.tcti,
+        "running": swtpm.is_running(device.pid),
+    }
+    (base / "device.json").write_text(json.dumps(facts))
+    # For the shell checks that follow: `. DIR/env` sets TPM and TPMRM.
+    (base / "env").write_text(f"TPM={device.tpm}\nTPMRM={device.tpmrm}\n")
+    return facts
+
+
+def stop(base: Path) -> dict:
+    """Stop the vTPM started by `start` and wait for the kernel to drop its chip."""
+    facts = json.loads((base / "device.json").read_text())
+    swtpm.stop(_paths(base), facts["pid"])
+
+    deadline = time.monotonic() + 30
+    tpm = Path(facts["tpm"])
+    while tpm.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {"running": swtpm.is_running(facts["pid"]), "tpm_exists": tpm.exists()}
+
+
+def main(argv: list[str]) -> int:
+    """Dispatch `start DIR` or `stop DIR` and print the facts as JSON."""
+    action, base = argv[0], Path(argv[1])
+    base.mkdir(parents=True, exist_ok=True)
+    facts = start(base) if action == "start" else stop(base)
+    print("facts=" + json.dumps(facts), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
