@@ -205,8 +205,15 @@ class Agent:
         if self._thread is not None:
             self._thread.join()
         self._pool.shutdown(wait=True)
-        for name in self.containers():
-            self.remove_container(name)
+
+        # Marks stay: an adopted group keeps measuring for the next agent.
+        with self._lock:
+            containers = list(self._containers.values())
+            self._containers.clear()
+            self._by_ns.clear()
+        for container in containers:
+            with container.mlist.lock:
+                container.close()
         if self._owns_group:
             os.close(self.group)
         os.close(self._wake_r)
