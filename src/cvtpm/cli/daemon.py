@@ -1,6 +1,84 @@
-"""The `cvtpm daemon` command."""
+"""The `cvtpm daemon` command: the host service hooks and verifiers talk to."""
 
 from __future__ import annotations
 
-# TODO: not built yet; its subcommands are added by the component that owns them.
-COMMANDS: list = []
+import asyncio
+import logging
+import os
+import signal
+
+import click
+import uvicorn
+
+from cvtpm.server.daemon import control_app, evidence_app
+from cvtpm.server.host import Host
+
+log = logging.getLogger(__name__)
+
+
+def _parse_listen(value: str | None) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter("expected HOST:PORT, e.g. 127.0.0.1:8441")
+    return host, int(port)
+
+
+@click.command()
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    help="Also serve evidence (only) over TCP, for remote verifiers.",
+)
+@click.option(
+    "--no-measure",
+    is_flag=True,
+    help="vTPMs and TPM sockets only, without the fanotify measurement agent.",
+)
+@click.pass_context
+def daemon(ctx, listen, no_measure):
+    """Run the cvtpm host daemon in the foreground (root)."""
+    tcp = _parse_listen(listen)
+    paths = ctx.obj
+    host = Host(paths, measure=not no_measure)
+    host.start()
+    socket_path = paths.run / "daemon.sock"
+    socket_path.unlink(missing_ok=True)
+
+    servers = [
+        uvicorn.Server(
+            uvicorn.Config(control_app(host), uds=str(socket_path), log_level="warning")
+        )
+    ]
+    if tcp is not None:
+        servers.append(
+            uvicorn.Server(
+                uvicorn.Config(
+                    evidence_app(host), host=tcp[0], port=tcp[1], log_level="warning"
+                )
+            )
+        )
+
+    async def serve():
+        tasks = [asyncio.create_task(s.serve()) for s in servers]
+        while not all(s.started for s in servers):
+            if any(t.done() for t in tasks):
+                break
+            await asyncio.sleep(0.01)
+        os.chmod(socket_path, 0o600)
+        click.echo(f"cvtpm daemon: listening on {socket_path}", err=True)
+        await asyncio.gather(*tasks)
+
+    # uvicorn handles SIGINT/SIGTERM by asking every server to exit.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        host.stop()
+        socket_path.unlink(missing_ok=True)
+
+
+COMMANDS = [daemon]

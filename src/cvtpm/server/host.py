@@ -1,0 +1,254 @@
+"""The daemon's work, without HTTP: per-container vTPM, measurement and TPM filter.
+
+The HTTP layer (cvtpm.server.daemon) only routes to a Host. A container added
+here gets, in order: its vTPM (created, or resumed from its saved state), a
+supervisor watch on its swtpm, its measurement list and fanotify marks, and the
+filtered TPM socket its processes talk to.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cvtpm.attest.evidence import collect_evidence
+from cvtpm.config import Paths
+from cvtpm.errors import CvtpmError, NotFoundError, StateError, UsageError
+from cvtpm.ima.policy import DEFAULT_CONTAINER_POLICY, parse_policy
+from cvtpm.measure.agent import Agent, default_host_pcrs
+from cvtpm.measure.container import ContainerSpec
+from cvtpm.measure.journal import BINARY_NAME
+from cvtpm.runtime.tpm_filter import FilterHost
+from cvtpm.vtpm.manager import StartReport, VtpmManager
+from cvtpm.vtpm.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ContainerRequest:
+    """What an OCI hook tells the daemon about a container being created."""
+
+    name: str
+    pid: int
+    rootfs: str
+    bundle: str = ""
+    ephemeral: bool = False
+    policy: str | None = None
+    parent: str | None = None
+    expose: str = "socket"
+
+    def validate(self) -> None:
+        """Raise UsageError for a request that cannot be right."""
+        if self.pid <= 1:
+            raise UsageError(f"container pid must be a process id, not {self.pid}")
+        if not os.path.isabs(self.rootfs):
+            raise UsageError(f"rootfs must be an absolute path, not {self.rootfs!r}")
+        if self.expose not in ("socket", "device"):
+            raise UsageError(
+                f"expose must be 'socket' or 'device', not {self.expose!r}"
+            )
+
+
+class Host:
+    """Everything the daemon runs for the containers on this host."""
+
+    def __init__(self, paths: Paths, *, host_pcrs=None, measure: bool = True):
+        self.paths = paths.ensure()
+        self.manager = VtpmManager(paths)
+        self.supervisor = Supervisor(self.manager, on_restart=self._vtpm_restarted)
+        self.filters = FilterHost()
+        self.measure = measure
+        self.agent = (
+            Agent(
+                parse_policy(DEFAULT_CONTAINER_POLICY),
+                host_pcrs=host_pcrs if host_pcrs is not None else default_host_pcrs(),
+            )
+            if measure
+            else None
+        )
+        self._containers: dict[str, ContainerRequest] = {}
+        self._lock = threading.RLock()
+        self._supervisor_thread: threading.Thread | None = None
+
+    # -- life of the daemon ----------------------------------------------------
+
+    def start(self) -> None:
+        """Start the filter loop, the agent and the supervisor; re-adopt containers."""
+        self.filters.start()
+        if self.agent is not None:
+            self.agent.start()
+        self._supervisor_thread = threading.Thread(
+            target=self.supervisor.run, name="cvtpm-supervisor", daemon=True
+        )
+        self._supervisor_thread.start()
+        self._readopt()
+
+    def stop(self) -> None:
+        """Stop serving; containers keep their vTPM state for the next daemon."""
+        for name in list(self._containers):
+            self.supervisor.unwatch(name)
+        self.supervisor.stop()
+        if self.agent is not None:
+            self.agent.stop()
+        self.filters.stop()
+
+    # -- containers --------------------------------------------------------------
+
+    def add_container(self, request: ContainerRequest) -> dict:
+        """Give a starting container its vTPM, measurement and TPM socket."""
+        request.validate()
+        with self._lock:
+            if request.name in self._containers:
+                raise StateError(f"container {request.name!r} is already set up")
+
+            # 1. The vTPM: resumed if the container ran before, else manufactured.
+            report = self._vtpm_up(request)
+            self.supervisor.watch(request.name)
+
+            try:
+                # 2. Measurement: list, reconcile with PCR 10, fanotify marks.
+                if self.agent is not None:
+                    self.agent.add_container(self._spec(request))
+
+                # 3. The filtered TPM socket for the container's processes.
+                endpoint = self.filters.open(
+                    request.name,
+                    Path(self.manager.get(request.name).socket),
+                    self._container_dir(request.name),
+                )
+            except BaseException:
+                self._teardown(request, keep=True)
+                raise
+
+            self._containers[request.name] = request
+            self._save(request)
+
+        info = self.manager.get(request.name)
+        log.info("container %s: vTPM %s, measured", request.name, report.describe())
+        return {
+            "name": request.name,
+            "host_socket": str(endpoint.data_path),
+            "tcti": endpoint.tcti,
+            "resumed": report.resumed,
+            "lost": report.lost,
+            "vtpm": _public(info.to_dict()),
+        }
+
+    def remove_container(self, name: str) -> dict:
+        """Tear a stopped container down; keep its vTPM and list unless ephemeral."""
+        with self._lock:
+            request = self._containers.pop(name, None)
+            if request is None:
+                raise NotFoundError(f"container {name!r} is not set up on this host")
+            self._teardown(request, keep=not request.ephemeral)
+        return {"name": name, "removed": request.ephemeral}
+
+    def containers(self) -> list[dict]:
+        """The containers set up now, as the hook described them."""
+        with self._lock:
+            return [asdict(r) for r in self._containers.values()]
+
+    def evidence(self, name: str, nonce: bytes, since: int = 0) -> dict:
+        """A fresh quote of the container's PCR 10, its list from `since`, and certs."""
+        info = self.manager.get(name)
+        if not self.manager.is_running(name):
+            raise StateError(f"the vTPM of {name!r} is not running")
+        with self.manager.client(name) as tpm:
+            evidence = collect_evidence(tpm, info, nonce, self.list_path(name), since)
+        return evidence.to_json()
+
+    def list_path(self, name: str) -> Path:
+        """The container's binary measurement list."""
+        return self.paths.lists / name / BINARY_NAME
+
+    # -- steps -------------------------------------------------------------------
+
+    def _vtpm_up(self, request: ContainerRequest) -> StartReport:
+        try:
+            self.manager.get(request.name)
+        except NotFoundError:
+            info = self.manager.create(request.name, ephemeral=request.ephemeral)
+            return StartReport(request.name, info.pid, resumed=False)
+        return self.manager.start(request.name)
+
+    def _spec(self, request: ContainerRequest) -> ContainerSpec:
+        policy = parse_policy(request.policy) if request.policy else None
+        return ContainerSpec(
+            name=request.name,
+            list_dir=self.paths.lists / request.name,
+            extender=lambda: self.manager.client(request.name),
+            pid=request.pid,
+            mounts=[_container_root(request)],
+            parent=request.parent,
+            policy=policy,
+        )
+
+    def _teardown(self, request: ContainerRequest, keep: bool) -> None:
+        name = request.name
+        self.filters.close(name)
+        if self.agent is not None and name in self.agent.containers():
+            self.agent.remove_container(name)
+        self.supervisor.unwatch(name)
+        shutil.rmtree(self._container_dir(name), ignore_errors=True)
+        if keep:
+            self.manager.stop(name)
+        else:
+            self.manager.delete(name)
+            shutil.rmtree(self.paths.lists / name, ignore_errors=True)
+
+    def _container_dir(self, name: str) -> Path:
+        return self.paths.run / "containers" / name
+
+    def _save(self, request: ContainerRequest) -> None:
+        """Remember the container in the run directory, for a restarted daemon."""
+        path = self._container_dir(request.name) / "container.json"
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(request)))
+
+    def _readopt(self) -> None:
+        """Take back the containers a previous daemon served that are still alive."""
+        for saved in sorted((self.paths.run / "containers").glob("*/container.json")):
+            request = ContainerRequest(**json.loads(saved.read_text()))
+            if not os.path.exists(f"/proc/{request.pid}"):
+                log.info("container %s ended while no daemon ran", request.name)
+                shutil.rmtree(saved.parent, ignore_errors=True)
+                try:
+                    if request.ephemeral:
+                        self.manager.delete(request.name)
+                    else:
+                        self.manager.stop(request.name)
+                except CvtpmError as exc:
+                    log.warning("container %s: %s", request.name, exc.explain())
+                continue
+            # TODO: a container re-adopted after a daemon restart is measured
+            # again from here on, but accesses during the gap were not; say so.
+            log.warning("re-adopting container %s (pid %d)", request.name, request.pid)
+            try:
+                self.add_container(request)
+            except CvtpmError as exc:
+                log.error("cannot re-adopt %s: %s", request.name, exc.explain())
+
+    def _vtpm_restarted(self, report: StartReport) -> None:
+        """After swtpm died and came back, bring PCR 10 up to the list at once."""
+        if self.agent is not None and report.name in self.agent.containers():
+            self.agent.reconcile(report.name)
+
+
+def _container_root(request: ContainerRequest) -> str:
+    """The path, seen from the host, of the container's root mount."""
+    # Before pivot_root (a createRuntime hook), the rootfs is at its host path
+    # inside the container's mount namespace; after it (a daemon re-adopting a
+    # running container), it is the namespace's root itself.
+    before_pivot = f"/proc/{request.pid}/root{request.rootfs}"
+    return before_pivot if os.path.isdir(before_pivot) else f"/proc/{request.pid}/root"
+
+
+def _public(info: dict) -> dict:
+    """A vTPM description without what only the host should see (none yet)."""
+    return {k: v for k, v in info.items() if k not in ("pid",)}
