@@ -2,20 +2,56 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
 import click
 
 from cvtpm import __version__
-from cvtpm.cli import attest, daemon, demo, hook, log, policy, run, verifier, vtpm
 from cvtpm.config import Paths
 from cvtpm.errors import CvtpmError
 
 USAGE_ERROR = 2
 
+# Each command's module and one-line help. Modules are imported only when their
+# command runs: the OCI hook runs at every container start, and must not pay
+# for the verifier's web framework or the registry's ORM.
+_COMMANDS = {
+    "vtpm": ("vtpm", "Manage the virtual TPMs on this host."),
+    "run": ("run", "Run a container with runc, with a vTPM and measurement."),
+    "log": ("log", "Print a container's measurement list."),
+    "attest": ("attest", "Attest a container: quote, list and policy."),
+    "policy": ("policy", "Create runtime policies (allowlists)."),
+    "daemon": ("daemon", "Run the host daemon (vTPMs, measurement, evidence)."),
+    "verifier": ("verifier", "Run the attestation verifier service."),
+    "hook": ("hook", "The OCI hook entry point, for runc and podman."),
+    "install-hooks": ("hook", "Install cvtpm's podman hook and CDI files."),
+    "demo": ("demo", "The main job, end to end, on a busybox container."),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A click group that imports a subcommand's module only when it is used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in _COMMANDS:
+            return None
+        module = importlib.import_module(f"cvtpm.cli.{_COMMANDS[name][0]}")
+        return next((c for c in module.COMMANDS if c.name == name), None)
+
+    def format_commands(self, ctx: click.Context, formatter) -> None:
+        # `cvtpm --help` lists the commands from the table, importing none.
+        with formatter.section("Commands"):
+            formatter.write_dl(
+                [(name, text) for name, (_, text) in sorted(_COMMANDS.items())]
+            )
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cvtpm")
 @click.option("-v", "--verbose", count=True, help="-v for info, -vv for debug logs.")
 @click.option(
@@ -40,11 +76,6 @@ def cli(ctx: click.Context, verbose: int, state_dir: str | None, run_dir: str | 
         state=defaults.state if state_dir is None else type(defaults.state)(state_dir),
         run=defaults.run if run_dir is None else type(defaults.run)(run_dir),
     )
-
-
-for module in (vtpm, log, attest, policy, run, hook, daemon, verifier, demo):
-    for command in module.COMMANDS:
-        cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> int:
