@@ -119,7 +119,7 @@ def test_a_changed_program_is_measured_again(
 def test_evmctl_accepts_the_list_against_the_vtpm(
     agent, runc, bundle_factory, swtpm_factory, tmp_path
 ):
-    """evmctl ima_measurement validates the binary list with PCR 10 of sha1 and sha256."""
+    """evmctl ima_measurement accepts the list against PCR 10 in sha1 and sha256."""
     bundle = bundle_factory()
     make_program(bundle.rootfs, "/opt/a", b"a")
     bundle.set_script("/opt/a/true; ls / > /dev/null")

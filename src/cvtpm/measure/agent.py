@@ -300,7 +300,9 @@ class Agent:
         measure = bool(decision.measure)
         if not measure:
             return
-        template = getattr(decision, "template", None) or self.template
+        # TODO: a rule's `pcr=` is ignored; every entry goes to PCR 10, the only
+        # PCR the journal reconciles.  It matters once policies use pcr=.
+        template = decision.template or self.template
 
         key, version = file.key, file.version
         if c.measured.get(key) != version:
