@@ -140,6 +140,10 @@ class MeasureDecision:
     pcr: int = DEFAULT_PCR
     rule: Rule | None = None
 
+    def __bool__(self) -> bool:
+        """A decision is true when the event is measured."""
+        return self.measure
+
 
 class ImaPolicy:
     """A parsed policy: an ordered list of rules, first match wins."""
