@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -46,10 +47,16 @@ def start_swtpm(directory: Path) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    for _ in range(200):
-        if sock.exists() and Path(f"{sock}.ctrl").exists():
+    # Ready once the data socket accepts a connection, not merely exists.
+    for _ in range(500):
+        if proc.poll() is not None:
+            break
+        try:
+            with socket.socket(socket.AF_UNIX) as probe:
+                probe.connect(str(sock))
             return proc
-        time.sleep(0.01)
+        except OSError:
+            time.sleep(0.01)
     proc.kill()
     raise RuntimeError("swtpm did not come up")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 
 import pytest
-from tests.attest.conftest import make_vtpm
 
 from cvtpm.attest.credential import kdfa, make_credential
 from cvtpm.errors import TpmError
 from cvtpm.tpm.structures import tpm2_name, unmarshal_tpmt_public
+from tests.attest.conftest import make_vtpm
 
 
 def test_kdfa_matches_a_hand_computed_block():

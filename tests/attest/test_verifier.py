@@ -7,13 +7,13 @@ import logging
 import os
 
 import pytest
-from tests.attest.conftest import files, make_vtpm
 
 from cvtpm.attest.evidence import Evidence, collect_evidence
 from cvtpm.attest.trust import TrustStore
 from cvtpm.attest.verifier import Registration, ReplayState, verify
 from cvtpm.ima.entry import violation
 from cvtpm.tpm.templates import ak_template
+from tests.attest.conftest import files, make_vtpm
 
 pytestmark = pytest.mark.swtpm
 

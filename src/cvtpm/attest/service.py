@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,11 +76,17 @@ def fetch_from_daemon(reg: Registration, nonce: bytes, since: int) -> Evidence:
     return Evidence.from_json(response.json())
 
 
-def default_policy_loader(text: str) -> RuntimePolicy:
-    """A runtime policy from its JSON text, in cvtpm's or Keylime's format."""
+def load_runtime_policy(text: str | bytes) -> RuntimePolicy:
+    """A runtime policy, ready to evaluate, from cvtpm or Keylime JSON text."""
     from cvtpm.attest import policy
 
-    return policy.load_policy(text)
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ParseError(f"runtime policy: not JSON ({exc})") from None
+    if isinstance(doc, dict) and "meta" in doc and "cvtpm_runtime_policy" not in doc:
+        return policy.PolicyEvaluator(policy.load_keylime(doc))
+    return policy.PolicyEvaluator(policy.load(doc))
 
 
 class VerifierService:
@@ -91,7 +98,7 @@ class VerifierService:
         trust_store: trust.TrustStore,
         *,
         fetch: Fetcher = fetch_from_daemon,
-        load_policy: PolicyLoader = default_policy_loader,
+        load_policy: PolicyLoader = load_runtime_policy,
     ):
         self.store = store
         self.trust = trust_store
@@ -145,6 +152,12 @@ class VerifierService:
             return False
         self.store.set_activation(name, None, activated=True)
         return True
+
+    def set_policy(self, name: str, policy: str | None) -> None:
+        """Replace the runtime policy of `name` (checked before it is stored)."""
+        if policy is not None:
+            self.load_policy(policy)
+        self.store.set_policy(name, policy)
 
     # -- attestation ------------------------------------------------------------------
 

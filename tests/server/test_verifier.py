@@ -1,0 +1,217 @@
+"""The verifier's HTTP API: authenticated, described by OpenAPI, and only routing."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import socket
+import threading
+import time
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from cvtpm.attest.endpoint import serve_evidence
+from cvtpm.attest.evidence import Evidence, collect_evidence
+from cvtpm.attest.service import VerifierService, fetch_from_daemon
+from cvtpm.attest.trust import TrustStore
+from cvtpm.server.verifier import create_app
+from cvtpm.store import VerifierStore
+from tests.attest.conftest import files, make_vtpm
+
+TOKEN = "s3cret-token-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def direct_fetch(vtpm):
+    """A fetcher that quotes the test's vTPM in-process, as the daemon would."""
+
+    def fetch(reg, nonce, since):
+        with vtpm.client() as tpm:
+            evidence = collect_evidence(tpm, vtpm, nonce, vtpm.list_path, since)
+        return Evidence.from_json(evidence.to_json())
+
+    return fetch
+
+
+def make_client(tmp_path, ca, fetch=None) -> TestClient:
+    trust = TrustStore()
+    trust.add_pem(ca.root_pem)
+    store = VerifierStore(f"sqlite:///{tmp_path / 'verifier.db'}")
+    service = VerifierService(store, trust, fetch=fetch or fetch_from_daemon)
+    return TestClient(create_app(service, TOKEN))
+
+
+def registration(vtpm, **extra) -> dict:
+    body = {
+        "name": vtpm.name,
+        "ek_cert": vtpm.ek_cert_pem,
+        "ak_public": base64.b64encode(vtpm.ak_public).decode(),
+        "ak_cert": vtpm.ak_cert_pem,
+        "ca_chain": vtpm.ca_chain_pem,
+        "banks": vtpm.banks,
+    }
+    body.update(extra)
+    return body
+
+
+def test_openapi_is_served_and_routes_need_the_token(tmp_path, local_ca):
+    """OpenAPI is public; every container route refuses a missing or wrong token."""
+    client = make_client(tmp_path, local_ca)
+    spec = client.get("/openapi.json").json()
+    assert "/v1/containers/{name}/attest" in spec["paths"]
+    assert client.get("/v1/health").json() == {"status": "ok"}
+    assert client.get("/v1/containers").status_code == 401
+    wrong = {"Authorization": "Bearer not-the-token-at-all"}
+    assert client.get("/v1/containers", headers=wrong).status_code == 401
+    assert client.get("/v1/containers", headers=AUTH).json() == []
+    assert client.get("/v1/containers/nope/result", headers=AUTH).status_code == 404
+
+
+@pytest.mark.swtpm
+def test_register_attest_and_read_the_result(tmp_path, local_ca, vtpm):
+    """A registered container is attested on request and its result can be read."""
+    vtpm.measure(files(10))
+    client = make_client(tmp_path, local_ca, direct_fetch(vtpm))
+    response = client.post("/v1/containers", json=registration(vtpm), headers=AUTH)
+    assert response.status_code == 201, response.text
+    result = client.post("/v1/containers/web/attest", headers=AUTH).json()
+    assert result["verdict"] == "trusted" and result["verified_index"] == 11
+    assert client.get("/v1/containers/web/result", headers=AUTH).json() == result
+    shown = client.get("/v1/containers/web", headers=AUTH).json()
+    assert shown["state"]["index"] == 11
+
+
+@pytest.mark.swtpm
+def test_submitted_evidence_and_a_replayed_submission(tmp_path, local_ca, vtpm):
+    """Evidence over an issued nonce is trusted once; sending it again is refused."""
+    client = make_client(tmp_path, local_ca)
+    client.post("/v1/containers", json=registration(vtpm), headers=AUTH)
+    nonce = bytes.fromhex(
+        client.post("/v1/containers/web/nonce", headers=AUTH).json()["nonce"]
+    )
+    with vtpm.client() as tpm:
+        evidence = collect_evidence(tpm, vtpm, nonce, vtpm.list_path, 0).to_json()
+    url = "/v1/containers/web/evidence"
+    assert client.post(url, json=evidence, headers=AUTH).json()["trusted"]
+    again = client.post(url, json=evidence, headers=AUTH).json()
+    assert [f["reason"] for f in again["failures"]] == ["quote.nonce_reused"]
+
+
+@pytest.mark.swtpm
+def test_unknown_ca_is_refused_at_registration(tmp_path, local_ca, other_ca, swtpm_dir):
+    """Registering an EK certificate from an unknown CA is refused with its reason."""
+    vtpm = make_vtpm(swtpm_dir, other_ca)
+    client = make_client(tmp_path, local_ca)
+    response = client.post("/v1/containers", json=registration(vtpm), headers=AUTH)
+    assert response.status_code == 422
+    reasons = {f["reason"] for f in response.json()["failures"]}
+    assert "ek.untrusted_ca" in reasons
+
+
+@pytest.mark.swtpm
+def test_credential_activation_binds_an_ak_without_certificate(
+    tmp_path, local_ca, vtpm
+):
+    """Without an AK certificate the AK is bound by answering a credential challenge."""
+    client = make_client(tmp_path, local_ca, direct_fetch(vtpm))
+    body = registration(vtpm, ak_cert="")
+    challenge = client.post("/v1/containers", json=body, headers=AUTH).json()[
+        "challenge"
+    ]
+    before = client.post("/v1/containers/web/attest", headers=AUTH).json()
+    assert [f["reason"] for f in before["failures"]] == ["ak.not_bound"]
+
+    blob = base64.b64decode(challenge["credential_blob"])
+    secret = base64.b64decode(challenge["encrypted_secret"])
+    with vtpm.client() as tpm:
+        answer = tpm.activate_credential(vtpm.ak_handle, vtpm.ek_handle, blob, secret)
+    wrong = {"secret": base64.b64encode(b"x" * 32).decode()}
+    assert not client.post(
+        "/v1/containers/web/activate", json=wrong, headers=AUTH
+    ).json()["activated"]
+    right = {"secret": base64.b64encode(answer).decode()}
+    assert client.post("/v1/containers/web/activate", json=right, headers=AUTH).json()[
+        "activated"
+    ]
+    assert client.post("/v1/containers/web/attest", headers=AUTH).json()["trusted"]
+
+
+@pytest.mark.swtpm
+def test_runtime_policy_failure_names_the_entry(tmp_path, local_ca, vtpm):
+    """A file the runtime policy does not allow makes the verdict not trusted."""
+    allowed = files(3)
+    vtpm.measure(allowed + files(1, start=9, prefix="/tmp/evil"))
+    policy = {
+        "cvtpm_runtime_policy": 1,
+        "files": {e.path: [f"sha256:{e.file_digest.hex()}"] for e in allowed},
+        "excludes": ["boot_aggregate"],
+    }
+    client = make_client(tmp_path, local_ca, direct_fetch(vtpm))
+    client.post("/v1/containers", json=registration(vtpm, policy=policy), headers=AUTH)
+    result = client.post("/v1/containers/web/attest", headers=AUTH).json()
+    assert not result["trusted"]
+    (failure,) = result["failures"]
+    assert failure["reason"].startswith("policy.") and failure["index"] == 4
+    assert failure["path"] == "/tmp/evil9"
+
+
+class _Manager:
+    """The part of the vTPM manager the evidence endpoint uses, over the test vTPM."""
+
+    def __init__(self, vtpm):
+        self.vtpm = vtpm
+
+    def get(self, name):
+        return self.vtpm
+
+    def client(self, name):
+        return self.vtpm.client()
+
+
+@contextlib.contextmanager
+def serve(app: FastAPI):
+    """Run `app` with uvicorn on a free loopback port; yields its URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(500):
+        if server.started:
+            break
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.mark.swtpm
+def test_pull_over_http_from_an_evidence_endpoint(tmp_path, local_ca, vtpm):
+    """The verifier fetches evidence over HTTP from a daemon using `serve_evidence`."""
+    vtpm.measure(files(4))
+    daemon = FastAPI()
+    manager = _Manager(vtpm)
+
+    @daemon.get("/v1/containers/{name}/evidence")
+    def evidence(name: str, nonce: str, since: int = 0) -> dict:
+        return serve_evidence(manager, name, nonce, since, lambda _: vtpm.list_path)
+
+    client = make_client(tmp_path, local_ca)
+    with serve(daemon) as url:
+        body = registration(vtpm, daemon_url=url)
+        client.post("/v1/containers", json=body, headers=AUTH)
+        first = client.post("/v1/containers/web/attest", headers=AUTH).json()
+        vtpm.measure(files(2, start=40))
+        second = client.post("/v1/containers/web/attest", headers=AUTH).json()
+    assert first["trusted"] and first["new_entries"] == 5
+    assert second["trusted"] and second["new_entries"] == 2
+    assert json.dumps(second)
