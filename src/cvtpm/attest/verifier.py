@@ -72,7 +72,9 @@ class Registration:
         """Fingerprints and names: enough to recognise this registration later."""
         return {
             "name": self.name,
-            "ek_fingerprint": trust.fingerprint(trust.load_certificate(self.ek_cert_pem)),
+            "ek_fingerprint": trust.fingerprint(
+                trust.load_certificate(self.ek_cert_pem)
+            ),
             "ak_name": self.ak.name().hex(),
             "banks": list(self.banks),
             "daemon_url": self.daemon_url,
@@ -190,7 +192,8 @@ def check_quote(
     if attest.type != TPM_ST_ATTEST_QUOTE:
         return None, [Failure("quote.not_a_quote", f"type 0x{attest.type:04x}")], []
     if not signature_valid(reg.ak, signature, evidence.attest):
-        return None, [Failure("quote.bad_signature", "not signed by the registered AK")], []
+        forged = Failure("quote.bad_signature", "not signed by the registered AK")
+        return None, [forged], []
 
     failures = []
     if attest.extra_data != nonce:
@@ -291,7 +294,9 @@ def check_templates(entries: list[Any], start: int) -> list[Failure]:
 # -- step 4: the runtime policy --------------------------------------------------------
 
 
-def check_policy(policy: RuntimePolicy, entries: list[Any], start: int) -> list[Failure]:
+def check_policy(
+    policy: RuntimePolicy, entries: list[Any], start: int
+) -> list[Failure]:
     """Step 4: every newly verified entry against the runtime policy."""
     failures = []
     for offset, entry in enumerate(entries):
@@ -324,7 +329,9 @@ def verify(
         result.failures.append(Failure("evidence.wrong_container", evidence.container))
 
     # Step 2 failures leave nothing trustworthy to replay against.
-    attest, failures, result.events = check_quote(reg, state, evidence, nonce, nonce_fresh)
+    attest, failures, result.events = check_quote(
+        reg, state, evidence, nonce, nonce_fresh
+    )
     result.failures += failures
     if failures:
         return _finish(result, state, started), state
