@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import hashlib
 
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
 from cvtpm.ima import dump_ascii, dump_binary, parse_ascii, parse_binary, replay
-from cvtpm.ima.signature import parse_signature
+from cvtpm.ima.signature import Keyring, parse_signature
+
+from .conftest import SIGNED_KEYS
 
 IBMTSS_PCR10 = {
     "sha1": "9be6bac02bf18d09d17e726c2df00bca4e8831ea",
@@ -111,11 +116,23 @@ def test_signed_signature_headers(signed_bytes):
     assert len(rsa.signature) == 256  # RSA-2048
 
 
+def test_signed_key_types():
+    """The PEM file holds an RSA-2048 key and an ECDSA secp256k1 key."""
+    keyring = Keyring.from_pem(SIGNED_KEYS.read_bytes())
+    rsa_key = keyring.get(bytes.fromhex("f3452d23"))
+    ec_key = keyring.get(bytes.fromhex("531f4025"))
+
+    assert isinstance(rsa_key, rsa.RSAPublicKey) and rsa_key.key_size == 2048
+    assert isinstance(ec_key, ec.EllipticCurvePublicKey)
+    assert isinstance(ec_key.curve, ec.SECP256K1)
+
+
 def test_signed_buffer_digest(signed_bytes):
     """sha256 of line 6's buffer (a DER certificate) equals its logged digest."""
     buf_entry = parse_ascii(signed_bytes)[5]
 
-    assert buf_entry.buffer[:2] == b"\x30\x82"  # a DER SEQUENCE
+    cert = x509.load_der_x509_certificate(buf_entry.buffer)
+    assert cert.subject.rfc4514_string() == "CN=ecdsa-ca-signed-ec-key"
     assert hashlib.sha256(buf_entry.buffer).digest() == buf_entry.file_digest
 
 
