@@ -1,6 +1,90 @@
-"""The `cvtpm hook` command."""
+"""The `cvtpm hook` OCI hook entry point and `cvtpm install-hooks`."""
 
 from __future__ import annotations
 
-# TODO: not built yet; its subcommands are added by the component that owns them.
-COMMANDS: list = []
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from cvtpm.cli.output import emit, json_option
+from cvtpm.runtime import install as installer
+from cvtpm.runtime.hook import run_stage
+from cvtpm.runtime.oci import parse_state
+
+# `cvtpm hook` takes the OCI stage names and their dashed spellings.
+STAGE_NAMES = {
+    "create-runtime": "createRuntime",
+    "createRuntime": "createRuntime",
+    "poststop": "poststop",
+}
+
+# The OCI state is a few kilobytes; anything far larger is not one.
+MAX_STATE_SIZE = 1 << 20
+
+
+@click.command()
+@click.argument("stage", type=click.Choice(sorted(STAGE_NAMES)))
+@json_option
+@click.pass_obj
+def hook(paths, stage, as_json):
+    """Run the OCI hook for STAGE, reading the container's state on stdin.
+
+    Containers annotated io.cvtpm.vtpm=enabled get a vTPM at createRuntime and
+    give it back at poststop; other containers pass through untouched.
+    """
+    state = parse_state(sys.stdin.read(MAX_STATE_SIZE))
+    outcome = run_stage(STAGE_NAMES[stage], state, paths)
+    if as_json:
+        emit(outcome.to_dict(), as_json)
+
+
+@click.command("install-hooks")
+@click.option(
+    "--hooks-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=installer.DEFAULT_HOOKS_DIR,
+    show_default=True,
+    help="Where podman reads OCI hook files.",
+)
+@click.option(
+    "--cdi-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=installer.DEFAULT_CDI_DIR,
+    show_default=True,
+    help="Where podman reads CDI specs.",
+)
+@click.option("--no-cdi", is_flag=True, help="Do not write the CDI spec.")
+@click.option(
+    "--executable",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The cvtpm executable hooks run (default: this one).",
+)
+@click.option(
+    "--print-runc",
+    is_flag=True,
+    help="Only print the config.json `hooks` fragment for runc.",
+)
+@json_option
+@click.pass_obj
+def install_hooks(paths, hooks_dir, cdi_dir, no_cdi, executable, print_runc, as_json):
+    """Install the podman hooks.d files (and CDI spec) that call `cvtpm hook`."""
+    executable = (executable or installer.cvtpm_executable()).absolute()
+    if print_runc:
+        click.echo(
+            json.dumps({"hooks": installer.runc_hooks(executable, paths)}, indent=2)
+        )
+        return
+
+    written = installer.install(
+        executable, paths, hooks_dir, None if no_cdi else cdi_dir
+    )
+    emit(
+        {"executable": str(executable), "written": [str(p) for p in written]},
+        as_json,
+        lambda data: "\n".join(f"wrote {p}" for p in data["written"]),
+    )
+
+
+COMMANDS = [hook, install_hooks]

@@ -1,6 +1,81 @@
-"""The `cvtpm run` command."""
+"""The `cvtpm run` command: a command in a rootfs, under runc, with its own vTPM."""
 
 from __future__ import annotations
 
-# TODO: not built yet; its subcommands are added by the component that owns them.
-COMMANDS: list = []
+import secrets
+from pathlib import Path
+
+import click
+
+from cvtpm.errors import UsageError
+from cvtpm.runtime import runner
+from cvtpm.runtime.bundle import RunSpec
+from cvtpm.runtime.expose import resolve_expose
+from cvtpm.runtime.install import cvtpm_executable
+
+
+def _bind(value: str) -> tuple[Path, Path]:
+    host, _, inside = value.partition(":")
+    host_path = Path(host)
+    inside_path = Path(inside or host)
+    if not host_path.is_absolute() or not inside_path.is_absolute():
+        raise UsageError(f"--bind {value}: both paths must be absolute")
+    return host_path, inside_path
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
+@click.option("--name", help="The container's (and its vTPM's) name.")
+@click.option(
+    "--policy",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="IMA policy for the container's measurements.",
+)
+@click.option("--ephemeral", is_flag=True, help="Delete the vTPM when it stops.")
+@click.option("--parent", help="The enclosing container, for nested measurement.")
+@click.option(
+    "--expose",
+    type=click.Choice(["auto", "socket", "device"]),
+    default="auto",
+    show_default=True,
+    help="Filtered socket at /run/tpm, or /dev/tpm0 via vtpm-proxy.",
+)
+@click.option(
+    "--bind",
+    "binds",
+    multiple=True,
+    metavar="HOST[:INSIDE]",
+    help="Bind-mount a host path read-only into the container (repeatable).",
+)
+@click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE")
+@click.argument("rootfs", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("command", nargs=-1, required=True)
+@click.pass_obj
+def run(paths, name, policy, ephemeral, parent, expose, binds, env, rootfs, command):
+    """Run COMMAND in ROOTFS under runc, with its own vTPM and measurement list.
+
+    Put `--` before COMMAND when it has options of its own. The exit status is the
+    container's.
+    """
+    environment = {}
+    for item in env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--env {item}: expected KEY=VALUE")
+        environment[key] = value
+
+    spec = RunSpec(
+        rootfs=rootfs.absolute(),
+        args=list(command),
+        name=name or f"cvtpm-{secrets.token_hex(6)}",
+        ephemeral=ephemeral,
+        policy=policy.absolute() if policy else None,
+        parent=parent,
+        expose=resolve_expose(expose),
+        binds=[_bind(b) for b in binds],
+        env=environment,
+    )
+    status = runner.run(spec, cvtpm_executable(), paths)
+    raise click.exceptions.Exit(status)
+
+
+COMMANDS = [run]

@@ -1,0 +1,139 @@
+"""What `cvtpm hook` does at each OCI hook stage of a container that asked for a vTPM.
+
+createRuntime: ask the daemon for the container's vTPM (it makes or restores one,
+starts measuring the container and starts the container's TPM filter), then expose
+that TPM inside the container. poststop: tell the daemon the container is gone; it
+shuts the vTPM down in order, or deletes everything of an ephemeral one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cvtpm.config import Paths
+from cvtpm.errors import ConfigError, CvtpmError, StateError
+from cvtpm.runtime import expose as exposure
+from cvtpm.runtime.daemon_client import DaemonClient
+from cvtpm.runtime.oci import (
+    ANNOTATION_ENABLE,
+    ANNOTATION_NAME,
+    ENABLED,
+    OciState,
+    annotations_of,
+    read_config,
+    request_from,
+    rootfs_path,
+)
+
+log = logging.getLogger(__name__)
+
+STAGES = ("createRuntime", "poststop")
+
+ClientFactory = Callable[[Paths], DaemonClient]
+
+
+@dataclass(frozen=True)
+class HookOutcome:
+    """What one hook run did: `skipped`, `created`, `deleted` or `absent`."""
+
+    action: str
+    name: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The outcome as JSON-ready data."""
+        return {"action": self.action, "name": self.name, **self.details}
+
+
+def run_stage(
+    stage: str,
+    state: OciState,
+    paths: Paths,
+    client_factory: ClientFactory = DaemonClient.for_paths,
+) -> HookOutcome:
+    """Run the hook for `stage` (an OCI stage name) on a container's state."""
+    if stage == "createRuntime":
+        return create_runtime(state, paths, client_factory)
+    if stage == "poststop":
+        return poststop(state, paths, client_factory)
+    raise ValueError(f"unsupported hook stage {stage!r}; expected one of {STAGES}")
+
+
+def create_runtime(
+    state: OciState,
+    paths: Paths,
+    client_factory: ClientFactory = DaemonClient.for_paths,
+) -> HookOutcome:
+    """Give the container its vTPM and expose it; undo everything on failure."""
+    # 1. What the container asked for.
+    config = read_config(state.bundle)
+    request = request_from(annotations_of(state, config), state.id)
+    if request is None:
+        return HookOutcome("skipped")
+    if state.pid is None:
+        raise ConfigError("the OCI state has no pid; is this a createRuntime hook?")
+    rootfs = rootfs_path(state.bundle, config)
+    expose = exposure.resolve_expose(request.expose)
+
+    # 2. The daemon makes or restores the vTPM and starts measuring and filtering.
+    body = request.to_json(
+        pid=state.pid, bundle=state.bundle, rootfs=rootfs, expose=expose
+    )
+    with client_factory(paths) as client:
+        response = client.create_container(body)
+
+        # 3. The TPM inside the container; a container that asked for a vTPM must
+        # not start without one, so a failure here undoes step 2.
+        try:
+            where = _expose(expose, state.pid, rootfs, response)
+        except (CvtpmError, OSError) as exc:
+            log.error("exposing the vTPM of %s failed: %s", request.name, exc)
+            client.delete_container(request.name)
+            raise
+
+    log.info("container %s has its vTPM (%s)", request.name, expose)
+    return HookOutcome("created", request.name, {"expose": expose, "at": where})
+
+
+def poststop(
+    state: OciState,
+    paths: Paths,
+    client_factory: ClientFactory = DaemonClient.for_paths,
+) -> HookOutcome:
+    """Tell the daemon the container stopped; a second call is harmless."""
+    # The bundle may already be gone when a runtime cleans up; the state's
+    # annotations are enough to find the name.
+    try:
+        config = read_config(state.bundle)
+    except ConfigError:
+        config = None
+    annotations = annotations_of(state, config)
+    if annotations.get(ANNOTATION_ENABLE, "").strip().lower() != ENABLED:
+        return HookOutcome("skipped")
+    name = annotations.get(ANNOTATION_NAME) or state.id
+
+    with client_factory(paths) as client:
+        deleted = client.delete_container(name)
+    return HookOutcome("deleted" if deleted else "absent", name)
+
+
+def _expose(expose: str, pid: int, rootfs: Path, response: dict[str, Any]) -> str:
+    if expose == "socket":
+        # The daemon names its filter's data socket `host_socket` (the host-side
+        # path of the container's TPM socket); `filter_socket` is the older name.
+        socket = response.get("host_socket") or response.get("filter_socket")
+        if not socket:
+            raise StateError("the daemon's answer names no host_socket")
+        exposure.expose_socket(pid, rootfs, Path(socket).parent)
+        return str(exposure.CONTAINER_SOCKET)
+
+    device = response.get("device") or {}
+    if not device.get("tpm") or not device.get("tpmrm"):
+        raise StateError("the daemon's answer names no device.tpm and device.tpmrm")
+    nodes = exposure.device_nodes(Path(device["tpm"]), Path(device["tpmrm"]))
+    exposure.expose_devices(pid, rootfs, nodes)
+    return ",".join(str(node.inside) for node in nodes)

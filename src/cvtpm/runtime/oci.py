@@ -1,0 +1,162 @@
+"""The OCI state a hook receives, and what a container's annotations ask of cvtpm.
+
+A runtime hands each hook the container's state as JSON on stdin (OCI runtime
+spec, "State" and "POSIX-platform Hooks"): its id, the pid of its init process,
+the bundle directory and the annotations of its config.json. A container asks for
+a vTPM with the annotation `io.cvtpm.vtpm=enabled`; the others refine the request.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cvtpm.errors import ConfigError, ParseError
+
+ANNOTATION_ENABLE = "io.cvtpm.vtpm"
+ANNOTATION_NAME = "io.cvtpm.name"
+ANNOTATION_EPHEMERAL = "io.cvtpm.ephemeral"
+ANNOTATION_POLICY = "io.cvtpm.policy"
+ANNOTATION_PARENT = "io.cvtpm.parent"
+ANNOTATION_EXPOSE = "io.cvtpm.expose"
+
+ENABLED = "enabled"
+EXPOSE_CHOICES = ("auto", "socket", "device")
+
+# The largest IMA policy a hook will read; real ones are a few kilobytes.
+MAX_POLICY_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class OciState:
+    """The container state of the OCI runtime spec, as given to a hook."""
+
+    id: str
+    status: str
+    pid: int | None
+    bundle: Path
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VtpmRequest:
+    """What a container asked of cvtpm through its annotations."""
+
+    name: str
+    ephemeral: bool = False
+    policy: str | None = None
+    parent: str | None = None
+    expose: str = "auto"
+
+    def to_json(self, *, pid: int, bundle: Path, rootfs: Path, expose: str) -> dict:
+        """The body of the daemon's POST /v1/containers for this request."""
+        return {
+            "name": self.name,
+            "pid": pid,
+            "bundle": str(bundle),
+            "rootfs": str(rootfs),
+            "ephemeral": self.ephemeral,
+            "policy": self.policy,
+            "parent": self.parent,
+            "expose": expose,
+        }
+
+
+def parse_state(text: str) -> OciState:
+    """Parse the state JSON on a hook's stdin; raises ParseError naming the field."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ParseError(f"OCI state is not JSON: {exc.msg}", offset=exc.pos) from exc
+    if not isinstance(data, dict):
+        raise ParseError("OCI state is not a JSON object")
+
+    container_id = _field(data, "id", str)
+    bundle = _field(data, "bundle", str)
+    pid = data.get("pid")
+    if pid is not None and (not isinstance(pid, int) or pid <= 0):
+        raise ParseError(f"OCI state: pid is not a positive integer: {pid!r}")
+    annotations = data.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        raise ParseError("OCI state: annotations is not an object")
+
+    return OciState(
+        id=container_id,
+        status=str(data.get("status", "")),
+        pid=pid,
+        bundle=Path(bundle),
+        annotations={str(k): str(v) for k, v in annotations.items()},
+    )
+
+
+def read_config(bundle: Path) -> dict[str, Any]:
+    """The bundle's config.json; raises ConfigError if it is missing or unreadable."""
+    path = bundle / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read the OCI config {path}: {exc}") from exc
+
+
+def rootfs_path(bundle: Path, config: dict[str, Any]) -> Path:
+    """The container's root filesystem on the host (root.path, relative to bundle)."""
+    root = (config.get("root") or {}).get("path")
+    if not root:
+        raise ConfigError(f"{bundle / 'config.json'} has no root.path")
+    return (bundle / root).resolve() if not Path(root).is_absolute() else Path(root)
+
+
+def annotations_of(state: OciState, config: dict[str, Any] | None) -> dict[str, str]:
+    """The container's annotations: the state's, else those in config.json."""
+    if state.annotations:
+        return state.annotations
+    return {
+        str(k): str(v) for k, v in ((config or {}).get("annotations") or {}).items()
+    }
+
+
+def request_from(annotations: dict[str, str], container_id: str) -> VtpmRequest | None:
+    """The vTPM request the annotations make, or None if the container asked none."""
+    if annotations.get(ANNOTATION_ENABLE, "").strip().lower() != ENABLED:
+        return None
+
+    expose = annotations.get(ANNOTATION_EXPOSE, "auto").strip().lower()
+    if expose not in EXPOSE_CHOICES:
+        raise ConfigError(
+            f"annotation {ANNOTATION_EXPOSE}={expose!r}: expected one of "
+            + ", ".join(EXPOSE_CHOICES)
+        )
+
+    policy = None
+    if path := annotations.get(ANNOTATION_POLICY):
+        policy = _read_policy(Path(path))
+
+    return VtpmRequest(
+        name=annotations.get(ANNOTATION_NAME) or container_id,
+        ephemeral=annotations.get(ANNOTATION_EPHEMERAL, "").lower() in ("true", "1"),
+        policy=policy,
+        parent=annotations.get(ANNOTATION_PARENT) or None,
+        expose=expose,
+    )
+
+
+def _read_policy(path: Path) -> str:
+    if not path.is_absolute():
+        raise ConfigError(f"annotation {ANNOTATION_POLICY} must be an absolute path")
+    try:
+        with path.open("rb") as policy:
+            data = policy.read(MAX_POLICY_SIZE + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the IMA policy {path}: {exc}") from exc
+    if len(data) > MAX_POLICY_SIZE:
+        raise ConfigError(f"the IMA policy {path} is larger than {MAX_POLICY_SIZE}")
+    return data.decode("utf-8", errors="strict")
+
+
+def _field(data: dict, name: str, kind: type):
+    value = data.get(name)
+    if not isinstance(value, kind) or not value:
+        raise ParseError(f"OCI state: {name} is missing or not a {kind.__name__}")
+    return value

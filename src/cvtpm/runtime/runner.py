@@ -1,0 +1,90 @@
+"""`cvtpm run`: run a command in a rootfs under runc, with its own vTPM.
+
+The bundle lives in a temporary directory for the container's lifetime only; the
+container's exit status becomes the command's, stdio is passed straight through,
+and SIGINT/SIGTERM go to runc, which forwards them to the container.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+from cvtpm.config import Paths
+from cvtpm.errors import ConfigError
+from cvtpm.runtime.bundle import RunSpec, oci_config, write_bundle
+from cvtpm.runtime.daemon_client import daemon_socket
+
+log = logging.getLogger(__name__)
+
+# runc keeps container state here unless told otherwise; ours stays apart from the
+# host's other runc containers.
+RUNC_ROOT = "runc"
+
+
+def runc_binary() -> str:
+    """The runc executable; raises ConfigError if it is not installed."""
+    found = shutil.which("runc")
+    if found is None:
+        raise ConfigError("runc is not installed (Debian package `runc`)")
+    return found
+
+
+def run(spec: RunSpec, executable: Path, paths: Paths) -> int:
+    """Run `spec` to completion; returns the container's exit status."""
+    # 1. Fail early with a clear message rather than from inside a runc hook.
+    if not daemon_socket(paths).is_socket():
+        raise ConfigError(
+            f"the cvtpm daemon is not listening at {daemon_socket(paths)}; "
+            "start it with `cvtpm daemon`"
+        )
+    if not spec.rootfs.is_dir():
+        raise ConfigError(f"the rootfs {spec.rootfs} is not a directory")
+    runc = runc_binary()
+    runc_root = paths.run / RUNC_ROOT
+
+    # 2. The bundle, then runc in the foreground with our stdio.
+    paths.run.mkdir(parents=True, exist_ok=True)
+    bundle = Path(tempfile.mkdtemp(prefix="bundle-", dir=paths.run))
+    try:
+        write_bundle(bundle, oci_config(spec, executable, paths))
+        command = [runc, "--root", str(runc_root), "run", "--bundle", str(bundle)]
+        return _run_forwarding_signals([*command, spec.name])
+
+    # 3. Whatever happened, no container state or bundle is left behind; runc
+    # runs the poststop hook on its own cleanup.
+    finally:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                [runc, "--root", str(runc_root), "delete", "--force", spec.name],
+                capture_output=True,
+                timeout=60,
+            )
+        shutil.rmtree(bundle, ignore_errors=True)
+
+
+def _run_forwarding_signals(command: list[str]) -> int:
+    process = subprocess.Popen(command)
+
+    def forward(signum, _frame):
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signum)
+
+    previous = {
+        signum: signal.signal(signum, forward)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
+    try:
+        status = process.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    # runc returns the container's status; a container killed by a signal is
+    # reported by shells as 128 + signal number, and so is it here.
+    return status if status >= 0 else 128 - status
