@@ -1,6 +1,139 @@
-"""The `cvtpm attest` command."""
+"""The `cvtpm attest` command: attest one container now and say if it is trusted."""
 
 from __future__ import annotations
 
-# TODO: not built yet; its subcommands are added by the component that owns them.
-COMMANDS: list = []
+import os
+from pathlib import Path
+
+import click
+
+from cvtpm.attest.evidence import Evidence, collect_evidence
+from cvtpm.attest.result import explain
+from cvtpm.attest.service import VerifierService, fetch_from_daemon
+from cvtpm.attest.trust import TrustStore
+from cvtpm.attest.verifier import Registration
+from cvtpm.cli.output import emit, json_option
+from cvtpm.config import Paths
+from cvtpm.errors import ConfigError, CvtpmError, NotFoundError
+from cvtpm.store import VerifierStore
+
+BINARY_LIST = "binary_runtime_measurements"
+
+
+class NotTrusted(CvtpmError):
+    """The container's attestation failed; the failures were printed."""
+
+
+def local_trust(paths: Paths, extra: tuple[str, ...] = ()) -> TrustStore:
+    """The trust store: the given PEM files or directories, else the local CA's root."""
+    if extra:
+        return TrustStore.from_paths(list(extra))
+    root = paths.ca / "root.pem"
+    if not root.exists():
+        raise ConfigError(f"no local CA at {paths.ca}; pass --trust with a root")
+    return TrustStore.from_paths([root])
+
+
+def default_store_url(paths: Paths) -> str:
+    """The local verifier's database: SQLite under the state directory."""
+    return f"sqlite:///{paths.state / 'verifier.db'}"
+
+
+def _local_fetch(paths: Paths):
+    """Evidence straight from this host's vTPM and list, without the daemon."""
+    from cvtpm.vtpm.manager import VtpmManager
+
+    manager = VtpmManager(paths)
+
+    def fetch(reg: Registration, nonce: bytes, since: int) -> Evidence:
+        info = manager.get(reg.name)
+        list_path = paths.lists / reg.name / BINARY_LIST
+        with manager.client(reg.name) as tpm:
+            return collect_evidence(tpm, info, nonce, list_path, since)
+
+    return fetch
+
+
+def _registration(evidence: Evidence, daemon_url: str) -> Registration:
+    return Registration(
+        name=evidence.container,
+        ek_cert_pem=evidence.ek_cert_pem,
+        ak_public=evidence.ak_public,
+        ak_cert_pem=evidence.ak_cert_pem,
+        ca_chain_pem=evidence.ca_chain_pem,
+        banks=list(evidence.banks),
+        daemon_url=daemon_url,
+    )
+
+
+def _ensure_registered(service: VerifierService, name: str, daemon_url: str) -> None:
+    """Register `name` from its own evidence unless its EK and AK are known already.
+
+    The EK certificate still has to chain to the trust store, so learning the
+    keys from the evidence trusts nothing the verifier would not check anyway.
+    """
+    probe = service.fetch(
+        Registration(name, "", b"", daemon_url=daemon_url), os.urandom(20), 0
+    )
+    wanted = _registration(probe, daemon_url)
+    try:
+        known = service.store.registration(name)
+    except NotFoundError:
+        known = None
+    if known is not None and (known.ek_cert_pem, known.ak_public) == (
+        wanted.ek_cert_pem,
+        wanted.ak_public,
+    ):
+        return
+    outcome = service.register(wanted)
+    if not outcome.accepted:
+        reasons = ", ".join(f"{f.reason}: {f.message}" for f in outcome.failures)
+        raise NotTrusted(f"{name} cannot be registered: {reasons}")
+
+
+@click.command()
+@click.argument("name")
+@click.option(
+    "--policy",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Runtime policy JSON (cvtpm or Keylime).",
+)
+@click.option(
+    "--daemon",
+    "daemon_url",
+    envvar="CVTPM_DAEMON_URL",
+    help="Fetch evidence from this daemon URL instead of the local vTPM.",
+)
+@click.option(
+    "--trust",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Trusted CA PEM file or directory (default: the local CA root).",
+)
+@click.option(
+    "--db",
+    "db_url",
+    help="Verifier database URL (default: SQLite in the state directory).",
+)
+@json_option
+@click.pass_context
+def attest(ctx, name, policy, daemon_url, trust, db_url, as_json):
+    """Attest container NAME: exit 0 if trusted, 1 if not."""
+    paths: Paths = ctx.obj
+    store = VerifierStore(db_url or default_store_url(paths))
+    fetch = fetch_from_daemon if daemon_url else _local_fetch(paths)
+    service = VerifierService(store, local_trust(paths, trust), fetch=fetch)
+    try:
+        _ensure_registered(service, name, daemon_url or "")
+        if policy is not None:
+            service.set_policy(name, Path(policy).read_text())
+        result = service.attest(name)
+    finally:
+        store.close()
+
+    emit(result.to_dict(), as_json, lambda _: explain(result))
+    if not result.trusted:
+        raise NotTrusted(f"{name} is not trusted ({len(result.failures)} failures)")
+
+
+COMMANDS = [attest]
