@@ -38,8 +38,45 @@ def iter_binary(data: bytes, digest_size: int = 20) -> Iterator[Entry]:
     index = 0
     while cursor.remaining:
         cursor.entry = index
-        yield _read_entry(cursor, digest_size, index)
+        entry = _read_entry_fast(cursor, digest_size)
+        yield entry if entry is not None else _read_entry(cursor, digest_size, index)
         index += 1
+
+
+_TEMPLATE_NAMES = {name.encode(): name for name in template.TEMPLATES if name != "ima"}
+
+
+def _read_entry_fast(cursor: Cursor, digest_size: int) -> Entry | None:
+    """Read a well-formed non-legacy entry in one pass, or None (then _read_entry
+    reads it again, field by field, and says exactly what is wrong)."""
+    data = cursor.data
+    pos = cursor.pos
+    head_end = pos + 4 + digest_size + 4
+    if head_end > len(data):
+        return None
+    pcr = _U32LE.unpack_from(data, pos)[0]
+    name_end = head_end + _U32LE.unpack_from(data, head_end - 4)[0]
+    if pcr >= PCR_COUNT or name_end + 4 > len(data):
+        return None
+    template_name = _TEMPLATE_NAMES.get(data[head_end:name_end])
+    if template_name is None:
+        return None
+    data_end = name_end + 4 + _U32LE.unpack_from(data, name_end)[0]
+    if data_end > len(data):
+        return None
+    template_data = data[name_end + 4 : data_end]
+    fields = template.unpack_fast(template_name, template_data)
+    if fields is None:
+        return None
+
+    cursor.pos = data_end
+    return Entry(
+        pcr,
+        template_name,
+        template_data,
+        data[pos + 4 : pos + 4 + digest_size],
+        *fields,
+    )
 
 
 def _read_entry(cursor: Cursor, digest_size: int, index: int) -> Entry:

@@ -127,6 +127,54 @@ def unpack(
     return Fields(digest_alg, file_digest, path, signature, buffer)
 
 
+def unpack_fast(template_name: str, data: bytes) -> Fields | None:
+    """Decode well-formed d-ng|n-ng[|sig|buf] data in one pass, or return None.
+
+    Lists are long and almost always well formed; this path does the checks of
+    unpack() without a cursor, and leaves error reporting to unpack().
+    """
+    layout = TEMPLATES.get(template_name)
+    if layout is None or template_name == "ima":
+        return None
+
+    # 1. Split the length-prefixed fields; every length is checked first.
+    size = len(data)
+    pos = 0
+    values = []
+    for _ in layout:
+        if pos + 4 > size:
+            return None
+        end = pos + 4 + _U32LE.unpack_from(data, pos)[0]
+        if end > size:
+            return None
+        values.append(data[pos + 4 : end])
+        pos = end
+    if pos != size:
+        return None
+
+    # 2. d-ng: "<alg>:" NUL digest of the algorithm's size.
+    d_field = values[0]
+    colon = d_field.find(b":")
+    if colon <= 0 or d_field[colon + 1 : colon + 2] != b"\x00":
+        return None
+    alg = d_field[:colon].decode("ascii", "replace")
+    file_digest = d_field[colon + 2 :]
+    if DIGEST_SIZES.get(alg) != len(file_digest):
+        return None
+
+    # 3. n-ng: one NUL, at the end.
+    name = values[1]
+    if name.find(b"\x00") != len(name) - 1:
+        return None
+    path = name[:-1].decode("utf-8", "surrogateescape")
+
+    if template_name == "ima-sig":
+        return Fields(alg, file_digest, path, values[2])
+    if template_name == "ima-buf":
+        return Fields(alg, file_digest, path, b"", values[2])
+    return Fields(alg, file_digest, path)
+
+
 def _unpack_legacy(cursor: Cursor) -> Fields:
     file_digest = cursor.take(LEGACY_DIGEST_SIZE, "d field")
     padded = cursor.take(IMA_EVENT_NAME_LEN_MAX + 1, "n field")
