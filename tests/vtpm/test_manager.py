@@ -177,7 +177,9 @@ def test_state_is_encrypted_and_root_only(manager, paths):
     )
     x_coordinate = point[1:33]
 
-    state_files = [p for p in (paths.vtpms / "secret").rglob("*") if p.is_file()]
+    state_files = [
+        p for p in manager.swtpm_paths("secret").state_dir.rglob("*") if p.is_file()
+    ]
     assert any(p.name == "tpm2-00.permall" for p in state_files)
     for path in state_files:
         assert x_coordinate not in path.read_bytes(), path
@@ -191,7 +193,8 @@ def test_corrupt_state_is_refused_and_kept_aside(manager, paths):
     """A damaged state file is refused clearly, set aside, and never replaced."""
     manager.create("damaged")
     manager.stop("damaged")
-    state = paths.vtpms / "damaged" / "tpm2-00.permall"
+    state_dir = manager.swtpm_paths("damaged").state_dir
+    state = state_dir / "tpm2-00.permall"
     damaged = bytearray(state.read_bytes())
     damaged[200] ^= 0xFF
     state.write_bytes(bytes(damaged))
@@ -201,7 +204,7 @@ def test_corrupt_state_is_refused_and_kept_aside(manager, paths):
     ):
         manager.start("damaged")
 
-    kept = list((paths.vtpms / "damaged" / "quarantine").rglob("tpm2-00.permall"))
+    kept = list((state_dir / "quarantine").rglob("tpm2-00.permall"))
     assert len(kept) == 1 and kept[0].read_bytes() == bytes(damaged)
     assert not state.exists()
     with pytest.raises(StateError, match="unreadable state"):
@@ -225,7 +228,7 @@ def test_missing_state_is_not_replaced_by_a_blank_tpm(manager, paths):
     """A vTPM whose state file vanished refuses to start instead of starting blank."""
     manager.create("vanished")
     manager.stop("vanished")
-    (paths.vtpms / "vanished" / "tpm2-00.permall").unlink()
+    (manager.swtpm_paths("vanished").permanent_state).unlink()
 
     with pytest.raises(StateError, match="refusing to start a blank TPM"):
         manager.start("vanished")
@@ -237,7 +240,7 @@ def test_one_state_never_runs_twice(manager, paths):
 
     info = manager.create("twice")
     other = swtpm.SwtpmPaths(
-        state_dir=paths.vtpms / "twice", run_dir=paths.run / "other"
+        state_dir=manager.swtpm_paths("twice").state_dir, run_dir=paths.run / "other"
     )
 
     with pytest.raises(StateError):
@@ -274,11 +277,12 @@ def test_concurrent_creates_of_one_name_make_one_vtpm(paths):
 def test_delete_removes_state_and_process(manager, paths):
     """`delete` stops swtpm and removes the state directory and sockets."""
     info = manager.create("gone")
+    where = manager.swtpm_paths("gone")
 
     manager.delete("gone")
 
-    assert not (paths.vtpms / "gone").exists()
-    assert not (paths.run / "vtpm" / "gone").exists()
+    assert not where.state_dir.exists()
+    assert not where.run_dir.exists()
     deadline = time.monotonic() + 5
     while os.path.exists(f"/proc/{info.pid}") and time.monotonic() < deadline:
         time.sleep(0.01)

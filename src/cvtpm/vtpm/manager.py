@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import secrets
 import shutil
 import time
 import uuid
@@ -14,22 +12,21 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from tpm2_pytss.types import TPM2B_DIGEST, TPM2B_NAME
-from tpm2_pytss.utils import make_credential
-
-from cvtpm.ca import LocalCa, TpmIdentity
+from cvtpm.ca import LocalCa
 from cvtpm.config import Paths
-from cvtpm.errors import StateError, TpmError, UsageError
+from cvtpm.errors import StateError, UsageError
 from cvtpm.locking import exclusive
 from cvtpm.tpm.client import BANK_ALGS, TpmClient
-from cvtpm.tpm.templates import AK_HANDLES, EK_PROFILES, ak_template, ek_template
+from cvtpm.tpm.templates import AK_HANDLES, EK_PROFILES
 from cvtpm.vtpm import ctrl, swtpm
 from cvtpm.vtpm.keys import derive_state_key, load_or_create_master_key
+from cvtpm.vtpm.manufacture import manufacture
 from cvtpm.vtpm.registry import Registry, VtpmRecord
 
 log = logging.getLogger(__name__)
 
+# Placeholder names of pooled vTPMs; a user's names cannot start with "_".
+POOL_PREFIX = "_pool-"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 # What a vTPM loses when its swtpm dies without TPM2_Shutdown(STATE): the
@@ -123,9 +120,7 @@ class VtpmManager:
 
     def swtpm_paths(self, name: str) -> swtpm.SwtpmPaths:
         """Where the named vTPM keeps its state and sockets."""
-        return swtpm.SwtpmPaths(
-            state_dir=self.paths.vtpms / name, run_dir=self.paths.run / "vtpm" / name
-        )
+        return self._paths(self.registry.get(name))
 
     def client(self, name: str) -> TpmClient:
         """A TPM connection to the named, running vTPM."""
@@ -141,9 +136,17 @@ class VtpmManager:
         ak_type: str = "ecc",
         start: bool = True,
         ephemeral: bool = False,
+        pooled: bool = False,
     ) -> VtpmInfo:
-        """Manufacture a vTPM: EKs with CA certificates in NV, and an activated AK."""
-        _check_name(name)
+        """Manufacture a vTPM: EKs with CA certificates in NV, and an activated AK.
+
+        A `pooled` vTPM gets a placeholder name and waits, running, for
+        `claim_pooled` to give it to a container.
+        """
+        if pooled:
+            name = f"{POOL_PREFIX}{uuid.uuid4().hex}"
+        else:
+            _check_name(name)
         ek_types = _check_choices("EK type", ek_types, EK_PROFILES)
         wanted_banks = _check_choices("PCR bank", banks, BANK_ALGS) if banks else None
         _check_choices("AK type", [ak_type], AK_HANDLES)
@@ -155,18 +158,19 @@ class VtpmManager:
             banks="",
             ak_type=ak_type,
             ephemeral=ephemeral,
+            pooled=pooled,
         )
         self.registry.add(record)
-        paths = self.swtpm_paths(name)
+        paths = self._paths(record)
         pid = None
         try:
-            with self._locked(name):
+            with self._locked(record.uuid):
                 pid = swtpm.start(paths, self._state_key(record.uuid))
                 with TpmClient(paths.tcti) as tpm:
                     tpm.startup()
                     if wanted_banks:
                         self._allocate_banks(tpm, paths, wanted_banks)
-                    fields = self._manufacture(tpm, name, ek_types, ak_type)
+                    fields = manufacture(tpm, self.ca, record.uuid, ek_types, ak_type)
                     tpm.disable_platform_hierarchy()
             self.registry.update(
                 name, state="running", pid=pid, orderly=False, **fields
@@ -185,9 +189,9 @@ class VtpmManager:
 
     def start(self, name: str) -> StartReport:
         """Run the vTPM from its saved state, and say what, if anything, was lost."""
-        record = self.registry.get(name)
         paths = self.swtpm_paths(name)
-        with self._locked(name):
+        with self._locked(paths.state_dir.name):
+            record = self.registry.get(name)
             if record.state == "corrupt":
                 raise StateError(
                     f"vTPM {name!r} has unreadable state, set aside in "
@@ -235,9 +239,9 @@ class VtpmManager:
 
     def stop(self, name: str) -> None:
         """Orderly stop: TPM2_Shutdown(STATE), then CMD_SHUTDOWN so swtpm saves it."""
-        record = self.registry.get(name)
         paths = self.swtpm_paths(name)
-        with self._locked(name):
+        with self._locked(paths.state_dir.name):
+            record = self.registry.get(name)
             if swtpm.is_running(record.pid):
                 with TpmClient(paths.tcti) as tpm:
                     tpm.shutdown_state()
@@ -250,9 +254,9 @@ class VtpmManager:
 
     def delete(self, name: str) -> None:
         """Remove the vTPM: process, state, sockets and registry entry."""
-        record = self.registry.get(name)
         paths = self.swtpm_paths(name)
-        with self._locked(name):
+        with self._locked(paths.state_dir.name):
+            record = self.registry.get(name)
             swtpm.kill(record.pid)
             shutil.rmtree(paths.run_dir, ignore_errors=True)
             # The state key is derived, never stored: removing the state is all.
@@ -260,59 +264,25 @@ class VtpmManager:
             self.registry.remove(name)
         log.info("deleted vTPM %s", name)
 
+    def claim_pooled(self, name: str, ephemeral: bool = False) -> VtpmInfo | None:
+        """Give a ready vTPM from the pool to `name`, or None if the pool is empty."""
+        _check_name(name)
+        for record in self.registry.all(pooled=True):
+            if record.state != "running" or not swtpm.is_running(record.pid):
+                continue
+            if self.registry.claim(record.name, name, ephemeral):
+                return self.get(name)
+        return None
+
+    def pooled(self) -> list[VtpmInfo]:
+        """The vTPMs waiting in the pool."""
+        return [self._info(record) for record in self.registry.all(pooled=True)]
+
     def is_running(self, name: str) -> bool:
         """True if the vTPM's swtpm process is alive."""
         return swtpm.is_running(self.registry.get(name).pid)
 
-    # -- manufacturing ----------------------------------------------------------
-
-    def _manufacture(
-        self, tpm: TpmClient, name: str, ek_types: list[str], ak_type: str
-    ) -> dict:
-        """Create EKs and their certificates, then the AK, proven by activation."""
-        identity = TpmIdentity(**vars(tpm.info()))
-        ek_certs = {}
-        ek_publics = {}
-        for key_type in ek_types:
-            profile = EK_PROFILES[key_type]
-            public = tpm.create_persistent_primary(
-                ek_template(key_type), profile.persistent_handle
-            )
-            ek_publics[key_type] = public
-            cert = self.ca.issue_ek_certificate(_public_key(public), identity)
-            tpm.nv_write_ek_certificate(
-                profile.cert_nv_index, cert.public_bytes(serialization.Encoding.DER)
-            )
-            ek_certs[key_type] = cert.public_bytes(serialization.Encoding.PEM).decode()
-
-        ak_handle = AK_HANDLES[ak_type]
-        ak_public = tpm.create_persistent_primary(ak_template(ak_type), ak_handle)
-        _, ak_name = tpm.read_public(ak_handle)
-
-        # Credential activation (TPM 2.0 Part 1, section 24): a secret sealed to
-        # the EK and bound to the AK's name comes back only if both keys live
-        # in this TPM. Only then does the CA certify the AK.
-        activating = "ecc" if "ecc" in ek_types else ek_types[0]
-        challenge = secrets.token_bytes(32)
-        blob, secret = make_credential(
-            ek_publics[activating], TPM2B_DIGEST(challenge), TPM2B_NAME(ak_name)
-        )
-        answer = tpm.activate_credential(
-            ak_handle,
-            EK_PROFILES[activating].persistent_handle,
-            bytes(blob),
-            bytes(secret),
-        )
-        if answer != challenge:
-            raise TpmError(f"credential activation of the AK of {name!r} failed")
-        ak_cert = self.ca.issue_ak_certificate(_public_key(ak_public), name)
-
-        return {
-            "banks": ",".join(tpm.active_banks()),
-            "ek_certs_json": json.dumps(ek_certs),
-            "ak_cert_pem": ak_cert.public_bytes(serialization.Encoding.PEM).decode(),
-            "ak_name": ak_name.hex(),
-        }
+    # -- helpers ------------------------------------------------------------------
 
     def _allocate_banks(
         self, tpm: TpmClient, paths: swtpm.SwtpmPaths, banks: list[str]
@@ -324,17 +294,24 @@ class VtpmManager:
         ctrl.init(paths.ctrl_socket)
         tpm.startup()
 
-    # -- helpers ------------------------------------------------------------------
-
     def _state_key(self, vtpm_uuid: str) -> bytes:
         if self._master_key is None:
             self._master_key = load_or_create_master_key(self.paths.master_key)
         return derive_state_key(self._master_key, vtpm_uuid)
 
+    def _paths(self, record: VtpmRecord) -> swtpm.SwtpmPaths:
+        # Keyed by UUID, not name: a pooled vTPM gets its container's name by
+        # a registry update alone, while its swtpm keeps running on the same
+        # paths.
+        return swtpm.SwtpmPaths(
+            state_dir=self.paths.vtpms / record.uuid,
+            run_dir=self.paths.run / "vtpm" / record.uuid,
+        )
+
     @contextmanager
-    def _locked(self, name: str) -> Iterator[None]:
+    def _locked(self, vtpm_uuid: str) -> Iterator[None]:
         """Hold the vTPM's manager lock, so two managers never act on it at once."""
-        directory = self.paths.vtpms / name
+        directory = self.paths.vtpms / vtpm_uuid
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         with exclusive(directory / ".manager.lock"):
             yield
@@ -348,7 +325,7 @@ class VtpmManager:
         return kept
 
     def _info(self, record: VtpmRecord) -> VtpmInfo:
-        paths = self.swtpm_paths(record.name)
+        paths = self._paths(record)
         ek_certs = record.ek_certs
         return VtpmInfo(
             name=record.name,
@@ -367,11 +344,6 @@ class VtpmManager:
             restarts=record.restarts,
             ephemeral=record.ephemeral,
         )
-
-
-def _public_key(public):
-    """A `cryptography` public key from a TPM2B_PUBLIC."""
-    return serialization.load_der_public_key(public.publicArea.to_der())
 
 
 def _check_name(name: str) -> None:

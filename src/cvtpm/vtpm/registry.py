@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Integer, String, Text, select
+from sqlalchemy import Integer, String, Text, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -40,6 +40,9 @@ class VtpmRecord(_Base):
     ak_cert_pem: Mapped[str] = mapped_column(Text, default="")
     ak_name: Mapped[str] = mapped_column(String(140), default="")
     ephemeral: Mapped[bool] = mapped_column(default=False)
+    # A pooled vTPM is manufactured and running, waiting for a container; its
+    # name is a placeholder until claim() gives it the container's.
+    pooled: Mapped[bool] = mapped_column(default=False, index=True)
 
     @property
     def ek_certs(self) -> dict[str, str]:
@@ -85,10 +88,26 @@ class Registry:
             raise NotFoundError(f"no vTPM named {name!r} (see `cvtpm vtpm list`)")
         return record
 
-    def all(self) -> list[VtpmRecord]:
-        """Every vTPM, by name."""
+    def all(self, pooled: bool = False) -> list[VtpmRecord]:
+        """Every vTPM given to a container (or, with `pooled`, in the pool), by name."""
+        query = select(VtpmRecord).where(VtpmRecord.pooled == pooled)
         with self.session() as session:
-            return list(session.scalars(select(VtpmRecord).order_by(VtpmRecord.name)))
+            return list(session.scalars(query.order_by(VtpmRecord.name)))
+
+    def claim(self, placeholder: str, name: str, ephemeral: bool) -> bool:
+        """Give the pooled vTPM `placeholder` the name `name`; False if taken first."""
+        try:
+            with self.session() as session:
+                # The WHERE makes two claimers of one vTPM safe: one updates a
+                # row, the other none.
+                claimed = session.execute(
+                    update(VtpmRecord)
+                    .where(VtpmRecord.name == placeholder, VtpmRecord.pooled.is_(True))
+                    .values(name=name, pooled=False, ephemeral=ephemeral)
+                ).rowcount
+        except IntegrityError as exc:
+            raise StateError(f"a vTPM named {name!r} already exists") from exc
+        return claimed == 1
 
     def update(self, name: str, **fields) -> VtpmRecord:
         """Change some fields of one vTPM."""

@@ -1,0 +1,1 @@
+"""cvtpm's benchmarks: each figure measured against its alternative in the same run."""

@@ -1,0 +1,43 @@
+"""Shared pieces of the benchmarks: summary statistics and the results files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def summary(samples: list[float], scale: float = 1000.0) -> dict[str, float]:
+    """min, median, p99 and mean of `samples` (seconds), in ms by default."""
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {
+        "n": len(ordered),
+        "min": ordered[0] * scale,
+        "median": statistics.median(ordered) * scale,
+        "p99": p99 * scale,
+        "mean": statistics.fmean(ordered) * scale,
+    }
+
+
+def machine() -> dict[str, str | int]:
+    """What the figures were measured on."""
+    return {
+        "cpus": os.cpu_count() or 0,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def write(name: str, data: dict) -> Path:
+    """Write `bench/results/NAME.json`, with the machine it ran on."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **data}, indent=2) + "\n")
+    return path

@@ -1,0 +1,116 @@
+"""Benchmark: creating a certified vTPM, cvtpm against swtpm_setup, in one run.
+
+    python -m bench.vtpm [--count N] [--cli-count N]
+
+Each cvtpm sample is a vTPM ready for a container: swtpm running on encrypted
+state, an ECC EK with a CA-signed certificate in NV, and an AK activated
+against the EK and certified. Each swtpm_setup sample is
+`swtpm_setup --tpm2 --create-ek-cert` into a fresh directory (Debian's
+swtpm-localca signs the certificate), which leaves the vTPM stopped and has
+no AK. Samples alternate between the two so that machine noise hits both.
+Results go to bench/results/vtpm.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench._util import summary, write
+from cvtpm.config import Paths
+from cvtpm.vtpm.manager import VtpmManager
+
+# The cvtpm of the interpreter running the benchmark (the project's venv).
+CVTPM = str(Path(sys.executable).with_name("cvtpm"))
+
+
+def swtpm_setup_once(directory: Path) -> float:
+    """Seconds for one `swtpm_setup --tpm2 --create-ek-cert` into `directory`."""
+    directory.mkdir()
+    start = time.perf_counter()
+    subprocess.run(
+        ["swtpm_setup", "--tpm2", "--create-ek-cert", "--tpmstate", str(directory)],
+        check=True,
+        capture_output=True,
+    )
+    elapsed = time.perf_counter() - start
+    shutil.rmtree(directory)
+    return elapsed
+
+
+def cvtpm_once(manager: VtpmManager, name: str) -> float:
+    """Seconds for one VtpmManager.create (the daemon's path); deletion untimed."""
+    start = time.perf_counter()
+    manager.create(name)
+    elapsed = time.perf_counter() - start
+    manager.delete(name)
+    return elapsed
+
+
+def cli_once(paths: Paths, name: str) -> float:
+    """Seconds for one `cvtpm vtpm create` process, Python start-up included."""
+    common = [CVTPM, "--state-dir", str(paths.state), "--run-dir", str(paths.run)]
+    start = time.perf_counter()
+    subprocess.run([*common, "vtpm", "create", name], check=True, capture_output=True)
+    elapsed = time.perf_counter() - start
+    subprocess.run([*common, "vtpm", "delete", name], check=True, capture_output=True)
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("--cli-count", type=int, default=10)
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="cvb", dir="/tmp"))
+    try:
+        paths = Paths(state=work / "s", run=work / "r").ensure()
+        manager = VtpmManager(paths)
+        manager.ca  # the CA is made once per host, not per vTPM
+        cvtpm_once(manager, "warm-up")
+
+        ours, theirs = [], []
+        for i in range(args.count):
+            ours.append(cvtpm_once(manager, f"b{i}"))
+            theirs.append(swtpm_setup_once(work / f"setup{i}"))
+        cli = [cli_once(paths, f"c{i}") for i in range(args.cli_count)]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    result = {
+        "cvtpm_create_ms": summary(ours),
+        "swtpm_setup_ms": summary(theirs),
+        "cvtpm_cli_create_ms": summary(cli),
+    }
+    result["speedup_median"] = (
+        result["swtpm_setup_ms"]["median"] / result["cvtpm_create_ms"]["median"]
+    )
+    result["speedup_cli_median"] = (
+        result["swtpm_setup_ms"]["median"] / result["cvtpm_cli_create_ms"]["median"]
+    )
+    path = write("vtpm", result)
+
+    print(f"vTPM creation, {args.count} each (ms: min / median / p99)")
+    for label, key in (
+        ("cvtpm (in daemon)", "cvtpm_create_ms"),
+        ("cvtpm vtpm create (CLI)", "cvtpm_cli_create_ms"),
+        ("swtpm_setup --create-ek-cert", "swtpm_setup_ms"),
+    ):
+        s = result[key]
+        print(f"  {label:<30} {s['min']:7.1f} {s['median']:7.1f} {s['p99']:7.1f}")
+    print(
+        f"  speed-up (median): {result['speedup_median']:.1f}x in daemon, "
+        f"{result['speedup_cli_median']:.1f}x from the CLI"
+    )
+    print(f"  written to {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""A pool of manufactured, running vTPMs: containers never wait for key generation."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from cvtpm.errors import CvtpmError
+from cvtpm.vtpm.manager import VtpmInfo, VtpmManager
+
+log = logging.getLogger(__name__)
+
+
+class VtpmPool:
+    """Keeps `size` certified vTPMs ready; `take` names one for a container."""
+
+    def __init__(self, manager: VtpmManager, size: int):
+        if size < 0:
+            raise ValueError(f"pool size must not be negative, not {size}")
+        self.manager = manager
+        self.size = size
+        self._wanted = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def take(self, name: str, ephemeral: bool = False) -> VtpmInfo:
+        """A ready vTPM named `name`: from the pool if it has one, else made now."""
+        info = self.manager.claim_pooled(name, ephemeral)
+        self._wanted.set()
+        if info is not None:
+            return info
+        log.info("vTPM pool empty; manufacturing %s on demand", name)
+        return self.manager.create(name, ephemeral=ephemeral)
+
+    def fill(self) -> int:
+        """Bring the pool up to its size now; returns how many were made."""
+        made = 0
+        for stale in self.manager.pooled():
+            # After a host reboot, pooled vTPMs have no process; start them.
+            if not self.manager.is_running(stale.name):
+                try:
+                    self.manager.start(stale.name)
+                except CvtpmError as exc:
+                    log.warning(
+                        "dropping pooled vTPM %s: %s", stale.name, exc.explain()
+                    )
+                    self.manager.delete(stale.name)
+        while len(self.manager.pooled()) < self.size and not self._stopping.is_set():
+            self.manager.create("", pooled=True)
+            made += 1
+        return made
+
+    def start(self) -> None:
+        """Refill in a background thread whenever a vTPM is taken."""
+        self._thread = threading.Thread(
+            target=self._run, name="cvtpm-pool", daemon=True
+        )
+        self._wanted.set()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop refilling; the pooled vTPMs keep running for the next daemon."""
+        self._stopping.set()
+        self._wanted.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def drain(self) -> None:
+        """Delete every pooled vTPM."""
+        for info in self.manager.pooled():
+            self.manager.delete(info.name)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wanted.wait()
+            self._wanted.clear()
+            try:
+                self.fill()
+            except CvtpmError as exc:
+                log.error("cannot refill the vTPM pool: %s", exc.explain())
