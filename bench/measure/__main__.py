@@ -21,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.measure.conftest import Bundle, Runc, Swtpm, make_program
+from tests.measure.conftest import Swtpm
+from tests.support.runc import Bundle, Runc, make_program
 
 from cvtpm.ima.policy import DEFAULT_CONTAINER_POLICY, parse_policy
 from cvtpm.measure.agent import Agent

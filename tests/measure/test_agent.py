@@ -5,13 +5,12 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from tests.support.runc import make_program, sha256_file
 
 from cvtpm.ima.replay import replay
 from cvtpm.measure.agent import Agent
 from cvtpm.measure.container import ContainerSpec
 from cvtpm.measure.journal import BINARY_NAME, read_list
-
-from .conftest import make_program, sha256_file
 
 pytestmark = [pytest.mark.root, pytest.mark.runc, pytest.mark.swtpm]
 

@@ -10,12 +10,11 @@ import sys
 import time
 
 import pytest
+from tests.support.runc import make_program, sha256_file
 
 from cvtpm.ima.replay import replay
 from cvtpm.measure import fanotify
 from cvtpm.measure.journal import read_list
-
-from .conftest import make_program, sha256_file
 
 pytestmark = [pytest.mark.root, pytest.mark.runc, pytest.mark.swtpm]
 
@@ -99,7 +98,9 @@ def test_sigkill_mid_burst_then_restart(runc, bundle_factory, swtpm_factory, tmp
     ran = [
         line.split() for line in (bundle.rootfs / "data/ran").read_text().splitlines()
     ]
-    assert len(ran) == PROGRAMS
+    # The one access in flight at the kill is denied. When that access is the
+    # shell opening /data/ran rather than an exec, its line is missing.
+    assert len(ran) >= PROGRAMS - 1
     succeeded = [int(i) for i, rc in ran if rc == "0"]
     assert len(succeeded) >= PROGRAMS - 2
     for i in succeeded:

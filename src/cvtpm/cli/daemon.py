@@ -36,12 +36,20 @@ def _parse_listen(value: str | None) -> tuple[str, int] | None:
     is_flag=True,
     help="vTPMs and TPM sockets only, without the fanotify measurement agent.",
 )
+@click.option(
+    "--pool",
+    "pool_size",
+    type=click.IntRange(0, 10000),
+    default=8,
+    show_default=True,
+    help="Certified vTPMs kept ready, so containers never wait for one.",
+)
 @click.pass_context
-def daemon(ctx, listen, no_measure):
+def daemon(ctx, listen, no_measure, pool_size):
     """Run the cvtpm host daemon in the foreground (root)."""
     tcp = _parse_listen(listen)
     paths = ctx.obj
-    host = Host(paths, measure=not no_measure)
+    host = Host(paths, measure=not no_measure, pool_size=pool_size)
     host.start()
     socket_path = paths.run / "daemon.sock"
     socket_path.unlink(missing_ok=True)

@@ -162,6 +162,20 @@ class Agent:
         with container.mlist.lock:
             container.close()
 
+    def reconcile(self, name: str) -> None:
+        """Reconnect to a container's vTPM and bring its PCR up to the list.
+
+        For a vTPM that restarted (its PCRs were reset): without this, the
+        replay would wait for the container's next measured access.
+        """
+        with self._lock:
+            container = self._containers.get(name)
+        if container is None:
+            raise StateError(f"container {name!r} is not measured")
+        with container.mlist.lock:
+            container.drop_tpm()
+            container.tpm()
+
     def containers(self) -> list[str]:
         """Names of the containers being measured."""
         with self._lock:

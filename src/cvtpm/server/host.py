@@ -25,6 +25,7 @@ from cvtpm.measure.container import ContainerSpec
 from cvtpm.measure.journal import BINARY_NAME
 from cvtpm.runtime.tpm_filter import FilterHost
 from cvtpm.vtpm.manager import StartReport, VtpmManager
+from cvtpm.vtpm.pool import VtpmPool
 from cvtpm.vtpm.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,17 @@ class ContainerRequest:
 class Host:
     """Everything the daemon runs for the containers on this host."""
 
-    def __init__(self, paths: Paths, *, host_pcrs=None, measure: bool = True):
+    def __init__(
+        self,
+        paths: Paths,
+        *,
+        host_pcrs=None,
+        measure: bool = True,
+        pool_size: int = 0,
+    ):
         self.paths = paths.ensure()
         self.manager = VtpmManager(paths)
+        self.pool = VtpmPool(self.manager, pool_size)
         self.supervisor = Supervisor(self.manager, on_restart=self._vtpm_restarted)
         self.filters = FilterHost()
         self.measure = measure
@@ -81,6 +90,7 @@ class Host:
     def start(self) -> None:
         """Start the filter loop, the agent and the supervisor; re-adopt containers."""
         self.filters.start()
+        self.pool.start()
         if self.agent is not None:
             self.agent.start()
         self._supervisor_thread = threading.Thread(
@@ -94,6 +104,7 @@ class Host:
         for name in list(self._containers):
             self.supervisor.unwatch(name)
         self.supervisor.stop()
+        self.pool.stop()
         if self.agent is not None:
             self.agent.stop()
         self.filters.stop()
@@ -173,7 +184,7 @@ class Host:
         try:
             self.manager.get(request.name)
         except NotFoundError:
-            info = self.manager.create(request.name, ephemeral=request.ephemeral)
+            info = self.pool.take(request.name, ephemeral=request.ephemeral)
             return StartReport(request.name, info.pid, resumed=False)
         return self.manager.start(request.name)
 
