@@ -24,6 +24,7 @@ from cvtpm.measure.agent import Agent, default_host_pcrs
 from cvtpm.measure.container import ContainerSpec
 from cvtpm.measure.journal import BINARY_NAME
 from cvtpm.runtime.tpm_filter import FilterHost
+from cvtpm.vtpm import swtpm
 from cvtpm.vtpm.manager import StartReport, VtpmManager
 from cvtpm.vtpm.pool import VtpmPool
 from cvtpm.vtpm.supervisor import Supervisor
@@ -89,6 +90,7 @@ class Host:
 
     def start(self) -> None:
         """Start the filter loop, the agent and the supervisor; re-adopt containers."""
+        swtpm.become_subreaper()
         self.filters.start()
         self.pool.start()
         if self.agent is not None:

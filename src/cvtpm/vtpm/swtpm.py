@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -13,6 +15,9 @@ from pathlib import Path
 from cvtpm.errors import ConfigError, StateError
 from cvtpm.vtpm import ctrl
 from cvtpm.vtpm.keys import key_pipe
+
+# include/uapi/linux/prctl.h
+_PR_SET_CHILD_SUBREAPER = 36
 
 # sun_path is 108 bytes with its terminating NUL (unix(7)).
 _MAX_SOCKET_PATH = 107
@@ -144,7 +149,27 @@ def is_running(pid: int | None) -> bool:
             name = comm.read().strip()
     except OSError:
         return False
-    return name == "swtpm" and fields[1].split()[0] != "Z"
+    if fields[1].split()[0] == "Z":
+        _reap(pid)
+        return False
+    return name == "swtpm"
+
+
+def become_subreaper() -> None:
+    """Adopt the swtpm processes this process starts, so that it can reap them.
+
+    swtpm --daemon double-forks; without this its exit status goes to PID 1,
+    which in some containers and sandboxes never collects it (zombies).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def _reap(pid: int) -> None:
+    """Collect an exited swtpm's status if it is our (adopted) child."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
 
 
 def stop(paths: SwtpmPaths, pid: int | None) -> None:

@@ -1,0 +1,213 @@
+"""The daemon's Host with real runc containers: vTPM, measurement, socket, evidence."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from cvtpm.attest.evidence import Evidence
+from cvtpm.errors import NotFoundError, StateError, UsageError
+from cvtpm.ima.binary import parse_binary
+from cvtpm.ima.replay import replay
+from cvtpm.server.host import ContainerRequest, Host
+from tests.support.runc import Bundle, Runc, make_program, sha256_file
+
+pytestmark = [pytest.mark.root, pytest.mark.runc, pytest.mark.swtpm]
+
+
+@pytest.fixture
+def host(paths):
+    """A running Host (pool of two) on the test's own tree."""
+    h = Host(paths, host_pcrs=None, pool_size=2)
+    h.start()
+    yield h
+    for container in h.containers():
+        h.remove_container(container["name"])
+    h.stop()
+    h.pool.drain()
+    for info in h.manager.list():
+        h.manager.delete(info.name)
+
+
+@pytest.fixture
+def runc(short_tmp):
+    r = Runc(short_tmp / "runc-root")
+    yield r
+    r.cleanup()
+
+
+def run(host: Host, runc: Runc, bundle: Bundle, name: str, **kw) -> None:
+    """Create the container, hand it to the host as a hook would, start, wait."""
+    cid, pid = runc.create(bundle)
+    host.add_container(
+        ContainerRequest(name=name, pid=pid, rootfs=str(bundle.rootfs), **kw)
+    )
+    runc.start(cid)
+    runc.wait(cid)
+
+
+def entries(host: Host, name: str):
+    return parse_binary(host.list_path(name).read_bytes())
+
+
+def pcr10(host: Host, name: str, bank: str = "sha256") -> bytes:
+    """PCR 10 as a container sees it: through its filtered socket, with tpm2-tools."""
+    sock = host.paths.run / "containers" / name / "tpm.sock"
+    out = subprocess.run(
+        ["tpm2_pcrread", "-T", f"swtpm:path={sock}", f"{bank}:10"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return bytes.fromhex(out.strip().rsplit("0x", 1)[1])
+
+
+def test_container_gets_vtpm_list_and_socket(host, runc, short_tmp):
+    """Each program the container runs is listed with its sha256, and PCR 10 read
+    through the container's socket equals the replay of that list."""
+    bundle = Bundle(short_tmp / "b")
+    progs = [make_program(bundle.rootfs, f"/opt/p{i}", bytes([i])) for i in range(3)]
+    bundle.set_script("/opt/p0/true; /opt/p1/true; /opt/p2/true; sleep 1")
+    cid, pid = runc.create(bundle)
+    answer = host.add_container(
+        ContainerRequest(name="web", pid=pid, rootfs=str(bundle.rootfs))
+    )
+    runc.start(cid)
+    deadline = time.monotonic() + 20
+    while len(entries(host, "web")) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    listed = entries(host, "web")
+    assert listed[0].path == "boot_aggregate"
+    for i, prog in enumerate(progs):
+        assert any(
+            e.path == f"/opt/p{i}/true" and e.file_digest == sha256_file(prog)
+            for e in listed
+        )
+    assert pcr10(host, "web") == replay(listed, "sha256")
+    assert answer["tcti"].endswith("/containers/web/tpm.sock")
+    runc.wait(cid)
+
+
+def test_evidence_quotes_pcr10_and_returns_the_list(host, runc, short_tmp):
+    """Evidence carries a quote over the nonce, PCR 10 in every bank, and the list."""
+    bundle = Bundle(short_tmp / "b")
+    bundle.set_script("true")
+    run(host, runc, bundle, "ev")
+
+    data = host.evidence("ev", b"n" * 16, since=0)
+
+    evidence = Evidence.from_json(data)
+    assert evidence.nonce == b"n" * 16
+    assert set(evidence.pcrs) == {"sha1", "sha256", "sha384", "sha512"}
+    assert parse_binary(evidence.entries) == entries(host, "ev")
+    assert evidence.pcrs["sha256"][10] == replay(entries(host, "ev"), "sha256")
+
+
+def test_restart_continues_the_same_vtpm_and_list(host, runc, short_tmp):
+    """A stopped and restarted container keeps its EK, its PCR 10 and its list."""
+    bundle = Bundle(short_tmp / "b")
+    make_program(bundle.rootfs, "/opt/a", b"a")
+    bundle.set_script("/opt/a/true")
+    run(host, runc, bundle, "app")
+    first = host.manager.get("app")
+    before = entries(host, "app")
+    host.remove_container("app")
+    assert host.manager.get("app").state == "stopped"
+
+    make_program(bundle.rootfs, "/opt/b", b"b")
+    bundle.set_script("/opt/b/true")
+    run(host, runc, bundle, "app")
+
+    again = host.manager.get("app")
+    after = entries(host, "app")
+    assert again.uuid == first.uuid and again.ek_cert_pem == first.ek_cert_pem
+    assert after[: len(before)] == before and len(after) > len(before)
+    assert sum(e.path == "boot_aggregate" for e in after) == 1
+    assert pcr10(host, "app") == replay(after, "sha256")
+
+
+def test_ephemeral_container_leaves_nothing(host, runc, short_tmp):
+    """An ephemeral container's vTPM, state, list and sockets go when it stops."""
+    bundle = Bundle(short_tmp / "b")
+    bundle.set_script("true")
+    run(host, runc, bundle, "tmp", ephemeral=True)
+    state_dir = host.manager.swtpm_paths("tmp").state_dir
+    pid = host.manager.get("tmp").pid
+
+    host.remove_container("tmp")
+
+    with pytest.raises(NotFoundError):
+        host.manager.get("tmp")
+    assert not state_dir.exists()
+    assert not (host.paths.lists / "tmp").exists()
+    assert not (host.paths.run / "containers" / "tmp").exists()
+    assert not os.path.exists(f"/proc/{pid}")
+
+
+def test_killed_swtpm_is_restarted_and_pcr10_replayed(host, runc, short_tmp):
+    """kill -9 of a container's swtpm: the daemon restarts it and PCR 10 again
+    equals the replay of the list, without waiting for the next exec."""
+    bundle = Bundle(short_tmp / "b")
+    make_program(bundle.rootfs, "/opt/a", b"a")
+    bundle.set_script("/opt/a/true; sleep 30")
+    cid, pid = runc.create(bundle)
+    host.add_container(
+        ContainerRequest(name="hurt", pid=pid, rootfs=str(bundle.rootfs))
+    )
+    runc.start(cid)
+    deadline = time.monotonic() + 20
+    while len(entries(host, "hurt")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    expected = replay(entries(host, "hurt"), "sha256")
+    old = host.manager.get("hurt").pid
+
+    os.kill(old, 9)
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        info = host.manager.get("hurt")
+        if info.pid not in (None, old) and host.manager.is_running("hurt"):
+            try:
+                if pcr10(host, "hurt") == expected:
+                    break
+            except subprocess.CalledProcessError:
+                pass
+        time.sleep(0.05)
+    assert pcr10(host, "hurt") == expected
+    assert host.manager.get("hurt").restarts == 1
+    subprocess.run(["runc", "--root", str(runc.root), "kill", cid, "KILL"])
+
+
+@pytest.mark.parametrize(
+    ("request_kw", "error", "message"),
+    [
+        ({"pid": 1}, UsageError, "pid must be a process id"),
+        ({"rootfs": "relative/path"}, UsageError, "absolute path"),
+        ({"expose": "carrier-pigeon"}, UsageError, "expose must be"),
+    ],
+)
+def test_bad_requests_are_refused_clearly(host, request_kw, error, message):
+    """Malformed hook requests are usage errors and create nothing."""
+    fields = {"name": "bad", "pid": os.getpid(), "rootfs": "/nonexistent"} | request_kw
+
+    with pytest.raises(error, match=message):
+        host.add_container(ContainerRequest(**fields))
+    assert host.manager.list() == []
+
+
+def test_adding_twice_and_removing_unknown_are_errors(host, runc, short_tmp):
+    """A second add of a running container and removal of an unknown one fail."""
+    bundle = Bundle(short_tmp / "b")
+    bundle.set_script("sleep 5")
+    cid, pid = runc.create(bundle)
+    request = ContainerRequest(name="once", pid=pid, rootfs=str(bundle.rootfs))
+    host.add_container(request)
+
+    with pytest.raises(StateError, match="already set up"):
+        host.add_container(request)
+    with pytest.raises(NotFoundError):
+        host.remove_container("never")
