@@ -28,9 +28,9 @@ def wait_for_socket(path: Path, process: subprocess.Popen, timeout: float = 10.0
 
 
 @pytest.fixture
-def swtpm_socket(tmp_path: Path):
+def swtpm_socket(short_tmp: Path):
     """A started swtpm (TPM 2.0, PCR banks sha1/256/384/512); yields its data socket."""
-    state = tmp_path / "swtpm"
+    state = short_tmp / "swtpm"
     state.mkdir()
     data = state / "tpm.sock"
     process = subprocess.Popen(

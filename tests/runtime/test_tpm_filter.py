@@ -71,9 +71,9 @@ def _recv_exactly(conn: socket.socket, size: int) -> bytes:
 
 
 @pytest.fixture
-def filtered(swtpm_socket, filter_host, tmp_path):
+def filtered(swtpm_socket, filter_host, short_tmp):
     """A filter in front of the swtpm; yields (endpoint, direct TCTI)."""
-    endpoint = filter_host.open("c1", swtpm_socket, tmp_path / "filter")
+    endpoint = filter_host.open("c1", swtpm_socket, short_tmp / "filter")
     return endpoint, f"swtpm:path={swtpm_socket}"
 
 

@@ -75,7 +75,9 @@ def run(paths, name, policy, ephemeral, parent, expose, binds, env, rootfs, comm
         env=environment,
     )
     status = runner.run(spec, cvtpm_executable(), paths)
-    raise click.exceptions.Exit(status)
+    # SystemExit, not click's Exit: main() runs click with standalone_mode=False,
+    # where click turns Exit into a return value that main() does not pass on.
+    raise SystemExit(status)
 
 
 COMMANDS = [run]

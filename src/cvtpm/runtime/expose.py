@@ -62,12 +62,13 @@ def in_container(pid: int, rootfs: Path, inside: Path) -> Path:
     return Path(f"/proc/{pid}/root") / rootfs.relative_to("/") / inside.relative_to("/")
 
 
-def ensure_directory(pid: int, rootfs: Path, inside: Path) -> None:
+def ensure_directory(pid: int, rootfs: Path, inside: Path) -> list[Path]:
     """Create `inside` in the container's rootfs, refusing to follow any symlink.
 
     The image controls the rootfs: a symlink at /run could point the bind mount, or
-    a mkdir, at a path of the host.
+    a mkdir, at a path of the host. Returns the directories made, outermost first.
     """
+    created = []
     current = Path("/")
     for part in inside.relative_to("/").parts:
         current = current / part
@@ -76,24 +77,40 @@ def ensure_directory(pid: int, rootfs: Path, inside: Path) -> None:
             mode = path.lstat().st_mode
         except FileNotFoundError:
             path.mkdir(mode=0o755)
+            created.append(current)
             continue
         if not stat.S_ISDIR(mode):
             raise StateError(f"{current} in the container is not a plain directory")
+    return created
+
+
+def remove_created(rootfs: Path, created: list[str]) -> None:
+    """Remove, once the container is gone, the empty directories a hook made.
+
+    Under a tmpfs /run they vanished with the container; a rootfs without one
+    (podman --rootfs) keeps them on disk until this runs.
+    """
+    for inside in sorted(created, key=lambda p: len(Path(p).parts), reverse=True):
+        path = rootfs / Path(inside).relative_to("/")
+        if path.is_dir() and not path.is_symlink() and not os.path.ismount(path):
+            try:
+                path.rmdir()
+            except OSError as exc:
+                log.info("leaving %s in place: %s", path, exc)
 
 
 # --- socket exposure -------------------------------------------------------------
 
 
-def expose_socket(pid: int, rootfs: Path, filter_directory: Path) -> Path:
+def expose_socket(pid: int, rootfs: Path, filter_directory: Path) -> list[Path]:
     """Bind the filter's socket directory read-only at /run/tpm in the container.
 
-    Returns the mount point as seen from the host-side rootfs path (inside the
-    container's mount namespace).
+    Returns the directories that had to be made in the rootfs for the mount point.
     """
     if not (filter_directory / "tpm.sock").is_socket():
         raise StateError(f"no filter socket in {filter_directory}")
 
-    ensure_directory(pid, rootfs, CONTAINER_TPM_DIR)
+    created = ensure_directory(pid, rootfs, CONTAINER_TPM_DIR)
     target = rootfs / CONTAINER_TPM_DIR.relative_to("/")
 
     # mount(2) needs the caller in the target's mount namespace, so the mount runs
@@ -102,7 +119,7 @@ def expose_socket(pid: int, rootfs: Path, filter_directory: Path) -> Path:
     _nsenter_mount(pid, ["--bind", str(filter_directory), str(target)])
     _nsenter_mount(pid, ["-o", "remount,bind,ro,nosuid,nodev,noexec", str(target)])
     log.info("container pid %d: %s bound at %s", pid, filter_directory, target)
-    return target
+    return created
 
 
 def _nsenter_mount(pid: int, args: list[str]) -> None:

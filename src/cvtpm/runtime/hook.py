@@ -8,6 +8,8 @@ shuts the vTPM down in order, or deletes everything of an ephemeral one.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,10 +22,10 @@ from cvtpm.runtime import expose as exposure
 from cvtpm.runtime.daemon_client import DaemonClient
 from cvtpm.runtime.oci import (
     ANNOTATION_ENABLE,
-    ANNOTATION_NAME,
     ENABLED,
     OciState,
     annotations_of,
+    container_name,
     read_config,
     request_from,
     rootfs_path,
@@ -89,12 +91,14 @@ def create_runtime(
         # 3. The TPM inside the container; a container that asked for a vTPM must
         # not start without one, so a failure here undoes step 2.
         try:
-            where = _expose(expose, state.pid, rootfs, response)
+            where, created = _expose(expose, state.pid, rootfs, response)
         except (CvtpmError, OSError) as exc:
             log.error("exposing the vTPM of %s failed: %s", request.name, exc)
             client.delete_container(request.name)
             raise
 
+    # 4. What poststop must undo in the rootfs.
+    _write_record(paths, request.name, {"rootfs": str(rootfs), "created": created})
     log.info("container %s has its vTPM (%s)", request.name, expose)
     return HookOutcome("created", request.name, {"expose": expose, "at": where})
 
@@ -114,26 +118,53 @@ def poststop(
     annotations = annotations_of(state, config)
     if annotations.get(ANNOTATION_ENABLE, "").strip().lower() != ENABLED:
         return HookOutcome("skipped")
-    name = annotations.get(ANNOTATION_NAME) or state.id
+    name = container_name(annotations, state.id)
 
     with client_factory(paths) as client:
         deleted = client.delete_container(name)
+
+    record = _pop_record(paths, name)
+    if record is not None:
+        exposure.remove_created(Path(record["rootfs"]), record["created"])
     return HookOutcome("deleted" if deleted else "absent", name)
 
 
-def _expose(expose: str, pid: int, rootfs: Path, response: dict[str, Any]) -> str:
+def _expose(
+    expose: str, pid: int, rootfs: Path, response: dict[str, Any]
+) -> tuple[str, list[str]]:
     if expose == "socket":
         # The daemon names its filter's data socket `host_socket` (the host-side
         # path of the container's TPM socket); `filter_socket` is the older name.
         socket = response.get("host_socket") or response.get("filter_socket")
         if not socket:
             raise StateError("the daemon's answer names no host_socket")
-        exposure.expose_socket(pid, rootfs, Path(socket).parent)
-        return str(exposure.CONTAINER_SOCKET)
+        created = exposure.expose_socket(pid, rootfs, Path(socket).parent)
+        return str(exposure.CONTAINER_SOCKET), [str(p) for p in created]
 
     device = response.get("device") or {}
     if not device.get("tpm") or not device.get("tpmrm"):
         raise StateError("the daemon's answer names no device.tpm and device.tpmrm")
     nodes = exposure.device_nodes(Path(device["tpm"]), Path(device["tpmrm"]))
     exposure.expose_devices(pid, rootfs, nodes)
-    return ",".join(str(node.inside) for node in nodes)
+    return ",".join(str(node.inside) for node in nodes), []
+
+
+def _record_path(paths: Paths, name: str) -> Path:
+    return paths.run / "hooks" / f"{name}.json"
+
+
+def _write_record(paths: Paths, name: str, record: dict[str, Any]) -> None:
+    path = _record_path(paths, name)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+
+
+def _pop_record(paths: Paths, name: str) -> dict[str, Any] | None:
+    path = _record_path(paths, name)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    return record

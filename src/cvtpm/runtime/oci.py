@@ -9,6 +9,7 @@ a vTPM with the annotation `io.cvtpm.vtpm=enabled`; the others refine the reques
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ ANNOTATION_PARENT = "io.cvtpm.parent"
 ANNOTATION_EXPOSE = "io.cvtpm.expose"
 
 ENABLED = "enabled"
+
+# The daemon's rule for container and vTPM names; they become file names.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 EXPOSE_CHOICES = ("auto", "socket", "device")
 
 # The largest IMA policy a hook will read; real ones are a few kilobytes.
@@ -134,12 +138,23 @@ def request_from(annotations: dict[str, str], container_id: str) -> VtpmRequest 
         policy = _read_policy(Path(path))
 
     return VtpmRequest(
-        name=annotations.get(ANNOTATION_NAME) or container_id,
+        name=container_name(annotations, container_id),
         ephemeral=annotations.get(ANNOTATION_EPHEMERAL, "").lower() in ("true", "1"),
         policy=policy,
         parent=annotations.get(ANNOTATION_PARENT) or None,
         expose=expose,
     )
+
+
+def container_name(annotations: dict[str, str], container_id: str) -> str:
+    """The vTPM's name: io.cvtpm.name, else the container id; ConfigError if unfit."""
+    name = annotations.get(ANNOTATION_NAME) or container_id
+    if not NAME_PATTERN.match(name):
+        raise ConfigError(
+            f"container name {name!r} is not usable for a vTPM: letters, digits, "
+            "'_', '.', '-', at most 128, starting with a letter or digit"
+        )
+    return name
 
 
 def _read_policy(path: Path) -> str:

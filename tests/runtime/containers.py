@@ -1,0 +1,171 @@
+"""Helpers of the container tests: a busybox rootfs, tpm2-tools binds, a daemon."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cvtpm.config import Paths
+
+CVTPM = str(Path(sys.executable).with_name("cvtpm"))
+BUSYBOX = Path("/bin/busybox")
+TPM2 = Path("/usr/bin/tpm2")
+# libtss2's TCTI loader dlopens this by name, so ldd does not list it.
+TCTI_SWTPM = Path("/usr/lib/x86_64-linux-gnu/libtss2-tcti-swtpm.so.0")
+ZERO = "00" * 32
+
+
+def busybox_rootfs(directory: Path) -> Path:
+    """A rootfs holding busybox-static and a symlink per applet."""
+    bin_dir = directory / "bin"
+    bin_dir.mkdir(parents=True)
+    shutil.copy2(BUSYBOX, bin_dir / "busybox")
+    applets = subprocess.run(
+        [str(BUSYBOX), "--list"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    for applet in applets:
+        link = bin_dir / applet
+        if not link.exists():
+            link.symlink_to("busybox")
+    return directory
+
+
+def tpm2_files() -> list[tuple[Path, Path]]:
+    """(host file, path inside) for /usr/bin/tpm2 and every library it loads."""
+    wanted = [TPM2, TCTI_SWTPM]
+    for binary in (TPM2, TCTI_SWTPM):
+        ldd = subprocess.run(
+            ["ldd", str(binary)], capture_output=True, text=True, check=True
+        ).stdout
+        for line in ldd.splitlines():
+            path = next((w for w in line.split() if w.startswith("/")), None)
+            if path is not None:
+                wanted.append(Path(path))
+    unique = dict.fromkeys(wanted)
+    return [(path.resolve(), path) for path in unique]
+
+
+def cvtpm(
+    paths: Paths, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """Run the cvtpm command on the test's state and run directories."""
+    return subprocess.run(
+        [CVTPM, "--state-dir", str(paths.state), "--run-dir", str(paths.run), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@contextlib.contextmanager
+def running_daemon(paths: Paths, log_file: Path, pool: int = 2):
+    """`cvtpm daemon` on `paths`, until the block ends.
+
+    The daemon leaves its pool of ready vTPMs running when it stops, as it should
+    on a host; a test's pool is stopped here, by pid, with the daemon.
+    """
+    with log_file.open("w") as log:
+        process = subprocess.Popen(
+            [
+                CVTPM,
+                "-v",
+                "--state-dir",
+                str(paths.state),
+                "--run-dir",
+                str(paths.run),
+                "daemon",
+                "--pool",
+                str(pool),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        socket = paths.run / "daemon.sock"
+        deadline = time.monotonic() + 60
+        while not (socket.is_socket() and "listening" in log_file.read_text()):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"cvtpm daemon did not start:\n{log_file.read_text()}"
+                )
+            time.sleep(0.05)
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        for pid in swtpm_processes(paths.state):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+
+def replay_sha256(log_text: str) -> str:
+    """PCR 10 of the sha256 bank after extending every template digest of a list."""
+    pcr = bytes(32)
+    for line in log_text.splitlines():
+        pcr = hashlib.sha256(pcr + bytes.fromhex(line.split()[1])).digest()
+    return pcr.hex().upper()
+
+
+def pcr_value(pcrread_output: str, pcr: int = 10) -> str:
+    """The hex value tpm2_pcrread printed for `pcr`."""
+    for line in pcrread_output.splitlines():
+        index, _, value = line.strip().partition(":")
+        if index == str(pcr):
+            return value.strip().removeprefix("0x")
+    raise AssertionError(f"no PCR {pcr} in {pcrread_output!r}")
+
+
+def swtpm_processes(top: Path) -> dict[int, str]:
+    """pid -> command line of every swtpm whose arguments name a path under `top`."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if Path(argv[0].decode()).name == "swtpm" and str(
+                top
+            ).encode() in b" ".join(argv):
+                found[int(proc.name)] = b" ".join(argv).decode()
+    return found
+
+
+def leftovers(paths: Paths) -> dict[str, list[str]]:
+    """What is left of containers that have stopped: every item must be empty.
+
+    The daemon's pool of ready vTPMs keeps running by design; its swtpm processes
+    and sockets are not container leftovers.
+    """
+    from cvtpm.vtpm.manager import VtpmManager
+
+    manager = VtpmManager(paths)
+    pooled = {info.uuid for info in manager.pooled()}
+    processes = [
+        cmdline
+        for cmdline in swtpm_processes(paths.state).values()
+        if not any(uuid in cmdline for uuid in pooled)
+    ]
+    sockets = [
+        str(p)
+        for p in paths.run.rglob("*")
+        if p.is_socket() and p.name != "daemon.sock" and p.parent.name not in pooled
+    ]
+    mounts = [
+        line
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if str(paths.run) in line or str(paths.state) in line
+    ]
+    running = [info.name for info in manager.list() if manager.is_running(info.name)]
+    return {
+        "swtpm": processes,
+        "sockets": sockets,
+        "mounts": mounts,
+        "running": running,
+    }

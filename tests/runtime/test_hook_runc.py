@@ -1,0 +1,166 @@
+"""`cvtpm run` and the OCI hook with runc and the real daemon, end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from cvtpm.config import Paths
+from cvtpm.vtpm.manager import VtpmManager
+from tests.runtime.containers import (
+    CVTPM,
+    ZERO,
+    busybox_rootfs,
+    cvtpm,
+    leftovers,
+    pcr_value,
+    replay_sha256,
+    running_daemon,
+    tpm2_files,
+)
+
+pytestmark = [pytest.mark.root, pytest.mark.runc, pytest.mark.swtpm]
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    """A daemon on its own state tree, and a busybox rootfs; yields (paths, rootfs)."""
+    top = Path(tempfile.mkdtemp(prefix="cvr", dir="/tmp"))
+    paths = Paths(state=top / "state", run=top / "run")
+    rootfs = busybox_rootfs(tmp_path_factory.mktemp("rootfs"))
+    try:
+        with running_daemon(paths, top / "daemon.log"):
+            yield paths, rootfs
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def run_with_tpm2(paths, rootfs, name, script, *options):
+    """`cvtpm run` a shell script with tpm2-tools bound into the container."""
+    binds = [f"--bind={host}:{inside}" for host, inside in tpm2_files()]
+    return cvtpm(
+        paths,
+        "run",
+        "--name",
+        name,
+        *options,
+        *binds,
+        str(rootfs),
+        "--",
+        "sh",
+        "-c",
+        script,
+    )
+
+
+def test_pcrread_inside_shows_the_containers_pcr_10(host):
+    """tpm2_pcrread inside prints the vTPM's PCR 10, the replay of its own list."""
+    paths, rootfs = host
+    done = run_with_tpm2(paths, rootfs, "r1", "tpm2 pcrread sha256:10")
+    assert done.returncode == 0, done.stderr
+
+    log = cvtpm(paths, "log", "r1", "--bank", "sha256")
+    assert log.returncode == 0, log.stderr
+    assert pcr_value(done.stdout) == replay_sha256(log.stdout)
+    assert pcr_value(done.stdout) != "0" * 64
+
+
+def test_extend_of_pcr_10_is_refused_inside(host):
+    """PCR_Extend of 10 fails inside with TPM_RC_LOCALITY; 16 succeeds."""
+    paths, rootfs = host
+    script = (
+        f"tpm2 pcrextend 10:sha256={ZERO}; echo ten=$?; "
+        f"tpm2 pcrextend 16:sha256={ZERO}; echo sixteen=$?"
+    )
+    done = run_with_tpm2(paths, rootfs, "r2", script, "--ephemeral")
+    assert done.returncode == 0, done.stderr
+    assert "ten=1" in done.stdout and "sixteen=0" in done.stdout
+    assert "0x907" in done.stderr
+
+
+def test_environment_and_exit_status(host):
+    """The TCTI variables are set, /run/tpm holds the sockets, the status passes."""
+    paths, rootfs = host
+    script = "echo $TPM2TOOLS_TCTI; test -S /run/tpm/tpm.sock.ctrl && exit 7"
+    done = cvtpm(paths, "run", "--ephemeral", str(rootfs), "--", "sh", "-c", script)
+    assert done.returncode == 7, done.stderr
+    assert done.stdout.strip() == "swtpm:path=/run/tpm/tpm.sock"
+
+
+def test_restart_keeps_ek_certificate_and_pcr_10(host):
+    """A second run finds the same EK certificate, and PCR 10 equal to the replay of
+    the whole list, both runs included."""
+    paths, rootfs = host
+    script = "tpm2 nvread 0x01c0000a | sha256sum; tpm2 pcrread sha256:10"
+    first = run_with_tpm2(paths, rootfs, "r3", script)
+    assert first.returncode == 0, first.stderr
+    entries = len(cvtpm(paths, "log", "r3").stdout.splitlines())
+
+    second = run_with_tpm2(paths, rootfs, "r3", script)
+    assert second.returncode == 0, second.stderr
+    log = cvtpm(paths, "log", "r3", "--bank", "sha256").stdout
+    assert first.stdout.splitlines()[0] == second.stdout.splitlines()[0]
+    assert len(log.splitlines()) > entries
+    assert pcr_value(second.stdout) == replay_sha256(log)
+
+
+def test_ephemeral_container_leaves_nothing(host):
+    """An ephemeral container's vTPM, list, sockets and records are gone after it."""
+    paths, rootfs = host
+    done = cvtpm(paths, "run", "--name", "e1", "--ephemeral", str(rootfs), "--", "true")
+    assert done.returncode == 0, done.stderr
+
+    assert "e1" not in [info.name for info in VtpmManager(paths).list()]
+    assert not (paths.lists / "e1").exists()
+    assert not (paths.run / "containers" / "e1").exists()
+    assert not (paths.run / "hooks" / "e1.json").exists()
+    assert cvtpm(paths, "vtpm", "show", "e1").returncode != 0
+
+
+def test_fifty_containers_leave_no_process_socket_or_mount(host):
+    """Fifty containers started and stopped in turn leave nothing running behind."""
+    paths, rootfs = host
+    for index in range(50):
+        options = ["--ephemeral", "--name", f"eph{index}"]
+        if index % 2 == 0:
+            options = ["--name", f"loop{index % 5}"]
+        done = cvtpm(paths, "run", *options, str(rootfs), "--", "true")
+        assert done.returncode == 0, done.stderr
+
+    assert leftovers(paths) == {"swtpm": [], "sockets": [], "mounts": [], "running": []}
+    assert list(paths.run.glob("bundle-*")) == []
+    assert not (rootfs / "run" / "tpm").exists()
+    names = [info.name for info in VtpmManager(paths).list()]
+    assert [n for n in names if n.startswith("loop")] == [f"loop{i}" for i in range(5)]
+    assert not [n for n in names if n.startswith("eph")]
+
+
+def test_container_without_a_vtpm_is_left_alone(host):
+    """Without the annotation the hook does nothing: no daemon call, no mount."""
+    paths, rootfs = host
+    bundle = Path(tempfile.mkdtemp(dir=paths.run))
+    (bundle / "config.json").write_text(json.dumps({"root": {"path": str(rootfs)}}))
+    state = {
+        "ociVersion": "1.0.2",
+        "id": "plain",
+        "status": "creating",
+        "pid": 1,
+        "bundle": str(bundle),
+    }
+    argv = [CVTPM, "--state-dir", str(paths.state), "--run-dir", str(paths.run)]
+
+    done = subprocess.run(
+        [*argv, "hook", "create-runtime", "--json"],
+        input=json.dumps(state),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["action"] == "skipped"
+    shutil.rmtree(bundle)
