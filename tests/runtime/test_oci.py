@@ -1,0 +1,159 @@
+"""OCI state parsing, annotations, hook declarations and the runc bundle's config."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from cvtpm.config import Paths
+from cvtpm.errors import ConfigError, ParseError
+from cvtpm.runtime import install, oci
+from cvtpm.runtime.bundle import RunSpec, oci_config
+
+STATE = {
+    "ociVersion": "1.0.2",
+    "id": "abc",
+    "status": "creating",
+    "pid": 4242,
+    "bundle": "/b",
+    "annotations": {"io.cvtpm.vtpm": "enabled"},
+}
+PATHS = Paths(state=Path("/var/lib/cvtpm"), run=Path("/run/cvtpm"))
+EXE = Path("/usr/local/bin/cvtpm")
+
+
+def test_state_is_parsed():
+    """The fields a hook needs come out of the state JSON."""
+    state = oci.parse_state(json.dumps(STATE))
+    assert (state.id, state.pid, state.bundle) == ("abc", 4242, Path("/b"))
+    assert state.annotations == {"io.cvtpm.vtpm": "enabled"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "[]",
+        "{",
+        json.dumps({**STATE, "id": ""}),
+        json.dumps({**STATE, "pid": -1}),
+        json.dumps({**STATE, "bundle": 7}),
+        json.dumps({**STATE, "annotations": ["x"]}),
+    ],
+)
+def test_bad_state_is_a_parse_error(text):
+    """Malformed state is a ParseError, never a crash."""
+    with pytest.raises(ParseError):
+        oci.parse_state(text)
+
+
+def test_request_from_annotations(tmp_path):
+    """Annotations name the vTPM, make it ephemeral and carry the policy's text."""
+    policy = tmp_path / "policy"
+    policy.write_text("measure func=BPRM_CHECK\n")
+    request = oci.request_from(
+        {
+            "io.cvtpm.vtpm": "Enabled",
+            "io.cvtpm.name": "web-1",
+            "io.cvtpm.ephemeral": "true",
+            "io.cvtpm.policy": str(policy),
+        },
+        "id",
+    )
+    assert request.name == "web-1" and request.ephemeral
+    assert request.policy == "measure func=BPRM_CHECK\n"
+
+    assert oci.request_from({}, "id") is None
+    assert oci.request_from({"io.cvtpm.vtpm": "enabled"}, "cid").name == "cid"
+
+
+@pytest.mark.parametrize(
+    "annotations",
+    [
+        {"io.cvtpm.name": "../etc"},
+        {"io.cvtpm.expose": "pipe"},
+        {"io.cvtpm.policy": "relative/path"},
+        {"io.cvtpm.policy": "/nonexistent/policy"},
+    ],
+)
+def test_bad_annotations_are_config_errors(annotations):
+    """Unusable names, exposures and policy paths are refused with ConfigError."""
+    with pytest.raises(ConfigError):
+        oci.request_from({"io.cvtpm.vtpm": "enabled", **annotations}, "id")
+
+
+def test_hooks_d_files_follow_schema_1_0_0():
+    """Each hooks.d file has version, hook.path/args, when.annotations and stages."""
+    documents = install.hooks_d_documents(EXE, PATHS)
+    assert sorted(documents) == ["cvtpm-create-runtime.json", "cvtpm-poststop.json"]
+    for name, document in documents.items():
+        assert document["version"] == "1.0.0"
+        assert document["hook"]["path"] == str(EXE)
+        assert document["hook"]["args"][-2:] == ["hook", name[6:-5]]
+        ((key, value),) = document["when"]["annotations"].items()
+        assert re.search(key, "io.cvtpm.vtpm") and not re.search(key, "ioXcvtpmXvtpm")
+        assert re.search(value, "enabled")
+
+
+def test_install_writes_files(tmp_path):
+    """install() writes both hooks and the CDI spec, as JSON."""
+    written = install.install(EXE, PATHS, tmp_path / "hooks.d", tmp_path / "cdi")
+    assert [p.name for p in written] == [
+        "cvtpm-create-runtime.json",
+        "cvtpm-poststop.json",
+        "cvtpm.json",
+    ]
+    cdi = json.loads((tmp_path / "cdi" / "cvtpm.json").read_text())
+    assert cdi["kind"] == "cvtpm.io/vtpm"
+    with pytest.raises(ConfigError):
+        install.install(Path("cvtpm"), PATHS, tmp_path / "hooks.d", None)
+
+
+def test_bundle_config():
+    """The runc config runs the hooks, carries the annotations and the TCTI."""
+    spec = RunSpec(
+        rootfs=Path("/r"),
+        args=["sh"],
+        name="n1",
+        ephemeral=True,
+        binds=[(Path("/usr/bin/tpm2"), Path("/usr/bin/tpm2"))],
+    )
+    config = oci_config(spec, EXE, PATHS)
+    assert config["process"]["terminal"] is False
+    assert "TPM2TOOLS_TCTI=swtpm:path=/run/tpm/tpm.sock" in config["process"]["env"]
+    assert config["annotations"]["io.cvtpm.name"] == "n1"
+    assert config["annotations"]["io.cvtpm.ephemeral"] == "true"
+    assert sorted(config["hooks"]) == ["createRuntime", "poststop"]
+    assert {"destination": "/run", "type": "tmpfs"}.items() <= next(
+        m for m in config["mounts"] if m["destination"] == "/run"
+    ).items()
+    bind = config["mounts"][-1]
+    assert bind["destination"] == "/usr/bin/tpm2" and "ro" in bind["options"]
+    namespaces = {ns["type"] for ns in config["linux"]["namespaces"]}
+    assert namespaces == {"pid", "network", "ipc", "uts", "mount"}
+
+
+def test_device_rules_and_nodes(tmp_path):
+    """Device exposure allows the tpm and tpmrm majors and copies device numbers."""
+    from cvtpm.runtime import expose
+
+    devices = tmp_path / "devices"
+    devices.write_text(
+        "Character devices:\n  1 mem\n253 tpmrm\n254 tpm\n\nBlock devices:\n"
+    )
+    rules = expose.device_cgroup_rules(devices)
+    assert {(r["major"], r.get("minor")) for r in rules} == {
+        (10, 224),
+        (253, None),
+        (254, None),
+    }
+
+    nodes = expose.device_nodes(Path("/dev/null"), Path("/dev/zero"))
+    assert [(n.inside, n.major, n.minor) for n in nodes] == [
+        (Path("/dev/tpm0"), 1, 3),
+        (Path("/dev/tpmrm0"), 1, 5),
+    ]
+    assert expose.tcti_env("device")["TPM2TOOLS_TCTI"] == "device:/dev/tpmrm0"
