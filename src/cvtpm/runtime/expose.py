@@ -134,6 +134,11 @@ def _nsenter_mount(pid: int, args: list[str]) -> None:
 
 # --- device exposure -------------------------------------------------------------
 
+# TODO: in device mode the container's commands go from the kernel straight to
+# swtpm (`swtpm chardev --vtpm-proxy`), past the filter of tpm_commands, so a
+# container can extend PCR 10. Matters on every vtpm-proxy host; the fix is for the
+# daemon to own the /dev/vtpmx file descriptor and relay it through check_command.
+
 
 @dataclass(frozen=True)
 class DeviceNode:

@@ -203,6 +203,10 @@ def check_header(header: CommandHeader, policy: FilterPolicy) -> Decision:
     return FORWARD
 
 
+# TODO: transient handles and sessions are shared by everyone using the vTPM, so a
+# container can TPM2_FlushContext an object the daemon loaded a moment ago (its
+# quote then fails and must be retried). Matters once the daemon keeps objects
+# loaded between commands; a fix is a per-client handle map, like a resource manager.
 def check_command(command: bytes, policy: FilterPolicy) -> Decision:
     """Decide whether one complete command may reach the vTPM."""
     header = parse_header(command)

@@ -159,6 +159,9 @@ class TpmFilter:
 
         return run
 
+    # TODO: connections per filter are not limited; a container can open many idle
+    # ones and cost the daemon a file descriptor each. Matters for hostile
+    # containers on hosts near their fd limit.
     async def _serve_data(self, reader, writer) -> None:
         while True:
             head = await reader.readexactly(HEADER_SIZE)
