@@ -6,10 +6,12 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 
 import click
 import uvicorn
 
+from cvtpm.server import keeper
 from cvtpm.server.daemon import control_app, evidence_app
 from cvtpm.server.host import Host
 
@@ -44,12 +46,23 @@ def _parse_listen(value: str | None) -> tuple[str, int] | None:
     show_default=True,
     help="Certified vTPMs kept ready, so containers never wait for one.",
 )
+@click.option("--fanotify-fd", type=int, hidden=True)
 @click.pass_context
-def daemon(ctx, listen, no_measure, pool_size):
-    """Run the cvtpm host daemon in the foreground (root)."""
+def daemon(ctx, listen, no_measure, pool_size, fanotify_fd):
+    """Run the cvtpm host daemon in the foreground (root).
+
+    A small keeper process holds the fanotify group and restarts the daemon
+    if it dies, so no access slips through unmeasured while it is down.
+    """
     tcp = _parse_listen(listen)
     paths = ctx.obj
-    host = Host(paths, measure=not no_measure, pool_size=pool_size)
+    if fanotify_fd is None and not no_measure:
+        # This is the keeper; the worker is this same command, run again.
+        sys.exit(keeper.run([sys.executable, "-m", "cvtpm.cli.main", *sys.argv[1:]]))
+
+    host = Host(
+        paths, measure=not no_measure, pool_size=pool_size, fanotify_fd=fanotify_fd
+    )
     host.start()
     socket_path = paths.run / "daemon.sock"
     socket_path.unlink(missing_ok=True)

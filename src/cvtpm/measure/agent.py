@@ -125,18 +125,26 @@ class Agent:
                     )
                 container.tpm()
 
-            # 2. The marks: every exec and open on the container's mounts.
+            # 2. Known before marked: an event that arrives as soon as the mark
+            # is placed must find its container, or it would pass unmeasured.
+            with self._lock:
+                self._containers[spec.name] = container
+                self._by_ns[container.mnt_ns] = container
+
+            # 3. The marks: every exec and open on the container's mounts.
             for path in spec.resolved_mounts():
                 fanotify.mark(
                     self.group, path, MARK_MASK, filesystem=spec.filesystem_mark
                 )
         except BaseException:
+            with self._lock:
+                if self._containers.get(spec.name) is container:
+                    del self._containers[spec.name]
+                if self._by_ns.get(container.mnt_ns) is container:
+                    del self._by_ns[container.mnt_ns]
             container.close()
             raise
 
-        with self._lock:
-            self._containers[spec.name] = container
-            self._by_ns[container.mnt_ns] = container
         log.info("measuring container %s (mnt ns %d)", spec.name, container.mnt_ns)
         return mlist
 

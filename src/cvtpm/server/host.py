@@ -67,6 +67,7 @@ class Host:
         host_pcrs=None,
         measure: bool = True,
         pool_size: int = 0,
+        fanotify_fd: int | None = None,
     ):
         self.paths = paths.ensure()
         self.manager = VtpmManager(paths)
@@ -78,6 +79,7 @@ class Host:
             Agent(
                 parse_policy(DEFAULT_CONTAINER_POLICY),
                 host_pcrs=host_pcrs if host_pcrs is not None else default_host_pcrs(),
+                fanotify_fd=fanotify_fd,
             )
             if measure
             else None
@@ -93,13 +95,17 @@ class Host:
         swtpm.become_subreaper()
         self.filters.start()
         self.pool.start()
-        if self.agent is not None:
-            self.agent.start()
         self._supervisor_thread = threading.Thread(
             target=self.supervisor.run, name="cvtpm-supervisor", daemon=True
         )
         self._supervisor_thread.start()
+
+        # Containers first, events second: an inherited fanotify group holds
+        # marks of containers a crashed worker served, and their events must
+        # find their container when the agent starts reading.
         self._readopt()
+        if self.agent is not None:
+            self.agent.start()
 
     def stop(self) -> None:
         """Stop serving; containers keep their vTPM state for the next daemon."""
@@ -107,6 +113,9 @@ class Host:
             self.supervisor.unwatch(name)
         self.supervisor.stop()
         self.pool.stop()
+        for pooled in self.manager.pooled():
+            # Stopped in order, they resume at the next daemon's pool.fill().
+            self.manager.stop(pooled.name)
         if self.agent is not None:
             self.agent.stop()
         self.filters.stop()

@@ -1,0 +1,118 @@
+"""`cvtpm daemon` killed with SIGKILL mid-burst: nothing that ran goes unrecorded."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cvtpm.ima.binary import parse_binary
+from cvtpm.ima.replay import replay
+from cvtpm.measure.journal import BINARY_NAME
+from tests.support.runc import Bundle, Runc, make_program, sha256_file
+
+pytestmark = [pytest.mark.root, pytest.mark.runc, pytest.mark.swtpm]
+
+PROGRAMS = 30
+
+
+def _worker_pid(keeper: int) -> int | None:
+    """The pid of the keeper's worker child, if it has one now."""
+    children = Path(f"/proc/{keeper}/task/{keeper}/children").read_text().split()
+    for child in children:
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"--fanotify-fd" in cmdline:
+            return int(child)
+    return None
+
+
+def _wait(predicate, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_daemon_sigkill_mid_burst(paths, short_tmp):
+    """After kill -9 of the daemon's worker, the keeper restarts it; the list and
+    PCR 10 agree and every program that ran is in the list."""
+    socket = paths.run / "daemon.sock"
+    keeper = subprocess.Popen(
+        [
+            sys.executable, "-m", "cvtpm.cli.main",
+            "--state-dir", str(paths.state), "--run-dir", str(paths.run),
+            "daemon", "--pool", "0",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    runc = Runc(short_tmp / "runc-root")
+    client = httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), timeout=30)
+    try:
+        _wait(socket.exists, what="the daemon's socket")
+        _wait(lambda: client.get("http://cvtpm/v1/health").status_code == 200)
+
+        bundle = Bundle(short_tmp / "b")
+        programs = [
+            make_program(bundle.rootfs, f"/opt/p{i}", i.to_bytes(2, "big"))
+            for i in range(PROGRAMS)
+        ]
+        bundle.set_script(
+            f"i=0; while [ $i -lt {PROGRAMS} ]; do "
+            '/opt/p$i/true; echo "$i $?" >> /data/ran; i=$((i+1)); done'
+        )
+        cid, pid = runc.create(bundle)
+        answer = client.post(
+            "http://cvtpm/v1/containers",
+            json={"name": "burst", "pid": pid, "rootfs": str(bundle.rootfs)},
+        )
+        assert answer.status_code == 200, answer.text
+        tcti = answer.json()["vtpm"]["tcti"]
+        list_path = paths.lists / "burst" / BINARY_NAME
+
+        runc.start(cid)
+        _wait(lambda: len(parse_binary(list_path.read_bytes())) >= 8, what="the burst")
+        worker = _worker_pid(keeper.pid)
+        os.kill(worker, signal.SIGKILL)
+        runc.wait(cid, timeout=60)
+        _wait(
+            lambda: _worker_pid(keeper.pid) not in (None, worker), what="a new worker"
+        )
+
+        entries = parse_binary(list_path.read_bytes())
+        for bank in ("sha1", "sha256"):
+            out = subprocess.run(
+                ["tpm2_pcrread", "-T", tcti, f"{bank}:10"],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            assert bytes.fromhex(out.strip().rsplit("0x", 1)[1]) == replay(
+                entries, bank
+            )
+
+        logged = {(e.path, e.file_digest) for e in entries}
+        ran = [
+            line.split()
+            for line in (bundle.rootfs / "data/ran").read_text().split("\n")
+            if line
+        ]
+        # At most the one access in flight at the kill is denied.
+        assert len(ran) >= PROGRAMS - 1
+        succeeded = [int(i) for i, rc in ran if rc == "0"]
+        assert len(succeeded) >= PROGRAMS - 1
+        for i in succeeded:
+            assert (f"/opt/p{i}/true", sha256_file(programs[i])) in logged
+        assert client.delete("http://cvtpm/v1/containers/burst").status_code == 200
+    finally:
+        client.close()
+        keeper.send_signal(signal.SIGTERM)
+        try:
+            keeper.wait(timeout=30)
+        finally:
+            runc.cleanup()
+    assert keeper.returncode == 0, keeper.stderr.read()
