@@ -29,7 +29,7 @@ TCTI = "TPM2TOOLS_TCTI=swtpm:path=/run/tpm/tpm.sock"
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
     """A daemon, the hooks installed in a private hooks.d; yields (paths, hooks)."""
-    top = Path(tempfile.mkdtemp(prefix="cvp", dir="/tmp"))
+    top = Path(tempfile.mkdtemp(prefix="cvpt", dir="/tmp"))
     paths = Paths(state=top / "state", run=top / "run")
     hooks = top / "hooks.d"
     try:

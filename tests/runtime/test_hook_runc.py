@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.root, pytest.mark.runc, pytest.mark.swtpm]
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
     """A daemon on its own state tree, and a busybox rootfs; yields (paths, rootfs)."""
-    top = Path(tempfile.mkdtemp(prefix="cvr", dir="/tmp"))
+    top = Path(tempfile.mkdtemp(prefix="cvrt", dir="/tmp"))
     paths = Paths(state=top / "state", run=top / "run")
     rootfs = busybox_rootfs(tmp_path_factory.mktemp("rootfs"))
     try:
