@@ -11,7 +11,7 @@ import pytest
 from cvtpm.attest.evidence import Evidence, collect_evidence
 from cvtpm.attest.trust import TrustStore
 from cvtpm.attest.verifier import Registration, ReplayState, verify
-from cvtpm.ima.entry import violation
+from cvtpm.ima.entry import ima_legacy, violation
 from cvtpm.tpm.templates import ak_template
 from tests.attest.conftest import files, make_vtpm
 
@@ -244,3 +244,25 @@ def test_failures_are_reported_again_until_fixed(vtpm, local_ca):
     assert attestor.state.index == 0
     vtpm.write_list()
     assert attestor.attest().verified_index == 4
+
+
+def test_legacy_template_list_is_verified_on_the_careful_path(vtpm, local_ca):
+    """A list holding the legacy `ima` template is parsed by cvtpm.ima and trusted."""
+    vtpm.measure([ima_legacy("/bin/old", bytes(range(20)))] + files(2))
+    result = Attestor(vtpm, local_ca).attest()
+    assert result.trusted and result.verified_index == 4
+
+
+def test_sha1_only_quote_catches_changed_template_data(vtpm, local_ca):
+    """With only sha1 quoted, a path changed under its old template digest fails."""
+    vtpm.banks = ["sha1"]
+    vtpm.measure(files(3))
+    attestor = Attestor(vtpm, local_ca)
+    forged = vtpm.entries[2]
+    vtpm.entries[2] = dataclasses.replace(
+        forged, template_data=forged.template_data.replace(b"tool1", b"toolX")
+    )
+    vtpm.write_list()
+    result = attestor.attest()
+    assert reasons(result) == ["list.template_mismatch"]
+    assert result.failures[0].index == 2

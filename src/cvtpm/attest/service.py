@@ -7,6 +7,7 @@ only routes to it, and the checks themselves live in cvtpm.attest.verifier.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -76,8 +77,13 @@ def fetch_from_daemon(reg: Registration, nonce: bytes, since: int) -> Evidence:
     return Evidence.from_json(response.json())
 
 
+@functools.lru_cache(maxsize=64)
 def load_runtime_policy(text: str | bytes) -> RuntimePolicy:
-    """A runtime policy, ready to evaluate, from cvtpm or Keylime JSON text."""
+    """A runtime policy, ready to evaluate, from cvtpm or Keylime JSON text.
+
+    Loaded policies are cached by their text: an incremental attestation should
+    cost its new entries, not a reload of a policy of thousands of files.
+    """
     from cvtpm.attest import policy
 
     try:

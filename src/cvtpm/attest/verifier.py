@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from cryptography import x509
 
-from cvtpm.attest import trust
+from cvtpm.attest import _fastlist, trust
 from cvtpm.attest.evidence import IMA_PCR, Evidence
 from cvtpm.attest.quote import pcr_digest, signature_valid
 from cvtpm.attest.result import Failure, Result
@@ -246,9 +246,16 @@ def _check_counters(state: ReplayState, attest: Attest) -> tuple[list[Failure], 
 class _Replay:
     """Where the replay of the new entries met the quoted PCR."""
 
-    entries: list[Any]  # the new entries, parsed
+    entries: list[Any]  # the new entries: Entry objects, or raw slices if `raw`
     boundary: int | None  # how many of them the PCR covers (None: no match)
     values: dict[str, bytes]  # running values at the boundary
+    raw: bool = False
+    digest_size: int = 20
+
+    def entry(self, position: int) -> Any:
+        """The Entry at `position`, decoded if it was kept raw."""
+        item = self.entries[position]
+        return _fastlist.entry(item, self.digest_size) if self.raw else item
 
 
 def replay_list(
@@ -258,36 +265,66 @@ def replay_list(
     if evidence.since > state.index:
         message = f"entries start at {evidence.since}, verified up to {state.index}"
         return None, [Failure("list.gap", message, index=state.index)]
+    skip = state.index - evidence.since
+    quoted = {bank: evidence.pcrs[bank][IMA_PCR] for bank in banks}
+
+    # Most lists take the fast path over raw slices; the rest are parsed.
+    raws = _fastlist.split(evidence.entries, evidence.digest_size)
+    if raws is not None:
+        return replay_raw(state, raws[skip:], quoted, evidence.digest_size)
     try:
         entries = parse_binary(evidence.entries, evidence.digest_size)
     except ParseError as exc:
         return None, [Failure("list.malformed", str(exc), index=state.index)]
-    entries = entries[state.index - evidence.since :]
+    return replay_entries(state, entries[skip:], quoted)
 
-    quoted = {bank: evidence.pcrs[bank][IMA_PCR] for bank in banks}
-    replayer = Replayer(banks, dict(state.values) or None)
+
+def replay_raw(
+    state: ReplayState,
+    raws: list[_fastlist.Raw],
+    quoted: dict[str, bytes],
+    digest_size: int = 20,
+) -> tuple[_Replay, list[Failure]]:
+    """Like replay_entries, over raw (pcr, template, digest, data) slices."""
+    boundary, values = _fastlist.replay(raws, state.values, quoted)
+    replayed = _Replay(raws, boundary, values, True, digest_size)
+    return replayed, [] if boundary is not None else [_mismatch(state.index)]
+
+
+def replay_entries(
+    state: ReplayState, entries: list[Any], quoted: dict[str, bytes]
+) -> tuple[_Replay, list[Failure]]:
+    """Extend `entries` (those after state.index) until the quoted values are met."""
+    replayer = Replayer(list(quoted), dict(state.values) or None)
     if replayer.values == quoted:
         return _Replay(entries, 0, dict(replayer.values)), []
     # Compare one bank per entry and the others only when it matches: the
     # extends dominate the cost, the comparison should not add to it.
-    first = banks[0]
+    first = next(iter(quoted))
     for count, entry in enumerate(entries, start=1):
         replayer.extend(entry)
         if replayer.values[first] == quoted[first] and replayer.values == quoted:
             return _Replay(entries, count, dict(replayer.values)), []
 
-    message = f"PCR 10 matches no entry boundary from entry {state.index} on"
-    return _Replay(entries, None, {}), [
-        Failure("list.pcr_mismatch", message, index=state.index)
-    ]
+    return _Replay(entries, None, {}), [_mismatch(state.index)]
 
 
-def check_templates(entries: list[Any], start: int) -> list[Failure]:
-    """With only the sha1 bank quoted, the template data must match its digest."""
+def _mismatch(index: int) -> Failure:
+    message = f"PCR 10 matches no entry boundary from entry {index} on"
+    return Failure("list.pcr_mismatch", message, index=index)
+
+
+def check_templates(replayed: _Replay, count: int, start: int) -> list[Failure]:
+    """With only the sha1 bank quoted, template data must match its SHA-1 digest."""
+    if replayed.raw:
+        bad = _fastlist.bad_templates(replayed.entries[:count])
+    else:
+        entries = replayed.entries[:count]
+        bad = [i for i, e in enumerate(entries) if not e.template_digest_matches()]
     return [
-        Failure("list.template_mismatch", "template digest differs", start + i, e.path)
-        for i, e in enumerate(entries)
-        if not e.template_digest_matches()
+        Failure("list.template_mismatch", "template digest differs", start + i, path)
+        for i in bad
+        for path in [replayed.entry(i).path]
     ]
 
 
@@ -295,12 +332,18 @@ def check_templates(entries: list[Any], start: int) -> list[Failure]:
 
 
 def check_policy(
-    policy: RuntimePolicy, entries: list[Any], start: int
+    policy: RuntimePolicy, replayed: _Replay, count: int, start: int
 ) -> list[Failure]:
     """Step 4: every newly verified entry against the runtime policy."""
+    pairs = _fastlist.allowed_pairs(policy) if replayed.raw else None
+    if pairs is None:
+        positions = range(count)
+    else:
+        positions = _fastlist.needing_policy(replayed.entries[:count], pairs)
     failures = []
-    for offset, entry in enumerate(entries):
-        failures += [Failure.coerce(f) for f in policy.evaluate(entry, start + offset)]
+    for position in positions:
+        found = policy.evaluate(replayed.entry(position), start + position)
+        failures += [Failure.coerce(f) for f in found]
     return failures
 
 
@@ -343,14 +386,14 @@ def verify(
             result.pending = len(replayed.entries)
         return _finish(result, state, started), state
 
-    verified = replayed.entries[: replayed.boundary]
-    result.new_entries = len(verified)
-    result.verified_index = state.index + len(verified)
-    result.pending = len(replayed.entries) - len(verified)
+    count = replayed.boundary
+    result.new_entries = count
+    result.verified_index = state.index + count
+    result.pending = len(replayed.entries) - count
     if list(reg.banks) == ["sha1"]:
-        result.failures += check_templates(verified, state.index)
+        result.failures += check_templates(replayed, count, state.index)
     if policy is not None:
-        result.failures += check_policy(policy, verified, state.index)
+        result.failures += check_policy(policy, replayed, count, state.index)
 
     if not result.trusted:
         result.verified_index = state.index

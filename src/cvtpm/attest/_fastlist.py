@@ -1,0 +1,213 @@
+"""The verifier's hot loop over a binary list: split, replay, check, without objects.
+
+Verifying a list is dominated by per-entry Python overhead, so the common case
+(templates ima-ng, ima-sig and ima-buf, whose binary template data is exactly
+what the kernel hashes) is handled on raw slices here. Anything else, and any
+entry the policy does not allow at a glance, goes through cvtpm.ima's parser
+and the runtime policy's own evaluator, so every verdict and error message is
+theirs. The extend rules are those of cvtpm.ima.entry.Entry.pcr_extend_digest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import struct
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from cvtpm.ima.binary import parse_binary
+from cvtpm.ima.entry import BANK_SIZES
+
+# Templates whose binary template data is hashed as it stands (ima_fs.c writes
+# the legacy "ima" template differently, so it takes the careful path).
+_FAST_TEMPLATES = frozenset({b"ima-ng", b"ima-sig", b"ima-buf"})
+_U32 = struct.Struct("<I")
+_HASHES: dict[str, Callable[..., Any]] = {
+    "sha1": hashlib.sha1,
+    "sha256": hashlib.sha256,
+    "sha384": hashlib.sha384,
+    "sha512": hashlib.sha512,
+}
+
+# (PCR, template name, template digest, template data) of one entry.
+Raw = tuple[int, bytes, bytes, bytes]
+
+
+def split(data: bytes, digest_size: int) -> list[Raw] | None:
+    """The entries of a binary list as raw slices, or None unless all are simple.
+
+    None means "use cvtpm.ima.binary": a legacy template, an unknown one, a PCR
+    out of range or a truncated entry, all of which it reports precisely.
+    """
+    head = struct.Struct(f"<I{digest_size}sI")
+    out: list[Raw] = []
+    append = out.append
+    pos, end = 0, len(data)
+    while pos < end:
+        if pos + head.size > end:
+            return None
+        pcr, digest, name_len = head.unpack_from(data, pos)
+        name_end = pos + head.size + name_len
+        name = data[pos + head.size : name_end]
+        if pcr >= 24 or name not in _FAST_TEMPLATES or name_end + 4 > end:
+            return None
+        data_end = name_end + 4 + _U32.unpack_from(data, name_end)[0]
+        if data_end > end:
+            return None
+        append((pcr, name, digest, data[name_end + 4 : data_end]))
+        pos = data_end
+    return out
+
+
+def split_ascii(text: str) -> list[Raw]:
+    """The entries of an ascii list as raw slices (template data rebuilt as hashed).
+
+    Plain ima-ng lines (five fields) are rebuilt here; every other line is read
+    by cvtpm.ima.ascii, which also raises its ParseError for malformed ones.
+    """
+    from cvtpm.ima.ascii import parse_ascii
+
+    out: list[Raw] = []
+    append = out.append
+    pack = _U32.pack
+    for line in text.splitlines():
+        fields = line.split(" ")
+        if len(fields) == 5 and fields[2] == "ima-ng" and ":" in fields[3]:
+            alg, _, hex_digest = fields[3].partition(":")
+            try:
+                d_field = alg.encode() + b":\0" + bytes.fromhex(hex_digest)
+                digest = bytes.fromhex(fields[1])
+                pcr = int(fields[0])
+            except ValueError:
+                pass
+            else:
+                n_field = fields[4].encode("utf-8", "surrogateescape") + b"\0"
+                data = pack(len(d_field)) + d_field + pack(len(n_field)) + n_field
+                append((pcr, b"ima-ng", digest, data))
+                continue
+        if line.strip():
+            e = parse_ascii(line + "\n")[0]
+            append(
+                (e.pcr, e.template_name.encode(), e.template_digest, e.template_data)
+            )
+    return out
+
+
+def replay(
+    raws: list[Raw], start: dict[str, bytes], quoted: dict[str, bytes]
+) -> tuple[int | None, dict[str, bytes]]:
+    """Extend from `start` until every bank equals `quoted`: (entries used, values).
+
+    Per entry and bank, as Entry.pcr_extend_digest: sha1 gets the logged SHA-1
+    template digest, other banks H_bank(template data), violations 0xFF.
+    """
+    values = {bank: start.get(bank, bytes(BANK_SIZES[bank])) for bank in quoted}
+    if values == quoted:
+        return 0, values
+    if list(quoted) == ["sha1"]:  # the common single-bank case, unrolled
+        return _replay_sha1(raws, values["sha1"], quoted["sha1"])
+    banks = [(bank, _HASHES[bank], b"\xff" * BANK_SIZES[bank]) for bank in quoted]
+    for count, (_, _, digest, data) in enumerate(raws, start=1):
+        violation = not any(digest)
+        for bank, hash_, ones in banks:
+            if violation:
+                extend = ones
+            elif bank == "sha1" and len(digest) == 20:
+                extend = digest
+            else:
+                extend = hash_(data).digest()
+            values[bank] = hash_(values[bank] + extend).digest()
+        if values == quoted:
+            return count, values
+    return None, values
+
+
+def _replay_sha1(
+    raws: list[Raw], value: bytes, target: bytes
+) -> tuple[int | None, dict[str, bytes]]:
+    sha1 = hashlib.sha1
+    ones = b"\xff" * 20
+    for count, (_, _, digest, data) in enumerate(raws, start=1):
+        if not any(digest):
+            extend = ones
+        elif len(digest) == 20:
+            extend = digest
+        else:
+            extend = sha1(data).digest()
+        value = sha1(value + extend).digest()
+        if value == target:
+            return count, {"sha1": value}
+    return None, {"sha1": value}
+
+
+def bad_templates(raws: list[Raw]) -> list[int]:
+    """Positions of entries whose SHA-1 template digest is not that of their data."""
+    sha1 = hashlib.sha1
+    return [
+        i
+        for i, (_, _, digest, data) in enumerate(raws)
+        if any(digest) and sha1(data).digest() != digest
+    ]
+
+
+_ALLOWED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def allowed_pairs(policy: Any) -> frozenset[tuple[bytes, bytes]] | None:
+    """(path, file digest) pairs a runtime policy allows outright, if it says.
+
+    A policy evaluator exposing its RuntimePolicy as `.policy` allows an unsigned,
+    non-violation ima-ng entry whose digest is listed for its path (the rule in
+    cvtpm.attest.policy.evaluate); other policies get no shortcut.
+    """
+    model = getattr(policy, "policy", None)
+    digests = getattr(model, "digests", None)
+    if digests is None:
+        return None
+    with contextlib.suppress(KeyError, TypeError):  # TypeError: not weakly referable
+        return _ALLOWED[policy]
+    pairs = frozenset(
+        (path.encode("utf-8", "surrogateescape"), d.value)
+        for path, values in digests.items()
+        for d in values
+    )
+    with contextlib.suppress(TypeError):
+        _ALLOWED[policy] = pairs
+    return pairs
+
+
+def needing_policy(raws: list[Raw], pairs: frozenset[tuple[bytes, bytes]]) -> list[int]:
+    """Positions of entries the policy must judge: all but plainly allowed ima-ng ones.
+
+    An unsigned, non-violation ima-ng entry (d-ng|n-ng fields) whose (path,
+    digest) is in `pairs` is allowed by the rule the evaluator applies first.
+    """
+    unpack = _U32.unpack_from
+    out = []
+    for i, (_, name, digest, data) in enumerate(raws):
+        if name == b"ima-ng" and any(digest) and len(data) >= 8:
+            d_end = 4 + unpack(data, 0)[0]
+            colon = data.find(b":\0", 4, d_end)
+            if colon >= 0 and d_end + 4 <= len(data):
+                n_end = d_end + 4 + unpack(data, d_end)[0]
+                pair = (data[d_end + 4 : n_end - 1], data[colon + 2 : d_end])
+                if data[n_end - 1 : n_end] == b"\0" and pair in pairs:
+                    continue
+        out.append(i)
+    return out
+
+
+def entry(raw: Raw, digest_size: int) -> Any:
+    """The cvtpm.ima Entry of one raw entry (for the policy's own evaluator)."""
+    pcr, name, digest, data = raw
+    encoded = (
+        _U32.pack(pcr)
+        + digest
+        + _U32.pack(len(name))
+        + name
+        + _U32.pack(len(data))
+        + data
+    )
+    return parse_binary(encoded, digest_size)[0]

@@ -1,0 +1,120 @@
+"""The verifier's fast list path agrees with cvtpm.ima and the policy evaluator."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from cvtpm.attest import _fastlist
+from cvtpm.attest.policy import Digest, PolicyEvaluator, RuntimePolicy
+from cvtpm.errors import ParseError
+from cvtpm.ima.ascii import parse_ascii
+from cvtpm.ima.binary import dump_binary, parse_binary
+from cvtpm.ima.entry import boot_aggregate, ima_legacy, ima_ng, ima_sig, violation
+from cvtpm.ima.replay import replay
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+IBMTSS = ASSETS / "ibmtss-ima-sig.binary_runtime_measurements"
+BANKS = ["sha1", "sha256", "sha384", "sha512"]
+
+
+def as_raw(entries) -> list[_fastlist.Raw]:
+    return [
+        (e.pcr, e.template_name.encode(), e.template_digest, e.template_data)
+        for e in entries
+    ]
+
+
+def mixed_list():
+    """Entries of every fast template, with a violation among them."""
+    return [
+        boot_aggregate(None),
+        ima_ng("/bin/a", hashlib.sha256(b"a").digest()),
+        violation("/tmp/racy"),
+        ima_sig("/bin/b", hashlib.sha256(b"b").digest(), signature=b"\x03\x02\x04sig"),
+        ima_ng("/bin/c", hashlib.sha256(b"c").digest()),
+    ]
+
+
+def test_real_binary_list_splits_and_replays_to_the_known_pcrs():
+    """The ibmtss list splits into 362 entries whose replay equals cvtpm.ima's."""
+    data = IBMTSS.read_bytes()
+    raws = _fastlist.split(data, 20)
+    entries = parse_binary(data)
+    assert raws == as_raw(entries)
+    quoted = {bank: replay(entries, bank) for bank in BANKS}
+    assert quoted["sha1"].hex() == "9be6bac02bf18d09d17e726c2df00bca4e8831ea"
+    assert _fastlist.replay(raws, {}, quoted) == (362, quoted)
+    assert _fastlist.replay(raws, {}, {"sha1": quoted["sha1"]})[0] == 362
+    assert _fastlist.bad_templates(raws) == []
+
+
+def test_real_ascii_lists_split_like_the_ascii_parser():
+    """Every line of the real ascii lists gives the data cvtpm.ima.ascii rebuilds."""
+    for name in (
+        "rpi-ima-ng.ascii_runtime_measurements",
+        "signed-ima-sig-ima-buf.ascii_runtime_measurements",
+    ):
+        text = (ASSETS / name).read_text()
+        assert _fastlist.split_ascii(text) == as_raw(parse_ascii(text))
+
+
+def test_violations_and_boundaries_replay_like_the_replayer():
+    """A lagging PCR is met at the same boundary, violations extend 0xFF."""
+    entries = mixed_list()
+    raws = as_raw(entries)
+    for cut in range(len(entries) + 1):
+        quoted = {bank: replay(entries[:cut], bank) for bank in BANKS}
+        assert _fastlist.replay(raws, {}, quoted)[0] == cut
+        assert _fastlist.replay(raws, {}, {"sha1": quoted["sha1"]})[0] == cut
+
+
+def test_legacy_template_takes_the_careful_path():
+    """A list with the legacy `ima` template is left to cvtpm.ima's parser."""
+    data = dump_binary([ima_legacy("/bin/x", bytes(20)), ima_ng("/y", bytes(32))])
+    assert _fastlist.split(data, 20) is None
+
+
+def test_truncated_lists_are_never_split():
+    """A list cut inside an entry is refused by the fast path and by the parser."""
+    data = dump_binary(mixed_list())
+    ends = {0}
+    for raw in _fastlist.split(data, 20):
+        ends.add(max(ends) + 4 + 20 + 4 + len(raw[1]) + 4 + len(raw[3]))
+    for size in range(len(data)):
+        if size in ends:
+            continue
+        assert _fastlist.split(data[:size], 20) is None
+        with pytest.raises(ParseError):
+            parse_binary(data[:size])
+
+
+def test_template_tampering_is_found():
+    """A changed path with the old template digest is reported by position."""
+    raws = as_raw(mixed_list())
+    pcr, name, digest, data = raws[1]
+    raws[1] = (pcr, name, digest, data.replace(b"/bin/a", b"/bin/z"))
+    assert _fastlist.bad_templates(raws) == [1]
+
+
+def test_only_plainly_allowed_entries_skip_the_evaluator():
+    """Entries skipped by the shortcut are exactly ones the evaluator allows."""
+    entries = mixed_list()
+    policy = PolicyEvaluator(
+        RuntimePolicy(
+            digests={
+                "/bin/a": frozenset({Digest("sha256", entries[1].file_digest)}),
+                "/bin/b": frozenset({Digest("sha256", entries[3].file_digest)}),
+                "/bin/c": frozenset({Digest("sha256", bytes(32))}),
+            }
+        )
+    )
+    pairs = _fastlist.allowed_pairs(policy)
+    needed = _fastlist.needing_policy(as_raw(entries), pairs)
+    assert needed == [0, 2, 3, 4]
+    for i, entry in enumerate(entries):
+        if i not in needed:
+            assert policy.evaluate(entry, i) == []
+    assert policy.evaluate(entries[4], 4)  # digest not allowed: the evaluator says so
