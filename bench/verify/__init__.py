@@ -1,0 +1,1 @@
+"""Verification throughput: cvtpm's verifier against Keylime's and evmctl."""
