@@ -208,6 +208,10 @@ class VerifierService:
             nonce_fresh=fresh,
         )
         if result.trusted:
+            # TODO: two attestations of one container at once both start from
+            # the same state and the last to finish wins; both states are valid,
+            # but a row lock around verify would keep the newest. It matters
+            # when several verifier replicas share one database.
             self.store.save_state(name, state)
         return self._record(result)
 

@@ -139,6 +139,10 @@ def check_registration(reg: Registration, store: trust.TrustStore) -> list[Failu
 
     if reg.activated:
         return failures
+    # TODO: an AK certificate is accepted when it names this AK's key, is for an
+    # AK and chains to a trusted CA; nothing in it names the EK, so the binding
+    # rests on the cvtpm CA issuing AK certificates only after activation. An
+    # EK reference in the certificate would close that when CAs are shared.
     if not reg.ak_cert_pem:
         failures.append(Failure("ak.not_bound", "no AK certificate, no activation"))
         return failures
@@ -235,6 +239,10 @@ def _check_counters(state: ReplayState, attest: Attest) -> tuple[list[Failure], 
         )
         return [Failure("quote.counter_regressed", message)], []
     if clock.reset_count > state.reset_count:
+        # TODO: a reset zeroes PCR 10, so replay from the stored running values
+        # then fails (list.pcr_mismatch) unless the agent re-extends the whole
+        # list; restarting replay at entry 0 needs the whole list again. It
+        # matters once vTPMs are reset without their lists being replayed.
         return [], ["quote.tpm_reset"]
     return [], []
 
@@ -367,6 +375,9 @@ def verify(
     """
     started = time.perf_counter()
     result = Result(reg.name, start_index=state.index, verified_index=state.index)
+    # TODO: step 1 re-checks the certificate chains every time (about a
+    # millisecond, most of an attestation with no new entries); caching its
+    # outcome per registration until a certificate expires would remove that.
     result.failures += check_registration(reg, trust_store)
     if evidence.container != reg.name:
         result.failures.append(Failure("evidence.wrong_container", evidence.container))
