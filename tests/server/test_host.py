@@ -55,7 +55,7 @@ def entries(host: Host, name: str):
 
 def pcr10(host: Host, name: str, bank: str = "sha256") -> bytes:
     """PCR 10 as a container sees it: through its filtered socket, with tpm2-tools."""
-    sock = host.paths.run / "containers" / name / "tpm.sock"
+    sock = host.paths.run / "containers" / name / "tpm" / "tpm.sock"
     out = subprocess.run(
         ["tpm2_pcrread", "-T", f"swtpm:path={sock}", f"{bank}:10"],
         capture_output=True,
@@ -88,7 +88,11 @@ def test_container_gets_vtpm_list_and_socket(host, runc, short_tmp):
             for e in listed
         )
     assert pcr10(host, "web") == replay(listed, "sha256")
-    assert answer["tcti"].endswith("/containers/web/tpm.sock")
+    assert answer["tcti"].endswith("/containers/web/tpm/tpm.sock")
+    assert answer["filter_socket"].endswith("/containers/web/tpm/tpm.sock")
+    assert not (
+        host.paths.run / "containers" / "web" / "tpm" / "container.json"
+    ).exists()
     runc.wait(cid)
 
 

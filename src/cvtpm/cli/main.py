@@ -81,7 +81,10 @@ def cli(ctx: click.Context, verbose: int, state_dir: str | None, run_dir: str | 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code: 0 ok, 1 failure or no, 2 usage."""
     try:
-        cli.main(args=argv, prog_name="cvtpm", standalone_mode=False)
+        # Without standalone mode, click returns what `ctx.exit(n)` asked for.
+        code = cli.main(args=argv, prog_name="cvtpm", standalone_mode=False)
+        if isinstance(code, int):
+            return code
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:

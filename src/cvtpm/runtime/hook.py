@@ -133,11 +133,10 @@ def _expose(
     expose: str, pid: int, rootfs: Path, response: dict[str, Any]
 ) -> tuple[str, list[str]]:
     if expose == "socket":
-        # The daemon names its filter's data socket `host_socket` (the host-side
-        # path of the container's TPM socket); `filter_socket` is the older name.
-        socket = response.get("host_socket") or response.get("filter_socket")
+        # Only the filter's socket is ever exposed, never the vTPM's own.
+        socket = response.get("filter_socket")
         if not socket:
-            raise StateError("the daemon's answer names no host_socket")
+            raise StateError("the daemon's answer names no filter_socket")
         created = exposure.expose_socket(pid, rootfs, Path(socket).parent)
         return str(exposure.CONTAINER_SOCKET), [str(p) for p in created]
 

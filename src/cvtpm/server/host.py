@@ -139,10 +139,12 @@ class Host:
                     self.agent.add_container(self._spec(request))
 
                 # 3. The filtered TPM socket for the container's processes.
+                # The filter's own directory is what gets bind-mounted into the
+                # container; container.json, next to it, must stay outside.
                 endpoint = self.filters.open(
                     request.name,
                     Path(self.manager.get(request.name).socket),
-                    self._container_dir(request.name),
+                    self._container_dir(request.name) / "tpm",
                 )
             except BaseException:
                 self._teardown(request, keep=True)
@@ -155,7 +157,7 @@ class Host:
         log.info("container %s: vTPM %s, measured", request.name, report.describe())
         return {
             "name": request.name,
-            "host_socket": str(endpoint.data_path),
+            "filter_socket": str(endpoint.data_path),
             "tcti": endpoint.tcti,
             "resumed": report.resumed,
             "lost": report.lost,
