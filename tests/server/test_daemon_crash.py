@@ -12,9 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cvtpm.ima.binary import parse_binary
 from cvtpm.ima.replay import replay
-from cvtpm.measure.journal import BINARY_NAME
+from cvtpm.measure.journal import BINARY_NAME, read_list
 from tests.support.runc import Bundle, Runc, make_program, sha256_file
 
 pytestmark = [pytest.mark.root, pytest.mark.runc, pytest.mark.swtpm]
@@ -77,7 +76,8 @@ def test_daemon_sigkill_mid_burst(paths, short_tmp):
         list_path = paths.lists / "burst" / BINARY_NAME
 
         runc.start(cid)
-        _wait(lambda: len(parse_binary(list_path.read_bytes())) >= 8, what="the burst")
+        # read_list, not parse_binary: the agent may be mid-append.
+        _wait(lambda: len(read_list(list_path.parent)) >= 8, what="the burst")
         worker = _worker_pid(keeper.pid)
         os.kill(worker, signal.SIGKILL)
         runc.wait(cid, timeout=60)
@@ -85,7 +85,7 @@ def test_daemon_sigkill_mid_burst(paths, short_tmp):
             lambda: _worker_pid(keeper.pid) not in (None, worker), what="a new worker"
         )
 
-        entries = parse_binary(list_path.read_bytes())
+        entries = read_list(list_path.parent)
         for bank in ("sha1", "sha256"):
             out = subprocess.run(
                 ["tpm2_pcrread", "-T", tcti, f"{bank}:10"],
