@@ -102,6 +102,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # A bug, not bad input (bad input raises CvtpmError): one line for the
+        # user, the traceback for whoever runs it again with -vv.
+        logging.getLogger("cvtpm").debug("internal error", exc_info=True)
+        click.echo(
+            f"cvtpm: internal error: {type(exc).__name__}: {exc} "
+            "(run with -vv for details, and please report it)",
+            err=True,
+        )
+        return 1
     return 0
 
 

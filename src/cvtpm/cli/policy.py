@@ -6,7 +6,10 @@ from pathlib import Path
 
 import click
 
-from cvtpm.attest.policy import create_policy, dump
+from cvtpm.attest.policy import Digest, create_policy, dump
+from cvtpm.errors import UsageError
+from cvtpm.ima import entry as ima_entry
+from cvtpm.measure.agent import default_host_pcrs
 
 
 @click.group()
@@ -30,9 +33,26 @@ def policy():
     is_flag=True,
     help="Hash every regular file, not only executables and libraries.",
 )
-def create(rootfs, output, alg, all_files):
+@click.option(
+    "--boot-aggregate/--no-boot-aggregate",
+    default=True,
+    show_default=True,
+    help="Allow the boot_aggregate that containers on this host log first.",
+)
+def create(rootfs, output, alg, all_files, boot_aggregate):
     """Allow every executable and library under ROOTFS with its digest (cvtpm JSON)."""
-    text = dump(create_policy(Path(rootfs), alg, all_files=all_files))
+    try:
+        policy = create_policy(Path(rootfs), alg, all_files=all_files)
+    except ValueError as exc:
+        raise UsageError(f"--alg {alg}: {exc}") from exc
+
+    if boot_aggregate:
+        # The first entry of every container list on this host: derived from
+        # the host TPM's PCRs 0-9, or all zeros on a host without a TPM.
+        entry = ima_entry.boot_aggregate(default_host_pcrs())
+        policy = policy.allow(entry.path, Digest(entry.digest_alg, entry.file_digest))
+
+    text = dump(policy)
     if output:
         Path(output).write_text(text)
         click.echo(f"wrote {output}", err=True)
