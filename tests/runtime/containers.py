@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,41 +14,7 @@ from pathlib import Path
 from cvtpm.config import Paths
 
 CVTPM = str(Path(sys.executable).with_name("cvtpm"))
-BUSYBOX = Path("/bin/busybox")
-TPM2 = Path("/usr/bin/tpm2")
-# libtss2's TCTI loader dlopens this by name, so ldd does not list it.
-TCTI_SWTPM = Path("/usr/lib/x86_64-linux-gnu/libtss2-tcti-swtpm.so.0")
 ZERO = "00" * 32
-
-
-def busybox_rootfs(directory: Path) -> Path:
-    """A rootfs holding busybox-static and a symlink per applet."""
-    bin_dir = directory / "bin"
-    bin_dir.mkdir(parents=True)
-    shutil.copy2(BUSYBOX, bin_dir / "busybox")
-    applets = subprocess.run(
-        [str(BUSYBOX), "--list"], capture_output=True, text=True, check=True
-    ).stdout.split()
-    for applet in applets:
-        link = bin_dir / applet
-        if not link.exists():
-            link.symlink_to("busybox")
-    return directory
-
-
-def tpm2_files() -> list[tuple[Path, Path]]:
-    """(host file, path inside) for /usr/bin/tpm2 and every library it loads."""
-    wanted = [TPM2, TCTI_SWTPM]
-    for binary in (TPM2, TCTI_SWTPM):
-        ldd = subprocess.run(
-            ["ldd", str(binary)], capture_output=True, text=True, check=True
-        ).stdout
-        for line in ldd.splitlines():
-            path = next((w for w in line.split() if w.startswith("/")), None)
-            if path is not None:
-                wanted.append(Path(path))
-    unique = dict.fromkeys(wanted)
-    return [(path.resolve(), path) for path in unique]
 
 
 def cvtpm(

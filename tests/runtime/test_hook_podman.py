@@ -11,14 +11,13 @@ import pytest
 
 from cvtpm.config import Paths
 from cvtpm.runtime.daemon_client import DaemonClient
+from cvtpm.runtime.rootfs import busybox_rootfs, tpm2_tools_binds
 from tests.runtime.containers import (
     ZERO,
-    busybox_rootfs,
     cvtpm,
     pcr_value,
     replay_sha256,
     running_daemon,
-    tpm2_files,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.runc, pytest.mark.swtpm]
@@ -49,7 +48,7 @@ def rootfs(tmp_path):
 
 def podman(hooks: Path, rootfs: Path, *options: str, script: str):
     """`podman run` a shell script in `rootfs` with tpm2-tools mounted read-only."""
-    volumes = [f"-v={host}:{inside}:ro" for host, inside in tpm2_files()]
+    volumes = [f"-v={host}:{inside}:ro" for host, inside in tpm2_tools_binds()]
     return subprocess.run(
         [
             "podman",

@@ -11,17 +11,16 @@ from pathlib import Path
 import pytest
 
 from cvtpm.config import Paths
+from cvtpm.runtime.rootfs import busybox_rootfs, tpm2_tools_binds
 from cvtpm.vtpm.manager import VtpmManager
 from tests.runtime.containers import (
     CVTPM,
     ZERO,
-    busybox_rootfs,
     cvtpm,
     leftovers,
     pcr_value,
     replay_sha256,
     running_daemon,
-    tpm2_files,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.runc, pytest.mark.swtpm]
@@ -42,7 +41,7 @@ def host(tmp_path_factory):
 
 def run_with_tpm2(paths, rootfs, name, script, *options):
     """`cvtpm run` a shell script with tpm2-tools bound into the container."""
-    binds = [f"--bind={host}:{inside}" for host, inside in tpm2_files()]
+    binds = [f"--bind={host}:{inside}" for host, inside in tpm2_tools_binds()]
     return cvtpm(
         paths,
         "run",

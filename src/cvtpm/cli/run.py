@@ -12,6 +12,7 @@ from cvtpm.runtime import runner
 from cvtpm.runtime.bundle import RunSpec
 from cvtpm.runtime.expose import resolve_expose
 from cvtpm.runtime.install import cvtpm_executable
+from cvtpm.runtime.rootfs import tpm2_tools_binds
 
 
 def _bind(value: str) -> tuple[Path, Path]:
@@ -46,11 +47,28 @@ def _bind(value: str) -> tuple[Path, Path]:
     metavar="HOST[:INSIDE]",
     help="Bind-mount a host path read-only into the container (repeatable).",
 )
+@click.option(
+    "--tpm2-tools",
+    is_flag=True,
+    help="Lend the host's tpm2-tools read-only: `tpm2 pcrread` works inside.",
+)
 @click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE")
 @click.argument("rootfs", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.argument("command", nargs=-1, required=True)
 @click.pass_obj
-def run(paths, name, policy, ephemeral, parent, expose, binds, env, rootfs, command):
+def run(
+    paths,
+    name,
+    policy,
+    ephemeral,
+    parent,
+    expose,
+    binds,
+    tpm2_tools,
+    env,
+    rootfs,
+    command,
+):
     """Run COMMAND in ROOTFS under runc, with its own vTPM and measurement list.
 
     Put `--` before COMMAND when it has options of its own. The exit status is the
@@ -71,7 +89,7 @@ def run(paths, name, policy, ephemeral, parent, expose, binds, env, rootfs, comm
         policy=policy.absolute() if policy else None,
         parent=parent,
         expose=resolve_expose(expose),
-        binds=[_bind(b) for b in binds],
+        binds=[_bind(b) for b in binds] + (tpm2_tools_binds() if tpm2_tools else []),
         env=environment,
     )
     status = runner.run(spec, cvtpm_executable(), paths)
