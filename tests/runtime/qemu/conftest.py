@@ -10,6 +10,9 @@ import pytest
 from .guest import CheckResult, GuestRun, parse_checks, run_guest
 from .guest_checks import all_checks
 
+# The boots of this session, for the timing line in the terminal summary.
+_SESSIONS: list[GuestSession] = []
+
 
 @dataclass
 class GuestSession:
@@ -29,7 +32,9 @@ def guest_session(tmp_path_factory: pytest.TempPathFactory) -> GuestSession:
     """
     workdir = tmp_path_factory.mktemp("qemu-guest")
     run = run_guest(all_checks(), workdir)
-    return GuestSession(run=run, checks=parse_checks(run.output))
+    session = GuestSession(run=run, checks=parse_checks(run.output))
+    _SESSIONS.append(session)
+    return session
 
 
 @pytest.fixture
@@ -54,3 +59,15 @@ def guest_check(guest_session: GuestSession) -> Callable[..., CheckResult]:
         return result
 
     return lookup
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One line per boot: how long the guest took to boot and to run each check."""
+    for session in _SESSIONS:
+        checks = ", ".join(
+            f"{name} {result.seconds:.1f}" for name, result in session.checks.items()
+        )
+        terminalreporter.write_line(
+            f"qemu guest: boot {session.run.boot_seconds:.1f} s, "
+            f"total {session.run.total_seconds:.1f} s; checks (s): {checks}"
+        )

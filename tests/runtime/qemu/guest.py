@@ -74,6 +74,7 @@ class CheckResult:
 
     status: int
     output: str
+    seconds: float = 0.0
 
 
 @dataclass
@@ -98,8 +99,9 @@ class GuestChecks:
             (exchange / "checks" / f"{name}.sh").write_text(textwrap.dedent(body))
             lines += [
                 f"echo '{CHECK_BEGIN}{name}'",
+                "began=$(date +%s.%N)",
                 f"timeout -k 5 {timeout} sh -e /cvtpm-qemu/checks/{name}.sh",
-                f'echo "{CHECK_END}{name} status=$?"',
+                f'echo "{CHECK_END}{name} status=$? began=$began ended=$(date +%s.%N)"',
             ]
         (exchange / "script").write_text("\n".join(lines) + "\n")
 
@@ -114,9 +116,10 @@ def parse_checks(output: str) -> dict[str, CheckResult]:
         if line.startswith(CHECK_BEGIN):
             current, body = line[len(CHECK_BEGIN) :].strip(), []
         elif line.startswith(CHECK_END) and current is not None:
-            match = re.search(r"status=(\d+)", line)
-            status = int(match.group(1)) if match else -1
-            results[current] = CheckResult(status, "\n".join(body))
+            fields = dict(re.findall(r"(\w+)=(\S+)", line))
+            status = int(fields.get("status", "-1"))
+            seconds = float(fields.get("ended", 0)) - float(fields.get("began", 0))
+            results[current] = CheckResult(status, "\n".join(body), seconds)
             current = None
         elif current is not None:
             body.append(line)

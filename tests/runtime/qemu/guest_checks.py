@@ -14,6 +14,8 @@ from .guest import REPO_ROOT, GuestChecks
 
 HERE = Path(__file__).resolve().parent
 DEVICE_DIR = "/tmp/cvtpm-device"
+CONTAINER_DIR = "/tmp/cvtpm-container"
+CONTAINER_NAME = "qemu-ctr"
 
 # The digest extended into PCR 10 through /dev/tpmrmN by the `extend` check.
 EXTEND_DIGEST = "c0ffee" * 10 + "c0ff"
@@ -77,7 +79,87 @@ def device_checks(checks: GuestChecks) -> None:
     checks.add(
         "device_stop",
         f"""
+        . {DEVICE_DIR}/env
+        # TPM2_Shutdown(STATE), as an orderly stop does, so that PCRs resume.
+        tpm2_shutdown -T device:$TPMRM
         $PYTHON $HERE/guest_device.py stop {DEVICE_DIR}
+        """,
+    )
+    checks.add(
+        "device_resume",
+        f"""
+        $PYTHON $HERE/guest_device.py resume {DEVICE_DIR}
+        . {DEVICE_DIR}/env
+        tpm2_pcrread -T device:$TPM sha256:10
+        $PYTHON $HERE/guest_device.py stop {DEVICE_DIR}
+        """,
+    )
+
+
+def container_checks(checks: GuestChecks) -> None:
+    """A runc container given a device vTPM by `cvtpm daemon` through `cvtpm hook`."""
+    env = f"""
+        export CVTPM_STATE_DIR={CONTAINER_DIR}/state
+        export CVTPM_RUN_DIR={CONTAINER_DIR}/run
+    """
+    checks.add(
+        "daemon_start",
+        env
+        + f"""
+        mkdir -p $CVTPM_STATE_DIR $CVTPM_RUN_DIR
+        # No pool: certifying spare vTPMs only costs time under emulation.
+        cvtpm -v daemon --pool 0 > {CONTAINER_DIR}/daemon.log 2>&1 &
+        echo $! > {CONTAINER_DIR}/daemon.pid
+        # Importing the daemon's libraries is slow under emulation.
+        tries=0
+        while [ ! -S $CVTPM_RUN_DIR/daemon.sock ]; do
+            if ! kill -0 $(cat {CONTAINER_DIR}/daemon.pid) 2>/dev/null; then
+                echo "cvtpm daemon exited:"; cat {CONTAINER_DIR}/daemon.log; exit 1
+            fi
+            tries=$((tries + 1))
+            if [ $tries -gt 900 ]; then
+                echo "no daemon socket after 180 s:"; cat {CONTAINER_DIR}/daemon.log
+                exit 1
+            fi
+            sleep 0.2
+        done
+        echo daemon=up
+        """,
+        timeout=200,
+    )
+    checks.add(
+        "container_run",
+        env
+        + f"""
+        $PYTHON $HERE/guest_container.py bundle {CONTAINER_DIR}/ctr {CONTAINER_NAME}
+        status=0
+        runc run --bundle {CONTAINER_DIR}/ctr/bundle {CONTAINER_NAME} || status=$?
+        echo "runc=$status"
+        if [ $status -ne 0 ]; then
+            echo "--- cvtpm daemon log ---"; tail -n 40 {CONTAINER_DIR}/daemon.log
+        fi
+        exit $status
+        """,
+        timeout=300,
+    )
+    checks.add(
+        "container_replay",
+        env
+        + f"""
+        $PYTHON $HERE/guest_container.py replay {CONTAINER_NAME}
+        """,
+    )
+    checks.add(
+        "daemon_stop",
+        f"""
+        pid=$(cat {CONTAINER_DIR}/daemon.pid)
+        kill -TERM $pid
+        tries=0
+        while kill -0 $pid 2>/dev/null && [ $tries -lt 150 ]; do
+            tries=$((tries + 1)); sleep 0.2
+        done
+        if kill -0 $pid 2>/dev/null; then echo daemon=running; else echo daemon=gone; fi
+        ls /dev/tpm* 2>/dev/null || echo devices=none
         """,
     )
 
@@ -86,4 +168,5 @@ def all_checks() -> GuestChecks:
     """Every check of the QEMU tier, in the order the guest runs them."""
     checks = GuestChecks(prologue=prologue())
     device_checks(checks)
+    container_checks(checks)
     return checks

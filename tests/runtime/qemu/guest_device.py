@@ -1,9 +1,10 @@
 """Run inside the QEMU guest: start and stop a device-mode vTPM with cvtpm's own code.
 
 `python guest_device.py start DIR` starts swtpm through
-`cvtpm.vtpm.vtpm_proxy.start` with its state under DIR and prints the device
-as one JSON line; `stop DIR` stops it through the control channel and prints
-whether the kernel removed the devices. The host-side tests read these lines.
+`cvtpm.vtpm.vtpm_proxy.start` with fresh state under DIR and prints the device
+as one JSON line; `resume DIR` starts it again on the saved state; `stop DIR`
+stops it through the control channel and prints whether the kernel removed the
+devices. The host-side tests read these lines.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ def _paths(base: Path) -> SwtpmPaths:
     return SwtpmPaths(state_dir=base / "state", run_dir=base / "run")
 
 
-def start(base: Path) -> dict:
-    """Start a fresh vTPM as a vtpm-proxy chip; its key is kept for `stop`."""
-    key = secrets.token_bytes(32)
-    device = vtpm_proxy.start(_paths(base), key)
+def start(base: Path, resume: bool = False) -> dict:
+    """Start the vTPM under `base` as a vtpm-proxy chip: fresh, or resumed."""
+    key_file = base / "key"
+    if not resume:
+        # The guest's /tmp is a throw-away tmpfs: keeping the key there is fine.
+        key_file.write_bytes(secrets.token_bytes(32))
+    device = vtpm_proxy.start(_paths(base), key_file.read_bytes(), resume=resume)
     facts = {
         "number": device.number,
         "tpm": str(device.tpm),
@@ -55,10 +59,15 @@ def stop(base: Path) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    """Dispatch `start DIR` or `stop DIR` and print the facts as JSON."""
+    """Dispatch `start|resume|stop DIR` and print the facts as JSON."""
     action, base = argv[0], Path(argv[1])
     base.mkdir(parents=True, exist_ok=True)
-    facts = start(base) if action == "start" else stop(base)
+    actions = {
+        "start": lambda: start(base),
+        "resume": lambda: start(base, resume=True),
+        "stop": lambda: stop(base),
+    }
+    facts = actions[action]()
     print("facts=" + json.dumps(facts), flush=True)
     return 0
 

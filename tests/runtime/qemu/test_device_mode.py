@@ -78,3 +78,12 @@ def test_stop_removes_devices(guest_check):
     facts = _facts(guest_check("device_stop").output)
 
     assert facts == {"running": False, "tpm_exists": False}
+
+
+def test_resume_keeps_pcr10_across_a_restart(guest_check):
+    """Started again with resume=True on its saved state, the chip keeps PCR 10."""
+    output = guest_check("device_resume").output
+    expected = hashlib.sha256(bytes(32) + bytes.fromhex(EXTEND_DIGEST)).hexdigest()
+
+    assert _facts(output)["running"] is True
+    assert _pcr10(output) == "0x" + expected
