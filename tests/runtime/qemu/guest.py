@@ -299,6 +299,9 @@ def run_guest(
     stops without reporting a status. QEMU never outlives this call.
     """
     kernel = find_kernel()
+    if "," in str(workdir.resolve()):
+        # QEMU's option parser splits -fsdev and -serial values at commas.
+        raise GuestError(f"the work directory {workdir} must not contain a comma")
     exchange = workdir / "exchange"
     exchange.mkdir(parents=True, exist_ok=True)
     console = workdir / "console.log"

@@ -1,7 +1,7 @@
 """The checks the QEMU guest runs in its one boot, in order; tests read the results.
 
 Each check is a shell snippet run with `sh -e` as root in the guest. Later
-checks may use what earlier ones left in the guest's /tmp (a started vTPM),
+checks may use what earlier ones left in the guest's /run (a started vTPM),
 so a failure early on shows up in the later checks' output too.
 """
 
@@ -13,8 +13,9 @@ from pathlib import Path
 from .guest import REPO_ROOT, GuestChecks
 
 HERE = Path(__file__).resolve().parent
-DEVICE_DIR = "/tmp/cvtpm-device"
-CONTAINER_DIR = "/tmp/cvtpm-container"
+# Under the guest's own tmpfs /run, never the host's /tmp seen through the overlay.
+DEVICE_DIR = "/run/cvtpm-tests/device"
+CONTAINER_DIR = "/run/cvtpm-tests/container"
 CONTAINER_NAME = "qemu-ctr"
 
 # The digest extended into PCR 10 through /dev/tpmrmN by the `extend` check.

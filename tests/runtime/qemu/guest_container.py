@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -22,50 +21,28 @@ from cvtpm.config import Paths
 from cvtpm.ima.binary import parse_binary
 from cvtpm.ima.replay import replay
 from cvtpm.runtime.bundle import RunSpec, oci_config, write_bundle
-
-BUSYBOX = Path("/bin/busybox")
-# tpm2-tools is one multi-call binary; the TCTI library is loaded with dlopen,
-# so ldd on the binary does not name it.
-TPM2_TOOLS = Path("/usr/bin/tpm2")
-TCTI_DEVICE = Path("/usr/lib/x86_64-linux-gnu/libtss2-tcti-device.so.0")
+from cvtpm.runtime.rootfs import busybox_rootfs, tpm2_tools_binds
 
 # The container's program: what it sees in /dev, then PCR 10 through both
 # devices. Nothing runs after the last read, so the list is final by then.
 CONTAINER_SCRIPT = (
     "ls -l /dev/tpm0 /dev/tpmrm0 && "
-    "echo via=tpmrm0 && tpm2_pcrread -T device:/dev/tpmrm0 sha256:10 && "
-    "echo via=tpm0 && tpm2_pcrread -T device:/dev/tpm0 sha256:10"
+    "echo via=tpmrm0 && tpm2 pcrread -T device:/dev/tpmrm0 sha256:10 && "
+    "echo via=tpm0 && tpm2 pcrread -T device:/dev/tpm0 sha256:10"
 )
 
 
-def _libraries(binary: Path) -> list[Path]:
-    """The shared objects `binary` loads, as ldd resolves them."""
-    out = subprocess.run(
-        ["ldd", str(binary)], capture_output=True, text=True, check=True
-    ).stdout
-    found = re.findall(r"=> (/\S+)", out) + re.findall(r"^\s*(/\S+) \(", out, re.M)
-    return [Path(p) for p in found]
-
-
-def _copy_in(rootfs: Path, path: Path) -> None:
-    target = rootfs / path.relative_to("/")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(path, target)
-
-
 def build_rootfs(rootfs: Path) -> None:
-    """A busybox rootfs with tpm2_pcrread and its libraries at their usual paths."""
-    for directory in ("bin", "dev", "proc", "sys", "run", "tmp", "usr/bin"):
-        (rootfs / directory).mkdir(parents=True, exist_ok=True)
-    shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
-    for applet in ("sh", "ls", "echo", "cat"):
-        (rootfs / "bin" / applet).symlink_to("busybox")
+    """A busybox rootfs with tpm2-tools and the libraries it loads copied in.
 
-    for binary in (TPM2_TOOLS, TCTI_DEVICE):
-        _copy_in(rootfs, binary)
-        for library in _libraries(binary):
-            _copy_in(rootfs, library)
-    (rootfs / "usr" / "bin" / "tpm2_pcrread").symlink_to("tpm2")
+    Copied rather than bind-mounted (as `cvtpm run --tpm2-tools` does): files of
+    the container's own root mount are what its list measures.
+    """
+    busybox_rootfs(rootfs)
+    for host, inside in tpm2_tools_binds():
+        target = rootfs / inside.relative_to("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(host, target)
 
 
 def bundle(base: Path, name: str) -> Path:

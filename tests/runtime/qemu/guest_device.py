@@ -27,7 +27,7 @@ def start(base: Path, resume: bool = False) -> dict:
     """Start the vTPM under `base` as a vtpm-proxy chip: fresh, or resumed."""
     key_file = base / "key"
     if not resume:
-        # The guest's /tmp is a throw-away tmpfs: keeping the key there is fine.
+        # The guest's /run is a throw-away tmpfs: keeping the key there is fine.
         key_file.write_bytes(secrets.token_bytes(32))
     device = vtpm_proxy.start(_paths(base), key_file.read_bytes(), resume=resume)
     facts = {
