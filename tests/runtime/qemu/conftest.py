@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from .guest import CheckResult, GuestRun, parse_checks, run_guest
+from .guest import TIMED_OUT, CheckResult, GuestRun, parse_checks, run_guest
 from .guest_checks import all_checks
 
 # The boots of this session, for the timing line in the terminal summary.
@@ -53,8 +53,10 @@ def guest_check(guest_session: GuestSession) -> Callable[..., CheckResult]:
                 f"{guest_session.run.output[-4000:]}"
             )
         if ok and result.status != 0:
+            how = "timed out" if result.status in TIMED_OUT else "failed"
             pytest.fail(
-                f"check {name!r} exited {result.status} in the guest:\n{result.output}"
+                f"check {name!r} {how} (exit {result.status}) in the guest:\n"
+                f"{result.output}"
             )
         return result
 

@@ -40,6 +40,11 @@ RUN_TIMEOUT = 600.0
 MEMORY_MB = 1024
 CPUS = 2
 
+# Where the guest mounts the exchange share (EXCHANGE in scripts/qemu-guest-init).
+GUEST_EXCHANGE = "/cvtpm-qemu"
+# What `timeout` exits with when it had to stop a check (124) or kill it (137).
+TIMED_OUT = (124, 137)
+
 CHECK_BEGIN = "==== cvtpm-check begin "
 CHECK_END = "==== cvtpm-check end "
 
@@ -100,7 +105,7 @@ class GuestChecks:
             lines += [
                 f"echo '{CHECK_BEGIN}{name}'",
                 "began=$(date +%s.%N)",
-                f"timeout -k 5 {timeout} sh -e /cvtpm-qemu/checks/{name}.sh",
+                f"timeout -k 5 {timeout} sh -e {GUEST_EXCHANGE}/checks/{name}.sh",
                 f'echo "{CHECK_END}{name} status=$? began=$began ended=$(date +%s.%N)"',
             ]
         (exchange / "script").write_text("\n".join(lines) + "\n")
@@ -203,6 +208,8 @@ def _cpio_entry(name: str, mode: int, data: bytes = b"", rdev=(0, 0)) -> bytes:
 def build_initramfs(kernel: GuestKernel, dest: Path) -> Path:
     """Write an uncompressed initramfs: busybox, the init script and the modules."""
     modules = module_closure(kernel, INITRAMFS_MODULES)
+    if not BUSYBOX.is_file():
+        raise GuestError(f"{BUSYBOX} is missing; install busybox-static")
     dirs = ["bin", "dev", "proc", "sys", "modules"]
     out = bytearray()
 
