@@ -78,6 +78,12 @@ def device_checks(checks: GuestChecks) -> None:
         """,
     )
     checks.add(
+        "device_client",
+        f"""
+        $PYTHON $HERE/guest_device.py client {DEVICE_DIR}
+        """,
+    )
+    checks.add(
         "device_stop",
         f"""
         . {DEVICE_DIR}/env

@@ -2,7 +2,9 @@
 
 `python guest_device.py start DIR` starts swtpm through
 `cvtpm.vtpm.vtpm_proxy.start` with fresh state under DIR and prints the device
-as one JSON line; `resume DIR` starts it again on the saved state; `stop DIR`
+as one JSON line; `client DIR` extends and reads a PCR through it with
+cvtpm's TpmClient (the daemon's path to a device vTPM); `resume DIR` starts it
+again on the saved state; `stop DIR`
 stops it through the control channel and prints whether the kernel removed the
 devices. The host-side tests read these lines.
 """
@@ -15,8 +17,14 @@ import sys
 import time
 from pathlib import Path
 
+from cvtpm.tpm.client import TpmClient
 from cvtpm.vtpm import swtpm, vtpm_proxy
 from cvtpm.vtpm.swtpm import SwtpmPaths
+
+# PCR 23 is free for applications (TCG PC Client PFP, section 2.3.4); the
+# `client` action extends it so that PCR 10, which the other checks read, stays.
+CLIENT_PCR = 23
+CLIENT_DIGEST = bytes(range(32))
 
 
 def _paths(base: Path) -> SwtpmPaths:
@@ -46,6 +54,16 @@ def start(base: Path, resume: bool = False) -> dict:
     return facts
 
 
+def client(base: Path) -> dict:
+    """Extend and read PCR 23 with cvtpm's TpmClient over the device TCTI."""
+    facts = json.loads((base / "device.json").read_text())
+    with TpmClient(facts["tcti"]) as tpm:
+        banks = tpm.active_banks()
+        tpm.pcr_extend(CLIENT_PCR, {"sha256": CLIENT_DIGEST})
+        value = tpm.pcr_read(CLIENT_PCR, ["sha256"])["sha256"]
+    return {"banks": banks, "pcr23_sha256": value.hex()}
+
+
 def stop(base: Path) -> dict:
     """Stop the vTPM started by `start` and wait for the kernel to drop its chip."""
     facts = json.loads((base / "device.json").read_text())
@@ -59,12 +77,13 @@ def stop(base: Path) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    """Dispatch `start|resume|stop DIR` and print the facts as JSON."""
+    """Dispatch `start|client|resume|stop DIR` and print the facts as JSON."""
     action, base = argv[0], Path(argv[1])
     base.mkdir(parents=True, exist_ok=True)
     actions = {
         "start": lambda: start(base),
         "resume": lambda: start(base, resume=True),
+        "client": lambda: client(base),
         "stop": lambda: stop(base),
     }
     facts = actions[action]()

@@ -9,6 +9,7 @@ import re
 import pytest
 
 from .guest_checks import EXTEND_DIGEST
+from .guest_device import CLIENT_DIGEST
 
 pytestmark = pytest.mark.qemu
 
@@ -71,6 +72,15 @@ def test_extend_through_tpmrm_is_read_through_tpm(guest_check):
     expected = hashlib.sha256(bytes(32) + bytes.fromhex(EXTEND_DIGEST)).hexdigest()
 
     assert _pcr10(guest_check("extend").output) == "0x" + expected
+
+
+def test_tpm_client_works_over_the_device_tcti(guest_check):
+    """cvtpm's TpmClient extends and reads PCRs through the device's TCTI."""
+    facts = _facts(guest_check("device_client").output)
+    expected = hashlib.sha256(bytes(32) + CLIENT_DIGEST).hexdigest()
+
+    assert "sha256" in facts["banks"]
+    assert facts["pcr23_sha256"] == expected
 
 
 def test_stop_removes_devices(guest_check):
