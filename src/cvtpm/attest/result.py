@@ -17,6 +17,7 @@ class Failure:
     message: str
     index: int | None = None  # the list entry the failure is about, if any
     path: str | None = None  # that entry's file path, if any
+    digest: str | None = None  # that entry's file digest as logged, "alg:hex"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (entries without an index or path leave them out)."""
@@ -35,7 +36,11 @@ class Failure:
         reason = getattr(other, "reason", None) or getattr(other, "id", "policy.failed")
         message = getattr(other, "message", None) or str(other)
         return cls(
-            reason, message, getattr(other, "index", None), getattr(other, "path", None)
+            reason,
+            message,
+            getattr(other, "index", None),
+            getattr(other, "path", None),
+            getattr(other, "digest", None),
         )
 
 

@@ -37,6 +37,7 @@ class FailureOut(BaseModel):
     message: str
     index: int | None = None
     path: str | None = None
+    digest: str | None = None
 
 
 class RegistrationOut(BaseModel):

@@ -97,7 +97,14 @@ class PolicyEvaluator:
             return []
         if allowed is None:
             return [_failure("policy.path_not_allowed", entry, index, "not in policy")]
-        return [_failure("policy.digest_mismatch", entry, index, "digest not allowed")]
+        return [
+            _failure(
+                "policy.digest_mismatch",
+                entry,
+                index,
+                f"digest {entry.digest_alg}:{entry.file_digest.hex()} not allowed",
+            )
+        ]
 
     def _violation(self, entry: Entry, index: int) -> list[Failure]:
         if self._excluded(entry.path):
