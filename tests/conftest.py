@@ -32,5 +32,5 @@ def manager(paths: Paths):
 
     mgr = VtpmManager(paths)
     yield mgr
-    for info in mgr.list():
+    for info in [*mgr.list(), *mgr.pooled()]:
         mgr.delete(info.name)

@@ -111,6 +111,7 @@ def test_symlinked_run_is_refused_and_rolled_back(host, rootfs, tmp_path):
     paths, hooks = host
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    (rootfs / "run").rmdir()
     (rootfs / "run").symlink_to(elsewhere)
 
     done = podman(
