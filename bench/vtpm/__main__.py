@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         paths = Paths(state=work / "s", run=work / "r").ensure()
         manager = VtpmManager(paths)
-        manager.ca  # the CA is made once per host, not per vTPM
+        _ = manager.ca  # the CA is made once per host, not per vTPM
         cvtpm_once(manager, "warm-up")
 
         ours, theirs = [], []
