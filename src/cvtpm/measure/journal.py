@@ -160,9 +160,16 @@ def extend(tpm: Extender, entry: Entry, banks: Iterable[str], pcr: int) -> None:
 
 
 def read_list(directory: Path) -> list[Entry]:
-    """The entries of a list on disk, without touching it (a torn tail is ignored)."""
+    """The entries of a list on disk, without touching it (a torn tail is ignored).
+
+    A list whose file is not written yet has no entries.
+    """
     path = Path(directory) / BINARY_NAME
-    _, entries = _read_records(path.read_bytes(), path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    _, entries = _read_records(data, path)
     return entries
 
 
