@@ -8,24 +8,10 @@ from __future__ import annotations
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 
 from cvtpm import __version__
 from cvtpm.errors import CvtpmError, NotFoundError, ParseError, UsageError
 from cvtpm.server.host import ContainerRequest, Host
-
-
-class ContainerIn(BaseModel):
-    """A container being created, as an OCI hook describes it."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-    pid: int
-    rootfs: str
-    bundle: str = ""
-    ephemeral: bool = False
-    policy: str | None = None
-    parent: str | None = None
-    expose: str = "socket"
 
 
 def _error_status(exc: CvtpmError) -> int:
@@ -66,9 +52,9 @@ def control_app(host: Host) -> FastAPI:
     _install_errors(app)
 
     @app.post("/v1/containers")
-    def add_container(container: ContainerIn) -> dict:
+    def add_container(container: ContainerRequest) -> dict:
         """Set up a container's vTPM, measurement and TPM socket."""
-        return host.add_container(ContainerRequest(**container.model_dump()))
+        return host.add_container(container)
 
     @app.delete("/v1/containers/{name}")
     def remove_container(name: str) -> dict:

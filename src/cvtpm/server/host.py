@@ -25,7 +25,7 @@ from cvtpm.measure.container import ContainerSpec
 from cvtpm.measure.journal import BINARY_NAME
 from cvtpm.runtime.tpm_filter import FilterHost
 from cvtpm.vtpm import swtpm
-from cvtpm.vtpm.manager import StartReport, VtpmManager
+from cvtpm.vtpm.manager import StartReport, VtpmManager, check_name
 from cvtpm.vtpm.pool import VtpmPool
 from cvtpm.vtpm.supervisor import Supervisor
 
@@ -47,6 +47,9 @@ class ContainerRequest:
 
     def validate(self) -> None:
         """Raise UsageError for a request that cannot be right."""
+        check_name(self.name)
+        if self.parent is not None:
+            check_name(self.parent)
         if self.pid <= 1:
             raise UsageError(f"container pid must be a process id, not {self.pid}")
         if not os.path.isabs(self.rootfs):

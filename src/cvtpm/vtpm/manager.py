@@ -146,7 +146,7 @@ class VtpmManager:
         if pooled:
             name = f"{POOL_PREFIX}{uuid.uuid4().hex}"
         else:
-            _check_name(name)
+            check_name(name)
         ek_types = _check_choices("EK type", ek_types, EK_PROFILES)
         wanted_banks = _check_choices("PCR bank", banks, BANK_ALGS) if banks else None
         _check_choices("AK type", [ak_type], AK_HANDLES)
@@ -266,7 +266,7 @@ class VtpmManager:
 
     def claim_pooled(self, name: str, ephemeral: bool = False) -> VtpmInfo | None:
         """Give a ready vTPM from the pool to `name`, or None if the pool is empty."""
-        _check_name(name)
+        check_name(name)
         for record in self.registry.all(pooled=True):
             if record.state != "running" or not swtpm.is_running(record.pid):
                 continue
@@ -346,7 +346,8 @@ class VtpmManager:
         )
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
+    """Raise UsageError unless `name` is a valid vTPM (and container) name."""
     if not _NAME.match(name):
         raise UsageError(
             f"invalid vTPM name {name!r}: use 1-128 letters, digits, '.', '_' or '-', "
