@@ -134,10 +134,9 @@ def _nsenter_mount(pid: int, args: list[str]) -> None:
 
 # --- device exposure -------------------------------------------------------------
 
-# TODO: in device mode the container's commands go from the kernel straight to
-# swtpm (`swtpm chardev --vtpm-proxy`), past the filter of tpm_commands, so a
-# container can extend PCR 10. Matters on every vtpm-proxy host; the fix is for the
-# daemon to own the /dev/vtpmx file descriptor and relay it through check_command.
+# The devices are the daemon's vtpm-proxy chip (cvtpm.runtime.tpm_device): the
+# kernel hands their commands to the daemon, which filters them as it filters
+# the socket.
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,11 @@ import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cvtpm.errors import StateError
 from cvtpm.runtime import ctrl_commands as ctrl
+from cvtpm.runtime import tpm_device
 from cvtpm.runtime.tpm_commands import (
     HEADER_SIZE,
     FilterPolicy,
@@ -215,6 +217,41 @@ class TpmFilter:
             writer.write(response)
             await writer.drain()
 
+    async def serve_device(self, chip: tpm_device.ProxyChip) -> None:
+        """Answer the kernel's commands for a vtpm-proxy chip until cancelled.
+
+        The kernel sends one command at a time and waits for its response, so
+        each read is one whole command.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            ready = loop.create_future()
+            loop.add_reader(chip.fd, ready.set_result, None)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(chip.fd)
+            try:
+                command = os.read(chip.fd, MAX_RESPONSE_SIZE)
+            except BlockingIOError:
+                continue
+            if not command:
+                return
+            os.write(chip.fd, await self._device_answer(command))
+
+    async def _device_answer(self, command: bytes) -> bytes:
+        if tpm_device.command_code(command) == tpm_device.TPM2_CC_SET_LOCALITY:
+            return tpm_device.SUCCESS_RESPONSE
+        decision = check_command(command, self.policy)
+        if decision.verdict is Verdict.REFUSE:
+            self.refused += 1
+            log.info(
+                "device %s refused a command: %s", self.endpoint.name, decision.reason
+            )
+            return error_response(decision.rc)
+        self.forwarded += 1
+        return await self._transact_data(command)
+
     async def _refuse(self, writer, response: bytes, reason: str) -> None:
         self.refused += 1
         log.info("filter %s refused a command: %s", self.endpoint.name, reason)
@@ -277,7 +314,8 @@ class FilterHost:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._filters: dict[str, TpmFilter] = {}
-        self._guard = threading.Lock()
+        self._devices: dict[str, tuple[tpm_device.ProxyChip, Any]] = {}
+        self._guard = threading.RLock()
 
     def start(self) -> FilterHost:
         """Start the loop thread; returns self, so it works as a context manager."""
@@ -316,12 +354,41 @@ class FilterHost:
             self._filters[name] = tpm_filter
             return endpoint
 
+    def open_device(
+        self, name: str, upstream: Path, policy: FilterPolicy | None = None
+    ) -> tpm_device.ProxyChip:
+        """Give container `name` kernel TPM devices, their commands filtered."""
+        with self._guard:
+            if name in self._filters or name in self._devices:
+                raise StateError(f"container {name!r} already has a TPM exposed")
+            chip = tpm_device.new_chip()
+            relay = TpmFilter(name, Path(upstream), Path("/nonexistent"), policy,
+                              timeout=self.timeout)  # fmt: skip
+            task = asyncio.run_coroutine_threadsafe(
+                relay.serve_device(chip), self._loop
+            )
+            self._devices[name] = (chip, task)
+        try:
+            tpm_device.wait_registered(chip)
+        except BaseException:
+            self.close(name)
+            raise
+        return chip
+
     def close(self, name: str) -> None:
         """Stop the filter of container `name`, remove its sockets; no-op if absent."""
         with self._guard:
             tpm_filter = self._filters.pop(name, None)
             if tpm_filter is not None:
                 self._call(tpm_filter.close())
+            device = self._devices.pop(name, None)
+        if device is not None:
+            chip, task = device
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                task.result(timeout=10)
+            # Closing the server end makes the kernel remove the chip.
+            os.close(chip.fd)
 
     def get(self, name: str) -> TpmFilter | None:
         """The running filter of container `name`, if any."""

@@ -141,14 +141,9 @@ class Host:
                 if self.agent is not None:
                     self.agent.add_container(self._spec(request))
 
-                # 3. The filtered TPM socket for the container's processes.
-                # The filter's own directory is what gets bind-mounted into the
-                # container; container.json, next to it, must stay outside.
-                endpoint = self.filters.open(
-                    request.name,
-                    Path(self.manager.get(request.name).socket),
-                    self._container_dir(request.name) / "tpm",
-                )
+                # 3. The container's TPM: the filtered socket, or kernel
+                # devices whose commands the daemon filters the same way.
+                exposed = self._expose(request)
             except BaseException:
                 self._teardown(request, keep=True)
                 raise
@@ -160,8 +155,7 @@ class Host:
         log.info("container %s: vTPM %s, measured", request.name, report.describe())
         return {
             "name": request.name,
-            "filter_socket": str(endpoint.data_path),
-            "tcti": endpoint.tcti,
+            **exposed,
             "resumed": report.resumed,
             "lost": report.lost,
             "vtpm": _public(info.to_dict()),
@@ -203,6 +197,21 @@ class Host:
             info = self.pool.take(request.name, ephemeral=request.ephemeral)
             return StartReport(request.name, info.pid, resumed=False)
         return self.manager.start(request.name)
+
+    def _expose(self, request: ContainerRequest) -> dict:
+        upstream = Path(self.manager.get(request.name).socket)
+        if request.expose == "device":
+            chip = self.filters.open_device(request.name, upstream)
+            return {
+                "device": {"tpm": str(chip.tpm), "tpmrm": str(chip.tpmrm)},
+                "tcti": f"device:{chip.tpmrm}",
+            }
+        # The filter's own directory is what gets bind-mounted into the
+        # container; container.json, next to it, must stay outside.
+        endpoint = self.filters.open(
+            request.name, upstream, self._container_dir(request.name) / "tpm"
+        )
+        return {"filter_socket": str(endpoint.data_path), "tcti": endpoint.tcti}
 
     def _spec(self, request: ContainerRequest) -> ContainerSpec:
         policy = parse_policy(request.policy) if request.policy else None

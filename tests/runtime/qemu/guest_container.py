@@ -23,10 +23,13 @@ from cvtpm.ima.replay import replay
 from cvtpm.runtime.bundle import RunSpec, oci_config, write_bundle
 from cvtpm.runtime.rootfs import busybox_rootfs, tpm2_tools_binds
 
-# The container's program: what it sees in /dev, then PCR 10 through both
-# devices. Nothing runs after the last read, so the list is final by then.
+# The container's program: what it sees in /dev, an extend of PCR 10 that the
+# daemon must refuse, then PCR 10 through both devices. Nothing runs after the
+# last read, so the list is final by then.
 CONTAINER_SCRIPT = (
     "ls -l /dev/tpm0 /dev/tpmrm0 && "
+    "{ tpm2 pcrextend -T device:/dev/tpmrm0 10:sha256=" + "00" * 32 + " 2>&1; "
+    "echo extend10=$?; } && "
     "echo via=tpmrm0 && tpm2 pcrread -T device:/dev/tpmrm0 sha256:10 && "
     "echo via=tpm0 && tpm2 pcrread -T device:/dev/tpm0 sha256:10"
 )

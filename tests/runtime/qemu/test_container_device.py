@@ -15,15 +15,6 @@ import pytest
 
 pytestmark = pytest.mark.qemu
 
-# TODO: `cvtpm daemon` does not serve expose=device yet: POST /v1/containers
-# answers without `device: {tpm, tpmrm}` (Host.add_container always opens a
-# filter socket), so `cvtpm hook` refuses to start the container. These tests
-# pass once the daemon starts the container's vTPM with
-# cvtpm.vtpm.vtpm_proxy.start and returns its device paths; then drop this mark.
-NEEDS_DAEMON_DEVICE_MODE = pytest.mark.xfail(
-    reason="cvtpm daemon has no device exposure yet", strict=False
-)
-
 
 def _facts(output: str) -> dict:
     line = next(ln for ln in output.splitlines() if ln.startswith("facts="))
@@ -42,7 +33,6 @@ def test_daemon_starts_in_the_guest(guest_check):
     assert "daemon=up" in guest_check("daemon_start").output
 
 
-@NEEDS_DAEMON_DEVICE_MODE
 def test_container_sees_tpm0_and_tpmrm0(guest_check):
     """Inside the container, /dev/tpm0 and /dev/tpmrm0 are character devices."""
     output = guest_check("container_run").output
@@ -52,7 +42,6 @@ def test_container_sees_tpm0_and_tpmrm0(guest_check):
         assert line.startswith("c"), line
 
 
-@NEEDS_DAEMON_DEVICE_MODE
 def test_container_pcr10_is_the_replayed_list(guest_check):
     """PCR 10 read in the container, via either device, equals the list's replay."""
     run = guest_check("container_run").output
@@ -64,7 +53,15 @@ def test_container_pcr10_is_the_replayed_list(guest_check):
     assert _pcr10_after("via=tpm0", run) == replayed["sha256_pcr10"]
 
 
-@NEEDS_DAEMON_DEVICE_MODE
+def test_container_cannot_extend_pcr10_through_the_device(guest_check):
+    """The daemon relays the device's commands through the filter: PCR 10 extends
+    from inside are refused with TPM_RC_LOCALITY."""
+    output = guest_check("container_run").output
+
+    assert "extend10=0" not in output
+    assert "0x907" in output
+
+
 def test_container_list_holds_what_it_ran(guest_check):
     """The container's list measures tpm2-tools, which it executed to read PCR 10."""
     replayed = _facts(guest_check("container_replay").output)
