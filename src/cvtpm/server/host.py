@@ -24,6 +24,7 @@ from cvtpm.measure.agent import Agent, default_host_pcrs
 from cvtpm.measure.container import ContainerSpec
 from cvtpm.measure.journal import BINARY_NAME
 from cvtpm.runtime.tpm_filter import FilterHost
+from cvtpm.tpm.client import TpmClient
 from cvtpm.vtpm import swtpm
 from cvtpm.vtpm.manager import StartReport, VtpmManager, check_name
 from cvtpm.vtpm.pool import VtpmPool
@@ -132,18 +133,21 @@ class Host:
             if request.name in self._containers:
                 raise StateError(f"container {request.name!r} is already set up")
 
-            # 1. The vTPM: resumed if the container ran before, else manufactured.
+            # 1. The vTPM: resumed if the container ran before, else from the
+            # pool. Its paths are keyed by UUID and never change, so it is
+            # looked up once here.
             report = self._vtpm_up(request)
-            self.supervisor.watch(request.name)
+            info = self.manager.get(request.name)
+            self.supervisor.watch(request.name, info.pid)
 
             try:
                 # 2. Measurement: list, reconcile with PCR 10, fanotify marks.
                 if self.agent is not None:
-                    self.agent.add_container(self._spec(request))
+                    self.agent.add_container(self._spec(request, info.tcti))
 
                 # 3. The container's TPM: the filtered socket, or kernel
                 # devices whose commands the daemon filters the same way.
-                exposed = self._expose(request)
+                exposed = self._expose(request, Path(info.socket))
             except BaseException:
                 self._teardown(request, keep=True)
                 raise
@@ -151,7 +155,6 @@ class Host:
             self._containers[request.name] = request
             self._save(request)
 
-        info = self.manager.get(request.name)
         log.info("container %s: vTPM %s, measured", request.name, report.describe())
         return {
             "name": request.name,
@@ -198,8 +201,7 @@ class Host:
             return StartReport(request.name, info.pid, resumed=False)
         return self.manager.start(request.name)
 
-    def _expose(self, request: ContainerRequest) -> dict:
-        upstream = Path(self.manager.get(request.name).socket)
+    def _expose(self, request: ContainerRequest, upstream: Path) -> dict:
         if request.expose == "device":
             chip = self.filters.open_device(request.name, upstream)
             return {
@@ -213,12 +215,12 @@ class Host:
         )
         return {"filter_socket": str(endpoint.data_path), "tcti": endpoint.tcti}
 
-    def _spec(self, request: ContainerRequest) -> ContainerSpec:
+    def _spec(self, request: ContainerRequest, tcti: str) -> ContainerSpec:
         policy = parse_policy(request.policy) if request.policy else None
         return ContainerSpec(
             name=request.name,
             list_dir=self.paths.lists / request.name,
-            extender=lambda: self.manager.client(request.name),
+            extender=lambda: TpmClient(tcti),
             pid=request.pid,
             mounts=[_container_root(request)],
             parent=request.parent,

@@ -27,9 +27,10 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stopping = threading.Event()
 
-    def watch(self, name: str) -> None:
+    def watch(self, name: str, pid: int | None = None) -> None:
         """Start watching a running vTPM (again, after its pid changed)."""
-        pid = self.manager.get(name).pid
+        if pid is None:
+            pid = self.manager.get(name).pid
         if pid is None:
             raise CvtpmError(f"vTPM {name!r} is not running; nothing to watch")
         try:
