@@ -91,8 +91,9 @@ def test_hooks_d_files_follow_schema_1_0_0():
     assert sorted(documents) == ["cvtpm-create-runtime.json", "cvtpm-poststop.json"]
     for name, document in documents.items():
         assert document["version"] == "1.0.0"
-        assert document["hook"]["path"] == str(EXE)
-        assert document["hook"]["args"][-2:] == ["hook", name[6:-5]]
+        assert document["hook"]["path"] == str(EXE.with_name("cvtpm-hook"))
+        assert document["hook"]["args"][0] == "cvtpm-hook"
+        assert document["hook"]["args"][-1] == name[6:-5]
         ((key, value),) = document["when"]["annotations"].items()
         assert re.search(key, "io.cvtpm.vtpm") and not re.search(key, "ioXcvtpmXvtpm")
         assert re.search(value, "enabled")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
+import json
+import socket
 from pathlib import Path
 from typing import Any
-
-import httpx
+from urllib.parse import quote
 
 from cvtpm.config import Paths
 from cvtpm.errors import ConfigError, NotFoundError, StateError
@@ -22,16 +24,34 @@ def daemon_socket(paths: Paths) -> Path:
     return paths.run / DAEMON_SOCKET
 
 
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a unix socket: the standard library's HTTP, our address."""
+
+    def __init__(self, socket_path: Path, timeout: float):
+        super().__init__("cvtpm", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self.socket_path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
 class DaemonClient:
-    """The calls the runtime integration makes to `cvtpm daemon`."""
+    """The calls the runtime integration makes to `cvtpm daemon`.
+
+    Built on http.client rather than a richer HTTP library: the OCI hook runs it
+    at every container start and stop, where import time is start-up time.
+    """
 
     def __init__(self, socket_path: Path, *, timeout: float = TIMEOUT):
         self.socket_path = Path(socket_path)
-        self._http = httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(self.socket_path)),
-            base_url="http://cvtpm",
-            timeout=timeout,
-        )
+        self.timeout = timeout
 
     @classmethod
     def for_paths(cls, paths: Paths) -> DaemonClient:
@@ -45,17 +65,16 @@ class DaemonClient:
         self.close()
 
     def close(self) -> None:
-        """Close the HTTP connection pool."""
-        self._http.close()
+        """Nothing to release: each request has its own connection."""
 
     def create_container(self, body: dict[str, Any]) -> dict[str, Any]:
         """POST /v1/containers: make or restore the vTPM and start measuring."""
-        return self._request("POST", "/v1/containers", json=body)
+        return self._request("POST", "/v1/containers", body)
 
     def delete_container(self, name: str) -> bool:
         """DELETE /v1/containers/{name}; False if the daemon did not know it."""
         try:
-            self._request("DELETE", f"/v1/containers/{name}")
+            self._request("DELETE", f"/v1/containers/{quote(name, safe='')}")
         except NotFoundError:
             return False
         return True
@@ -64,34 +83,45 @@ class DaemonClient:
         """GET /v1/containers."""
         return self._request("GET", "/v1/containers")
 
-    def _request(self, method: str, url: str, **kwargs) -> Any:
+    def _request(self, method: str, url: str, body: Any = None) -> Any:
+        connection = _UnixHTTPConnection(self.socket_path, self.timeout)
+        headers = {}
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
         try:
-            response = self._http.request(method, url, **kwargs)
-        except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
+            connection.request(method, url, body=payload, headers=headers)
+            response = connection.getresponse()
+            status, content = response.status, response.read()
+        except TimeoutError as exc:
+            raise StateError(f"the cvtpm daemon did not answer {method} {url}") from exc
+        except (OSError, http.client.HTTPException) as exc:
             raise ConfigError(
                 f"cannot reach the cvtpm daemon at {self.socket_path}: {exc}; "
                 "is `cvtpm daemon` running?"
             ) from exc
-        except httpx.TimeoutException as exc:
-            raise StateError(f"the cvtpm daemon did not answer {method} {url}") from exc
+        finally:
+            connection.close()
 
-        if response.status_code == 404:
-            raise NotFoundError(f"{method} {url}: {_detail(response)}")
-        if response.status_code >= 400:
+        if status == 404:
+            raise NotFoundError(f"{method} {url}: {_detail(content)}")
+        if status >= 400:
+            detail = _detail(content)
             raise StateError(
-                f"the cvtpm daemon refused {method} {url} "
-                f"({response.status_code}): {_detail(response)}"
+                f"the cvtpm daemon refused {method} {url} ({status}): {detail}"
             )
-        if not response.content:
+        if not content:
             return None
-        return response.json()
+        return json.loads(content)
 
 
-def _detail(response: httpx.Response) -> str:
+def _detail(content: bytes) -> str:
+    """The daemon's explanation of an error answer, as text."""
     try:
-        body = response.json()
+        body = json.loads(content)
     except ValueError:
-        return response.text.strip() or response.reason_phrase
-    if isinstance(body, dict) and "detail" in body:
-        return str(body["detail"])
+        return content.decode(errors="replace").strip()[:500]
+    if isinstance(body, dict):
+        return str(body.get("detail", body))
     return str(body)

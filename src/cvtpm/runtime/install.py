@@ -42,25 +42,29 @@ def cvtpm_executable() -> Path:
     return Path(found).absolute()
 
 
+def hook_executable(executable: Path) -> Path:
+    """`cvtpm-hook`, installed next to `cvtpm`: the hook runtimes should call."""
+    return executable.with_name("cvtpm-hook")
+
+
 def hook_args(stage: str, paths: Paths) -> list[str]:
-    """The argv of `cvtpm hook` at an OCI stage, with the host's directories."""
+    """The argv of `cvtpm-hook` at an OCI stage, with the host's directories."""
     return [
-        "cvtpm",
+        "cvtpm-hook",
         "--state-dir",
         str(paths.state),
         "--run-dir",
         str(paths.run),
-        "hook",
         HOOK_STAGES[stage],
     ]
 
 
 def runc_hooks(executable: Path, paths: Paths) -> dict[str, list[dict[str, Any]]]:
-    """config.json's `hooks` object that runs `cvtpm hook` for runc."""
+    """config.json's `hooks` object that runs `cvtpm-hook` for runc."""
     return {
         stage: [
             {
-                "path": str(executable),
+                "path": str(hook_executable(executable)),
                 "args": hook_args(stage, paths),
                 "env": [HOOK_PATH_ENV],
             }
@@ -75,7 +79,7 @@ def hooks_d_documents(executable: Path, paths: Paths) -> dict[str, dict[str, Any
         f"cvtpm-{HOOK_STAGES[stage]}.json": {
             "version": "1.0.0",
             "hook": {
-                "path": str(executable),
+                "path": str(hook_executable(executable)),
                 "args": hook_args(stage, paths),
                 "env": [HOOK_PATH_ENV],
             },
