@@ -109,9 +109,7 @@ class Rule:
     template: str | None = None
     pcr: int | None = None
 
-    def matches(
-        self, func: Func, mask: int, uid: int, euid: int, fowner: int, fsmagic: int
-    ) -> bool:
+    def matches(self, func: Func, mask: int, facts: _Facts) -> bool:
         """ima_match_rules() for the conditions this subset knows."""
         if self.func is not None and self.func is not func:
             return False
@@ -120,15 +118,36 @@ class Rule:
                 return False
             if not self.mask_any and self.mask != mask:
                 return False
-        if self.fsmagic is not None and self.fsmagic != fsmagic:
+        if self.fsmagic is not None and self.fsmagic != facts.fsmagic:
             return False
-        if self.uid is not None and not self.uid.holds(uid):
+        if self.uid is not None and not self.uid.holds(facts.uid):
             return False
         # TODO: the kernel also accepts the real and saved uid for processes with
         # CAP_SETUID; matters once the agent reports capabilities with events.
-        if self.euid is not None and not self.euid.holds(euid):
+        if self.euid is not None and not self.euid.holds(facts.euid):
             return False
-        return self.fowner is None or self.fowner.holds(fowner)
+        return self.fowner is None or self.fowner.holds(facts.fowner)
+
+
+class _Facts:
+    """An event's ids and filesystem, each read only if a rule asks for it."""
+
+    __slots__ = ("_sources", "_values")
+
+    def __init__(self, **sources: int | Callable[[], int]):
+        self._sources = sources
+        self._values: dict[str, int] = {}
+
+    def _get(self, name: str) -> int:
+        if name not in self._values:
+            source = self._sources[name]
+            self._values[name] = source() if callable(source) else source
+        return self._values[name]
+
+    uid = property(lambda self: self._get("uid"))
+    euid = property(lambda self: self._get("euid"))
+    fowner = property(lambda self: self._get("fowner"))
+    fsmagic = property(lambda self: self._get("fsmagic"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,15 +176,20 @@ class ImaPolicy:
         *,
         func: Func | str,
         mask: int,
-        uid: int,
-        euid: int,
-        fowner: int,
-        fsmagic: int,
+        uid: int | Callable[[], int],
+        euid: int | Callable[[], int],
+        fowner: int | Callable[[], int],
+        fsmagic: int | Callable[[], int],
     ) -> MeasureDecision:
-        """Decide as ima_match_policy() does for the MEASURE action."""
+        """Decide as ima_match_policy() does for the MEASURE action.
+
+        The ids and fsmagic may be zero-argument callables: they are read only
+        if a rule needs them (for the agent, each is a /proc or statfs read).
+        """
         func = func if isinstance(func, Func) else _parse_func(func)
+        facts = _Facts(uid=uid, euid=euid, fowner=fowner, fsmagic=fsmagic)
         for rule in self.rules:
-            if rule.matches(func, mask, uid, euid, fowner, fsmagic):
+            if rule.matches(func, mask, facts):
                 if rule.action == "dont_measure":
                     return MeasureDecision(False, rule=rule)
                 return MeasureDecision(

@@ -311,13 +311,14 @@ class Agent:
                 )
 
     def _record(self, c: Container, file: _File, func, mask: int, task) -> None:
+        # The ids and the filesystem are read only if a rule asks for them.
         decision = c.policy.should_measure(
             func=func,
             mask=mask,
-            uid=task.uid,
-            euid=task.euid,
+            uid=lambda: task.uid,
+            euid=lambda: task.euid,
             fowner=file.st.st_uid,
-            fsmagic=file.fsmagic(),
+            fsmagic=file.fsmagic,
         )
         measure = bool(decision.measure)
         if not measure:

@@ -14,6 +14,7 @@ import fcntl
 import os
 import platform
 from dataclasses import dataclass
+from functools import cached_property
 
 # Permission mask bits as IMA passes them to its policy (include/linux/fs.h).
 MAY_EXEC = 0x1
@@ -36,34 +37,45 @@ _F_UNLCK = 2
 
 @dataclass(frozen=True)
 class Task:
-    """The thread that caused an event: its mount namespace, parent and ids."""
+    """The thread that caused an event: its mount namespace, parent and ids.
+
+    The mount namespace is read at once (every event needs it to find its
+    container); the rest of /proc/TID/status only when first asked for.
+    """
 
     tid: int
-    tgid: int
-    ppid: int
     mnt_ns: int
-    uid: int
-    euid: int
+
+    @cached_property
+    def _status(self) -> dict[bytes, list[bytes]]:
+        fields = {}
+        with open(f"/proc/{self.tid}/status", "rb") as f:
+            for line in f:
+                key, _, value = line.partition(b":")
+                if key in (b"Tgid", b"PPid", b"Uid"):
+                    fields[key] = value.split()
+        return fields
+
+    @property
+    def tgid(self) -> int:
+        return int(self._status[b"Tgid"][0])
+
+    @property
+    def ppid(self) -> int:
+        return int(self._status[b"PPid"][0])
+
+    @property
+    def uid(self) -> int:
+        return int(self._status[b"Uid"][0])
+
+    @property
+    def euid(self) -> int:
+        return int(self._status[b"Uid"][1])
 
 
 def task(tid: int) -> Task:
-    """Read a thread's mount namespace inode, parent and user ids from /proc."""
-    mnt_ns = os.stat(f"/proc/{tid}/ns/mnt").st_ino
-    fields = {}
-    with open(f"/proc/{tid}/status", "rb") as f:
-        for line in f:
-            key, _, value = line.partition(b":")
-            if key in (b"Tgid", b"PPid", b"Uid"):
-                fields[key] = value.split()
-    uids = fields[b"Uid"]
-    return Task(
-        tid=tid,
-        tgid=int(fields[b"Tgid"][0]),
-        ppid=int(fields[b"PPid"][0]),
-        mnt_ns=mnt_ns,
-        uid=int(uids[0]),
-        euid=int(uids[1]),
-    )
+    """The thread `tid`, as far as an event needs it (see Task)."""
+    return Task(tid=tid, mnt_ns=os.stat(f"/proc/{tid}/ns/mnt").st_ino)
 
 
 def mnt_ns_of(pid: int) -> int:
