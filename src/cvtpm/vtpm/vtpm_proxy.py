@@ -9,6 +9,12 @@ the chip's number on stdout; the device numbers come from sysfs.
 The kernel registers the chip from a work queue once swtpm answers
 (drivers/char/tpm/tpm_vtpm_proxy.c, vtpm_proxy_work), so the devices appear a
 little after swtpm has returned: `start` waits for them.
+
+Here swtpm serves the chip itself, so nothing filters the commands sent to the
+devices: whoever opens them can extend any PCR. That suits host-side use of a
+vTPM as a kernel device; a container's devices come from the daemon's own chip
+instead (cvtpm.runtime.tpm_device), which relays every command through the
+same filter as the TPM socket.
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ def device_checks(checks: GuestChecks) -> None:
 
 
 def container_checks(checks: GuestChecks) -> None:
-    """A runc container given a device vTPM by `cvtpm daemon` through `cvtpm hook`."""
+    """A runc container given a device vTPM by `cvtpm daemon` through its OCI hook."""
     env = f"""
         export CVTPM_STATE_DIR={CONTAINER_DIR}/state
         export CVTPM_RUN_DIR={CONTAINER_DIR}/run

@@ -2,7 +2,7 @@
 
 `python guest_container.py bundle DIR NAME` builds a small rootfs under DIR
 (busybox, plus tpm2-tools and the libraries it loads) and writes config.json
-with cvtpm's own bundle code: its hooks call `cvtpm hook`, its annotations ask
+with cvtpm's own bundle code: its hooks call `cvtpm-hook`, its annotations ask
 for a vTPM exposed as a device. `replay NAME` reads the container's list as
 `cvtpm log --format binary` prints it and replays it as a verifier does,
 printing PCR 10 of the sha256 bank as JSON.

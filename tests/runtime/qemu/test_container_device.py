@@ -2,7 +2,7 @@
 
 In the QEMU guest, `cvtpm daemon` runs as on a host with vtpm-proxy; runc
 starts a busybox container whose config.json (from cvtpm's bundle code) calls
-`cvtpm hook` and asks for device exposure. What the container reads from its
+`cvtpm-hook` and asks for device exposure. What the container reads from its
 PCR 10 must be what replaying its measurement list gives.
 """
 
