@@ -14,12 +14,8 @@ from .guest import REPO_ROOT, GuestChecks
 
 HERE = Path(__file__).resolve().parent
 # Under the guest's own tmpfs /run, never the host's /tmp seen through the overlay.
-DEVICE_DIR = "/run/cvtpm-tests/device"
 CONTAINER_DIR = "/run/cvtpm-tests/container"
 CONTAINER_NAME = "qemu-ctr"
-
-# The digest extended into PCR 10 through /dev/tpmrmN by the `extend` check.
-EXTEND_DIGEST = "c0ffee" * 10 + "c0ff"
 
 
 def prologue() -> str:
@@ -38,67 +34,13 @@ def prologue() -> str:
 
 
 def device_checks(checks: GuestChecks) -> None:
-    """vtpm-proxy through cvtpm.vtpm.vtpm_proxy, then tpm2-tools on the devices."""
+    """The kernel's vtpm-proxy, which the daemon's device exposure needs."""
     checks.add(
         "vtpmx",
         """
         if [ -e /dev/vtpmx ]; then echo before=present; else echo before=absent; fi
         modprobe tpm_vtpm_proxy
         stat -c 'after=%F %t:%T' /dev/vtpmx
-        """,
-    )
-    checks.add(
-        "device_start",
-        f"""
-        $PYTHON $HERE/guest_device.py start {DEVICE_DIR}
-        . {DEVICE_DIR}/env
-        stat -c 'node %n %F %t:%T' $TPM $TPMRM
-        """,
-    )
-    checks.add(
-        "pcrread_tpm",
-        f"""
-        . {DEVICE_DIR}/env
-        tpm2_pcrread -T device:$TPM sha256:10
-        """,
-    )
-    checks.add(
-        "pcrread_tpmrm",
-        f"""
-        . {DEVICE_DIR}/env
-        tpm2_pcrread -T device:$TPMRM sha256:10
-        """,
-    )
-    checks.add(
-        "extend",
-        f"""
-        . {DEVICE_DIR}/env
-        tpm2_pcrextend -T device:$TPMRM 10:sha256={EXTEND_DIGEST}
-        tpm2_pcrread -T device:$TPM sha256:10
-        """,
-    )
-    checks.add(
-        "device_client",
-        f"""
-        $PYTHON $HERE/guest_device.py client {DEVICE_DIR}
-        """,
-    )
-    checks.add(
-        "device_stop",
-        f"""
-        . {DEVICE_DIR}/env
-        # TPM2_Shutdown(STATE), as an orderly stop does, so that PCRs resume.
-        tpm2_shutdown -T device:$TPMRM
-        $PYTHON $HERE/guest_device.py stop {DEVICE_DIR}
-        """,
-    )
-    checks.add(
-        "device_resume",
-        f"""
-        $PYTHON $HERE/guest_device.py resume {DEVICE_DIR}
-        . {DEVICE_DIR}/env
-        tpm2_pcrread -T device:$TPM sha256:10
-        $PYTHON $HERE/guest_device.py stop {DEVICE_DIR}
         """,
     )
 
