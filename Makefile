@@ -7,20 +7,24 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup test test-fast demo bench lint format clean
+.PHONY: all setup setup-test test test-fast demo bench lint format clean
 
 all: test
 
+# What the demo and cvtpm itself need; the tests add PostgreSQL and QEMU.
 setup: $(STAMP)
 
+setup-test: setup
+	./scripts/setup-host test
+
 $(STAMP): pyproject.toml scripts/setup-host
-	./scripts/setup-host
+	./scripts/setup-host run
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-test: setup
+test: setup-test
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
