@@ -17,6 +17,7 @@ Everything is returned as data; the state to keep per container is a
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -62,6 +63,31 @@ class Registration:
     banks: list[str] = field(default_factory=lambda: ["sha256"])
     daemon_url: str = ""
     activated: bool = False  # a credential activation proved the AK shares the EK's TPM
+
+    @classmethod
+    def from_evidence(cls, evidence: Any, daemon_url: str = "") -> Registration:
+        """What a container's own evidence says about its keys, to be checked."""
+        return cls(
+            name=evidence.container,
+            ek_cert_pem=evidence.ek_cert_pem,
+            ak_public=evidence.ak_public,
+            ak_cert_pem=evidence.ak_cert_pem,
+            ca_chain_pem=evidence.ca_chain_pem,
+            banks=list(evidence.banks),
+            daemon_url=daemon_url,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON a client posts to register; registration_from_json reads it."""
+        return {
+            "name": self.name,
+            "ek_cert": self.ek_cert_pem,
+            "ak_public": base64.b64encode(self.ak_public).decode(),
+            "ak_cert": self.ak_cert_pem,
+            "ca_chain": self.ca_chain_pem,
+            "banks": list(self.banks),
+            "daemon_url": self.daemon_url,
+        }
 
     @property
     def ak(self) -> Public:

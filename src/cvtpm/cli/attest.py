@@ -54,18 +54,6 @@ def _local_fetch(paths: Paths):
     return fetch
 
 
-def _registration(evidence: Evidence, daemon_url: str) -> Registration:
-    return Registration(
-        name=evidence.container,
-        ek_cert_pem=evidence.ek_cert_pem,
-        ak_public=evidence.ak_public,
-        ak_cert_pem=evidence.ak_cert_pem,
-        ca_chain_pem=evidence.ca_chain_pem,
-        banks=list(evidence.banks),
-        daemon_url=daemon_url,
-    )
-
-
 def _ensure_registered(service: VerifierService, name: str, daemon_url: str) -> None:
     """Register `name` from its own evidence unless its EK and AK are known already.
 
@@ -75,7 +63,7 @@ def _ensure_registered(service: VerifierService, name: str, daemon_url: str) -> 
     probe = service.fetch(
         Registration(name, "", b"", daemon_url=daemon_url), os.urandom(20), 0
     )
-    wanted = _registration(probe, daemon_url)
+    wanted = Registration.from_evidence(probe, daemon_url)
     try:
         known = service.store.registration(name)
     except NotFoundError:

@@ -7,7 +7,6 @@ and attests again. Nothing outside the demo's own directory is touched.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import secrets
@@ -24,6 +23,7 @@ import click
 import httpx
 
 from cvtpm.attest.evidence import Evidence
+from cvtpm.attest.verifier import Registration
 from cvtpm.config import Paths
 from cvtpm.errors import CvtpmError
 from cvtpm.measure.journal import read_list
@@ -194,16 +194,8 @@ class Demo:
         )
         raw.raise_for_status()
         evidence = Evidence.from_json(raw.json())
-        body = {
-            "name": self.name,
-            "ek_cert": evidence.ek_cert_pem,
-            "ak_public": base64.b64encode(evidence.ak_public).decode(),
-            "ak_cert": evidence.ak_cert_pem,
-            "ca_chain": evidence.ca_chain_pem,
-            "banks": list(evidence.banks),
-            "daemon_url": self.daemon_url,
-            "policy": _json_file(self.policy_path),
-        }
+        body = Registration.from_evidence(evidence, self.daemon_url).to_json()
+        body["policy"] = _json_file(self.policy_path)
         answer = self.verifier("POST", "/v1/containers", json=body)
         if not answer or not answer["accepted"]:
             raise DemoFailed(f"registration refused: {answer}")
