@@ -13,7 +13,7 @@ from cvtpm.config import Paths
 
 @pytest.fixture
 def short_tmp() -> Path:
-    """A fresh directory with a short path: unix socket paths are limited to 107 bytes."""
+    """A fresh directory with a short path (unix socket paths hold 107 bytes)."""
     directory = Path(tempfile.mkdtemp(prefix="cvt", dir="/tmp"))
     yield directory
     shutil.rmtree(directory, ignore_errors=True)
