@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -13,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from cvtpm.errors import StateError, UsageError
+from cvtpm.errors import ConfigError, StateError, UsageError
 from cvtpm.vtpm.manager import VtpmManager
 from cvtpm.vtpm.supervisor import Supervisor
 
@@ -313,4 +314,52 @@ def test_bad_input_is_a_usage_error(manager, kwargs, message):
     """Bad names and choices are UsageErrors (exit 2) and leave nothing behind."""
     with pytest.raises(UsageError, match=message):
         manager.create(**kwargs)
+    assert manager.list() == []
+
+
+def test_missing_master_key_is_not_replaced_while_vtpms_exist(manager, paths):
+    """With vTPM state on disk, a lost master key is an error, never a new key."""
+    manager.create("keyed")
+    manager.stop("keyed")
+    paths.master_key.unlink()
+
+    with pytest.raises(ConfigError, match="master key .* is missing"):
+        VtpmManager(paths).start("keyed")
+    assert not paths.master_key.exists()
+    assert manager.swtpm_paths("keyed").permanent_state.exists()
+
+
+def test_restored_state_starts_after_quarantine(manager, paths):
+    """Copying the good state back over a quarantined vTPM lets it start again."""
+    manager.create("restore")
+    manager.stop("restore")
+    state = manager.swtpm_paths("restore").permanent_state
+    good = state.read_bytes()
+    state.write_bytes(good[:100] + bytes([good[100] ^ 0xFF]) + good[101:])
+    with pytest.raises(StateError):
+        manager.start("restore")
+    manager.stop("restore")
+    assert manager.get("restore").state == "corrupt"
+
+    state.write_bytes(good)
+    report = manager.start("restore")
+
+    assert manager.get("restore").state == "running"
+    assert not report.resumed or report.lost == []
+
+
+def test_vtpm_in_use_by_a_container_is_not_stopped_or_deleted(manager, paths):
+    """stop and delete refuse while a running container uses the vTPM, unless forced."""
+    manager.create("busy")
+    record = paths.run / "containers" / "busy" / "container.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"name": "busy", "pid": os.getpid()}))
+
+    with pytest.raises(StateError, match="in use by a running container"):
+        manager.delete("busy")
+    with pytest.raises(StateError, match="in use by a running container"):
+        manager.stop("busy")
+    assert manager.is_running("busy")
+
+    manager.delete("busy", force=True)
     assert manager.list() == []

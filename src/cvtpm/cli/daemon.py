@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import click
 import uvicorn
 
+from cvtpm.errors import ConfigError
 from cvtpm.server import keeper
 from cvtpm.server.daemon import control_app, evidence_app
 from cvtpm.server.host import Host
@@ -18,12 +20,43 @@ from cvtpm.server.host import Host
 log = logging.getLogger(__name__)
 
 
+_held_locks: list[int] = []
+
+
+def _hold_daemon_lock(paths) -> None:
+    """Refuse to run a second daemon on the same state or run directory."""
+    try:
+        paths.ensure()
+    except OSError as exc:
+        raise ConfigError(f"cannot use {exc.filename}: {exc.strerror}") from exc
+    for directory in (paths.state, paths.run):
+        fd = os.open(
+            directory / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(
+                f"another cvtpm daemon (pid {holder}) is running on {directory}; "
+                "stop it first, or give this one other --state-dir and --run-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _held_locks.append(fd)
+
+
 def _parse_listen(value: str | None) -> tuple[str, int] | None:
     if value is None:
         return None
     host, _, port = value.rpartition(":")
-    if not host or not port.isdigit():
-        raise click.BadParameter("expected HOST:PORT, e.g. 127.0.0.1:8441")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise click.BadParameter(
+            f"{value!r}: expected HOST:PORT with a port from 1 to 65535, "
+            "e.g. 127.0.0.1:8441",
+            param_hint="--listen",
+        )
     return host, int(port)
 
 
@@ -56,6 +89,10 @@ def daemon(ctx, listen, no_measure, pool_size, fanotify_fd):
     """
     tcp = _parse_listen(listen)
     paths = ctx.obj
+    if fanotify_fd is None:
+        # The keeper (or a daemon without measurement) holds this lock for its
+        # life; its worker runs under it.
+        _hold_daemon_lock(paths)
     if fanotify_fd is None and not no_measure:
         # This is the keeper; the worker is this same command, run again.
         sys.exit(keeper.run([sys.executable, "-m", "cvtpm.cli.main", *sys.argv[1:]]))

@@ -5,13 +5,24 @@ from __future__ import annotations
 import click
 
 from cvtpm.cli.output import emit, json_option
-from cvtpm.errors import CvtpmError
-from cvtpm.vtpm.manager import VtpmInfo, VtpmManager
+from cvtpm.errors import CvtpmError, UsageError
+from cvtpm.vtpm.manager import VtpmInfo, VtpmManager, check_name
 
 
 @click.group()
 def vtpm():
     """Manage the virtual TPMs on this host."""
+
+
+def _valid_name(_ctx, _param, value: str) -> str:
+    try:
+        check_name(value)
+    except UsageError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+name_argument = click.argument("name", callback=_valid_name)
 
 
 def _manager(ctx: click.Context) -> VtpmManager:
@@ -80,7 +91,7 @@ def list_(ctx, as_json):
 
 
 @vtpm.command()
-@click.argument("name")
+@name_argument
 @json_option
 @click.pass_context
 def show(ctx, name, as_json):
@@ -103,7 +114,7 @@ def show(ctx, name, as_json):
 
 
 @vtpm.command()
-@click.argument("name")
+@name_argument
 @json_option
 @click.pass_context
 def start(ctx, name, as_json):
@@ -115,28 +126,38 @@ def start(ctx, name, as_json):
             "pid": report.pid,
             "resumed": report.resumed,
             "lost": report.lost,
+            "was_running": report.was_running,
         },
         as_json,
         lambda _: report.describe(),
     )
 
 
+_force_option = click.option(
+    "--force", is_flag=True, help="Even while a running container uses it."
+)
+
+
 @vtpm.command()
-@click.argument("name")
+@name_argument
+@_force_option
+@json_option
 @click.pass_context
-def stop(ctx, name):
+def stop(ctx, name, force, as_json):
     """Orderly stop: TPM2_Shutdown(STATE), then swtpm saves its state."""
-    _manager(ctx).stop(name)
-    click.echo(f"{name}: stopped")
+    _manager(ctx).stop(name, force=force)
+    emit({"name": name, "state": "stopped"}, as_json, lambda _: f"{name}: stopped")
 
 
 @vtpm.command()
-@click.argument("name")
+@name_argument
+@_force_option
+@json_option
 @click.pass_context
-def delete(ctx, name):
+def delete(ctx, name, force, as_json):
     """Delete a vTPM with its state and keys; this cannot be undone."""
-    _manager(ctx).delete(name)
-    click.echo(f"{name}: deleted")
+    _manager(ctx).delete(name, force=force)
+    emit({"name": name, "deleted": True}, as_json, lambda _: f"{name}: deleted")
 
 
 COMMANDS = [vtpm]

@@ -60,6 +60,22 @@ class ContainerRequest:
                 f"expose must be 'socket' or 'device', not {self.expose!r}"
             )
 
+    def check_container(self) -> None:
+        """Raise UsageError unless pid and rootfs describe a container on this host."""
+        try:
+            ns = os.stat(f"/proc/{self.pid}/ns/mnt").st_ino
+        except (OSError, OverflowError, ValueError) as exc:
+            raise UsageError(f"no process {self.pid} on this host") from exc
+        # Marking the daemon's own mount namespace would measure the whole host
+        # (and the daemon's own files); a container has a namespace of its own.
+        if ns == os.stat("/proc/self/ns/mnt").st_ino:
+            raise UsageError(
+                f"process {self.pid} shares the host's mount namespace: "
+                "it is not a container"
+            )
+        if not os.path.isdir(self.rootfs):
+            raise UsageError(f"rootfs {self.rootfs} is not a directory on this host")
+
 
 class Host:
     """Everything the daemon runs for the containers on this host."""
@@ -129,6 +145,7 @@ class Host:
     def add_container(self, request: ContainerRequest) -> dict:
         """Give a starting container its vTPM, measurement and TPM socket."""
         request.validate()
+        request.check_container()
         with self._lock:
             if request.name in self._containers:
                 raise StateError(f"container {request.name!r} is already set up")
@@ -136,7 +153,8 @@ class Host:
             # 1. The vTPM: resumed if the container ran before, else from the
             # pool. Its paths are keyed by UUID and never change, so it is
             # looked up once here.
-            report = self._vtpm_up(request)
+            had_list = (self.paths.lists / request.name).exists()
+            report, created = self._vtpm_up(request)
             info = self.manager.get(request.name)
             self.supervisor.watch(request.name, info.pid)
 
@@ -149,7 +167,11 @@ class Host:
                 # devices whose commands the daemon filters the same way.
                 exposed = self._expose(request, Path(info.socket))
             except BaseException:
-                self._teardown(request, keep=True)
+                # A vTPM made for this container holds nothing worth keeping.
+                # A list from an earlier life of the name is never removed.
+                self._teardown(
+                    request, keep=not created, drop_list=created and not had_list
+                )
                 raise
 
             self._containers[request.name] = request
@@ -171,7 +193,7 @@ class Host:
             if request is None:
                 raise NotFoundError(f"container {name!r} is not set up on this host")
             self._teardown(request, keep=not request.ephemeral)
-        return {"name": name, "removed": request.ephemeral}
+        return {"name": name, "vtpm": "deleted" if request.ephemeral else "kept"}
 
     def containers(self) -> list[dict]:
         """The containers set up now, as the hook described them."""
@@ -193,13 +215,14 @@ class Host:
 
     # -- steps -------------------------------------------------------------------
 
-    def _vtpm_up(self, request: ContainerRequest) -> StartReport:
+    def _vtpm_up(self, request: ContainerRequest) -> tuple[StartReport, bool]:
+        """The container's vTPM running; True if it was made just now."""
         try:
             self.manager.get(request.name)
         except NotFoundError:
             info = self.pool.take(request.name, ephemeral=request.ephemeral)
-            return StartReport(request.name, info.pid, resumed=False)
-        return self.manager.start(request.name)
+            return StartReport(request.name, info.pid, resumed=False), True
+        return self.manager.start(request.name), False
 
     def _expose(self, request: ContainerRequest, upstream: Path) -> dict:
         if request.expose == "device":
@@ -227,7 +250,13 @@ class Host:
             policy=policy,
         )
 
-    def _teardown(self, request: ContainerRequest, keep: bool) -> None:
+    def _teardown(
+        self, request: ContainerRequest, keep: bool, drop_list: bool | None = None
+    ) -> None:
+        """Undo a container's set-up; `keep` its vTPM (stopped) or delete it.
+
+        The list goes with a deleted vTPM unless `drop_list` says otherwise.
+        """
         name = request.name
         self.filters.close(name)
         if self.agent is not None and name in self.agent.containers():
@@ -235,9 +264,10 @@ class Host:
         self.supervisor.unwatch(name)
         shutil.rmtree(self._container_dir(name), ignore_errors=True)
         if keep:
-            self.manager.stop(name)
+            self.manager.stop(name, force=True)
         else:
-            self.manager.delete(name)
+            self.manager.delete(name, force=True)
+        if not keep if drop_list is None else drop_list:
             shutil.rmtree(self.paths.lists / name, ignore_errors=True)
 
     def _container_dir(self, name: str) -> Path:

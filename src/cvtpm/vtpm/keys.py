@@ -23,11 +23,21 @@ STATE_KEY_SIZE = 32
 _HKDF_INFO = b"cvtpm vtpm state key v1"
 
 
-def load_or_create_master_key(path: Path) -> bytes:
-    """The host master key at `path`, created (mode 0400) if it does not exist."""
+def load_or_create_master_key(path: Path, may_create: bool = True) -> bytes:
+    """The host master key at `path`, created (mode 0400) if it does not exist.
+
+    With `may_create` false (vTPMs already exist), a missing key is an error: a
+    new key would make every existing vTPM's state undecryptable.
+    """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Two first uses at once must agree on one key.
     with exclusive(path.with_name(f".{path.name}.lock")):
+        if not path.exists() and not may_create:
+            raise ConfigError(
+                f"the master key {path} is missing, but vTPMs exist whose state "
+                "only it decrypts; restore it from a backup (a new key would "
+                "orphan them all)"
+            )
         if not path.exists():
             fd = os.open(
                 path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o400

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -78,8 +80,11 @@ class StartReport:
     pid: int
     resumed: bool
     lost: list[str] = field(default_factory=list)
+    was_running: bool = False
 
     def describe(self) -> str:
+        if self.was_running:
+            return f"{self.name}: already running (pid {self.pid})"
         if self.resumed:
             return f"{self.name}: resumed (pid {self.pid}); nothing lost"
         if not self.lost:
@@ -192,15 +197,17 @@ class VtpmManager:
         paths = self.swtpm_paths(name)
         with self._locked(paths.state_dir.name):
             record = self.registry.get(name)
-            if record.state == "corrupt":
+            if record.state == "corrupt" and not paths.permanent_state.exists():
                 raise StateError(
                     f"vTPM {name!r} has unreadable state, set aside in "
-                    f"{paths.state_dir / 'quarantine'}; restore it or delete the vTPM"
+                    f"{paths.state_dir / 'quarantine'}; copy a good "
+                    f"tpm2-00.permall into {paths.state_dir} and start it again, "
+                    "or delete the vTPM"
                 )
             if record.state == "creating":
                 raise StateError(f"vTPM {name!r} is still being created")
             if swtpm.is_running(record.pid):
-                return StartReport(name, record.pid, resumed=True)
+                return StartReport(name, record.pid, resumed=True, was_running=True)
             if not paths.permanent_state.exists():
                 # Starting swtpm now would manufacture a blank TPM under the
                 # old name: a new EK that no certificate vouches for.
@@ -225,7 +232,7 @@ class VtpmManager:
         lost = [] if resumed else list(VOLATILE_STATE)
         if not resumed and record.orderly:
             lost.append("the saved state of an orderly stop (it did not resume)")
-        unclean = record.state == "running" or not record.orderly
+        unclean = record.state in ("running", "corrupt") or not record.orderly
         self.registry.update(
             name,
             state="running",
@@ -237,11 +244,15 @@ class VtpmManager:
         log.log(logging.INFO if resumed else logging.WARNING, report.describe())
         return report
 
-    def stop(self, name: str) -> None:
+    def stop(self, name: str, force: bool = False) -> None:
         """Orderly stop: TPM2_Shutdown(STATE), then CMD_SHUTDOWN so swtpm saves it."""
+        if not force:
+            self._refuse_if_in_use(name, "stop")
         paths = self.swtpm_paths(name)
         with self._locked(paths.state_dir.name):
             record = self.registry.get(name)
+            if record.state == "corrupt":
+                return  # nothing runs; it stays marked until its state is restored
             if swtpm.is_running(record.pid):
                 with TpmClient(paths.tcti) as tpm:
                     tpm.shutdown_state()
@@ -252,8 +263,10 @@ class VtpmManager:
             self.registry.update(name, state="stopped", pid=None, orderly=orderly)
             shutil.rmtree(paths.run_dir, ignore_errors=True)
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str, force: bool = False) -> None:
         """Remove the vTPM: process, state, sockets and registry entry."""
+        if not force:
+            self._refuse_if_in_use(name, "delete")
         paths = self.swtpm_paths(name)
         with self._locked(paths.state_dir.name):
             record = self.registry.get(name)
@@ -263,6 +276,26 @@ class VtpmManager:
             shutil.rmtree(paths.state_dir, ignore_errors=True)
             self.registry.remove(name)
         log.info("deleted vTPM %s", name)
+
+    def container_using(self, name: str) -> int | None:
+        """The pid of a running container the daemon set up with this vTPM, if any."""
+        try:
+            saved = json.loads(
+                (self.paths.run / "containers" / name / "container.json").read_text()
+            )
+            pid = int(saved["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return pid if os.path.exists(f"/proc/{pid}") else None
+
+    def _refuse_if_in_use(self, name: str, action: str) -> None:
+        pid = self.container_using(name)
+        if pid is not None:
+            raise StateError(
+                f"vTPM {name!r} is in use by a running container (pid {pid}); "
+                f"stop the container first, or {action} with --force (its "
+                "measurements then fail closed)"
+            )
 
     def claim_pooled(self, name: str, ephemeral: bool = False) -> VtpmInfo | None:
         """Give a ready vTPM from the pool to `name`, or None if the pool is empty."""
@@ -296,7 +329,13 @@ class VtpmManager:
 
     def _state_key(self, vtpm_uuid: str) -> bytes:
         if self._master_key is None:
-            self._master_key = load_or_create_master_key(self.paths.master_key)
+            # Only a host without vTPM state may get a new master key.
+            may_create = not any(self.paths.vtpms.glob("*/tpm2-*")) and not any(
+                self.paths.vtpms.glob("*/quarantine/*/tpm2-*")
+            )
+            self._master_key = load_or_create_master_key(
+                self.paths.master_key, may_create
+            )
         return derive_state_key(self._master_key, vtpm_uuid)
 
     def _paths(self, record: VtpmRecord) -> swtpm.SwtpmPaths:
