@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cvtpm.errors import ConfigError
+
 DEFAULT_STATE_ROOT = Path("/var/lib/cvtpm")
 DEFAULT_RUN_ROOT = Path("/run/cvtpm")
 
@@ -28,8 +30,13 @@ class Paths:
     def ensure(self) -> Paths:
         """Create the state and run trees, readable by root only, and return self."""
         for directory in (self.state, self.vtpms, self.ca, self.lists, self.run):
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(directory, 0o700)
+            try:
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.chmod(directory, 0o700)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot use {directory} for cvtpm's files: {exc.strerror}"
+                ) from exc
         return self
 
     @property

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from cvtpm.errors import UsageError
+from cvtpm.names import check_name
 from cvtpm.runtime import runner
 from cvtpm.runtime.bundle import RunSpec
 from cvtpm.runtime.expose import resolve_expose
@@ -81,6 +82,8 @@ def run(
             raise UsageError(f"--env {item}: expected KEY=VALUE")
         environment[key] = value
 
+    if name is not None:
+        check_name(name)
     spec = RunSpec(
         rootfs=rootfs.absolute(),
         args=list(command),

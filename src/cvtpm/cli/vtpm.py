@@ -6,7 +6,8 @@ import click
 
 from cvtpm.cli.output import emit, json_option
 from cvtpm.errors import CvtpmError, UsageError
-from cvtpm.vtpm.manager import VtpmInfo, VtpmManager, check_name
+from cvtpm.names import check_name
+from cvtpm.vtpm.manager import VtpmInfo, VtpmManager
 
 
 @click.group()

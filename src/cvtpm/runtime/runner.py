@@ -70,8 +70,10 @@ def run(spec: RunSpec, executable: Path, paths: Paths) -> int:
 
 def _run_forwarding_signals(command: list[str]) -> int:
     process = subprocess.Popen(command)
+    received: list[int] = []
 
     def forward(signum, _frame):
+        received.append(signum)
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signum)
 
@@ -86,5 +88,10 @@ def _run_forwarding_signals(command: list[str]) -> int:
             signal.signal(signum, handler)
 
     # runc returns the container's status; a container killed by a signal is
-    # reported by shells as 128 + signal number, and so is it here.
-    return status if status >= 0 else 128 - status
+    # reported by shells as 128 + signal number, and so is it here. An
+    # interrupted run is not a success, even if the container exited 0 on it.
+    if status < 0:
+        return 128 - status
+    if status == 0 and received:
+        return 128 + received[0]
+    return status

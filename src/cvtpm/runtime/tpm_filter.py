@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cvtpm.errors import StateError
+from cvtpm.errors import ConfigError, StateError
 from cvtpm.runtime import ctrl_commands as ctrl
 from cvtpm.runtime import tpm_device
 from cvtpm.runtime.tpm_commands import (
@@ -104,6 +104,12 @@ class TpmFilter:
 
     async def start(self) -> FilterEndpoint:
         """Create both listening sockets (mode 0666: the bind mount is the guard)."""
+        # sun_path holds 107 bytes (unix(7)); say so rather than fail in bind().
+        if len(str(self.endpoint.ctrl_path)) > 107:
+            raise ConfigError(
+                f"the TPM socket path {self.endpoint.ctrl_path} is longer than 107 "
+                "bytes; use a shorter container name or --run-dir"
+            )
         directory = self.endpoint.directory
         directory.mkdir(mode=0o755, parents=True, exist_ok=True)
 

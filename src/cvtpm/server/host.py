@@ -23,10 +23,11 @@ from cvtpm.ima.policy import DEFAULT_CONTAINER_POLICY, parse_policy
 from cvtpm.measure.agent import Agent, default_host_pcrs
 from cvtpm.measure.container import ContainerSpec
 from cvtpm.measure.journal import BINARY_NAME
+from cvtpm.names import check_name
 from cvtpm.runtime.tpm_filter import FilterHost
 from cvtpm.tpm.client import TpmClient
 from cvtpm.vtpm import swtpm
-from cvtpm.vtpm.manager import StartReport, VtpmManager, check_name
+from cvtpm.vtpm.manager import StartReport, VtpmManager
 from cvtpm.vtpm.pool import VtpmPool
 from cvtpm.vtpm.supervisor import Supervisor
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import time
 import uuid
@@ -18,6 +17,7 @@ from cvtpm.ca import LocalCa
 from cvtpm.config import Paths
 from cvtpm.errors import StateError, UsageError
 from cvtpm.locking import exclusive
+from cvtpm.names import check_name
 from cvtpm.tpm.client import BANK_ALGS, TpmClient
 from cvtpm.tpm.templates import AK_HANDLES, EK_PROFILES
 from cvtpm.vtpm import ctrl, swtpm
@@ -29,8 +29,6 @@ log = logging.getLogger(__name__)
 
 # Placeholder names of pooled vTPMs; a user's names cannot start with "_".
 POOL_PREFIX = "_pool-"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
 # What a vTPM loses when its swtpm dies without TPM2_Shutdown(STATE): the
 # volatile state (TPM 2.0 Part 1, section 36.7). Keys, NV and the EK
 # certificate are in the permanent state, written on every change.
@@ -382,15 +380,6 @@ class VtpmManager:
             ca_chain_pem=self.ca.chain_pem.decode(),
             restarts=record.restarts,
             ephemeral=record.ephemeral,
-        )
-
-
-def check_name(name: str) -> None:
-    """Raise UsageError unless `name` is a valid vTPM (and container) name."""
-    if not _NAME.match(name):
-        raise UsageError(
-            f"invalid vTPM name {name!r}: use 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
         )
 
 
