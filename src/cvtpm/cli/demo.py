@@ -212,7 +212,8 @@ class Demo:
             f"({result['new_entries']} new), quote over PCR 10 checked"
         )
         for failure in result["failures"]:
-            where = f" at entry {failure['index']}" if failure.get("index") else ""
+            index = failure.get("index")
+            where = f" at entry {index}" if index is not None else ""
             self.detail(f"{failure['reason']}{where}: {failure['message']}")
         return result
 

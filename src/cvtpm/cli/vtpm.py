@@ -81,10 +81,12 @@ def list_(ctx, as_json):
     def text(_):
         if not infos:
             return "no vTPMs"
-        rows = [f"{'NAME':<32} {'STATE':<9} {'PID':>7}  BANKS"]
+        width = max(len("NAME"), *(len(i.name) for i in infos))
+        rows = [f"{'NAME':<{width}}  {'STATE':<9} {'PID':>7}  BANKS"]
         for i in infos:
+            pid = i.pid or "-"
             rows.append(
-                f"{i.name:<32} {i.state:<9} {i.pid or '-':>7}  {','.join(i.banks)}"
+                f"{i.name:<{width}}  {i.state:<9} {pid:>7}  {','.join(i.banks)}"
             )
         return "\n".join(rows)
 
