@@ -11,17 +11,8 @@ import click
 from cvtpm.cli.output import emit, json_option
 from cvtpm.runtime import install as installer
 from cvtpm.runtime.hook import run_stage
+from cvtpm.runtime.hook_main import MAX_STATE_SIZE, STAGE_NAMES
 from cvtpm.runtime.oci import parse_state
-
-# `cvtpm hook` takes the OCI stage names and their dashed spellings.
-STAGE_NAMES = {
-    "create-runtime": "createRuntime",
-    "createRuntime": "createRuntime",
-    "poststop": "poststop",
-}
-
-# The OCI state is a few kilobytes; anything far larger is not one.
-MAX_STATE_SIZE = 1 << 20
 
 
 @click.command()
