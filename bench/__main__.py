@@ -85,9 +85,17 @@ def rows() -> list[tuple[str, str, str, str]]:
             f"{m['ratio_vs_bare_swtpm']:.2f}x",
         ))  # fmt: skip
         out.append((
-            f"{m['provisioned']} provisioned, {m['running']} running",
+            f"{m['provisioned']} provisioned, {m['running']} running "
+            "(the rest released when idle)",
             f"{m['total_pss_bytes'] / mib:.0f} MiB", "-", "-",
         ))  # fmt: skip
+        if "first_command_after_release_ms" in m:
+            out.append((
+                "first TPM command to a released vTPM (median)",
+                f"{m['first_command_after_release_ms']:.1f} ms",
+                f"running vTPM {m['same_command_running_ms']:.2f} ms",
+                f"{m['ratio_wake_vs_running']:.1f}x",
+            ))  # fmt: skip
     e = _load("measure")
     if e:
         lat, rate = e["exec_latency"], e["hash_rate"]

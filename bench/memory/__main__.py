@@ -5,9 +5,12 @@
 PSS (proportional set size, /proc/PID/smaps_rollup) counts shared pages once
 across processes, so summing it over the swtpm processes gives what they
 really cost together. The alternative is a bare swtpm on a fresh state, the
-least a vTPM can cost. Then M vTPMs are manufactured, all but N are stopped in
-order (their state stays on disk and costs no memory), and the total PSS of the
-running ones plus the manager's process is reported.
+least a vTPM can cost. Then M vTPMs are manufactured and handed to the idle
+releaser the daemon uses (cvtpm.vtpm.idle); the N in use stay, the others are
+released (their state stays on disk and costs no memory), and the total PSS of
+the running ones plus the manager's process is reported. Last, the first TPM
+command to a released vTPM (which starts it again) is timed against the same
+command to a running one.
 Results go to bench/results/memory.json.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -23,6 +27,8 @@ from pathlib import Path
 
 from bench._util import write
 from cvtpm.config import Paths
+from cvtpm.tpm.client import TpmClient
+from cvtpm.vtpm.idle import IdleReleaser
 from cvtpm.vtpm.manager import VtpmManager
 
 MIB = 1024 * 1024
@@ -71,6 +77,48 @@ def bare_swtpm_pss(work: Path, count: int) -> list[int]:
     return sizes
 
 
+def release_idle(
+    manager: VtpmManager, names: list[str], running: int, timed: int = 30
+) -> tuple[float, float, int]:
+    """Release all but the first `running` vTPMs as the daemon would when idle.
+
+    Returns the median of the first TPM command (PCR read, connection
+    included) to `timed` released vTPMs, which starts each again and releases
+    it after, and of the same command to a running vTPM; and how many were
+    released.
+    """
+    clock = [0.0]
+    idle = IdleReleaser(manager, 60, clock=lambda: clock[0])
+    for name in names:
+        idle.track(name)
+    clock[0] = 61
+    for name in names[:running]:
+        idle.touch(name)
+    released = len(idle.sweep())
+
+    def first_read(name: str) -> float:
+        started = time.perf_counter()
+        with idle.client(name, manager.get(name).tcti) as tpm:
+            tpm.pcr_read(10, ["sha256"])
+        return (time.perf_counter() - started) * 1000
+
+    woken = names[running : running + timed]
+    wake = [first_read(name) for name in woken]
+    clock[0] += 61
+    for name in names[:running]:
+        idle.touch(name)
+    idle.sweep()
+
+    def running_read(name: str) -> float:
+        started = time.perf_counter()
+        with TpmClient(manager.get(name).tcti) as tpm:
+            tpm.pcr_read(10, ["sha256"])
+        return (time.perf_counter() - started) * 1000
+
+    warm = [running_read(name) for name in names[: min(running, timed)]]
+    return statistics.median(wake), statistics.median(warm), released
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--running", type=int, default=100)
@@ -92,8 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
         manufacture_s = time.perf_counter() - started
 
         ours_all = [pss(manager.get(n).pid) for n in names[: args.sample]]
-        for name in names[args.running :]:
-            manager.stop(name)
+        wake_ms, running_ms, released = release_idle(manager, names, args.running)
         running = [pss(manager.get(n).pid) for n in names[: args.running]]
         manager_pss = pss(os.getpid())
         state_bytes = sum(
@@ -120,6 +167,10 @@ def main(argv: list[str] | None = None) -> dict:
         "manager_pss_bytes": manager_pss,
         "state_on_disk_bytes": state_bytes,
         "manufacture_seconds": manufacture_s,
+        "released_by_idle_releaser": released,
+        "first_command_after_release_ms": wake_ms,
+        "same_command_running_ms": running_ms,
+        "ratio_wake_vs_running": wake_ms / running_ms,
     }
     path = write("memory", result)
     print(f"Memory (PSS), {args.sample} vTPMs running together")
@@ -133,6 +184,11 @@ def main(argv: list[str] | None = None) -> dict:
         f"  {args.provisioned} provisioned, {args.running} running: "
         f"{total / MIB:.1f} MiB in all (manager {manager_pss / MIB:.1f} MiB), "
         f"{state_bytes / MIB:.1f} MiB of state on disk"
+    )
+    print(
+        f"  first command to a released vTPM: {wake_ms:.1f} ms "
+        f"(running vTPM {running_ms:.2f} ms, "
+        f"ratio {result['ratio_wake_vs_running']:.1f})"
     )
     print(f"  written to {path}")
     return result

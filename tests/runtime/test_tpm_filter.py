@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 import struct
@@ -10,7 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from cvtpm.errors import StateError
 from cvtpm.runtime import ctrl_commands as ctrl
+from cvtpm.runtime.tpm_filter import TpmFilter, UpstreamError
 
 pytestmark = pytest.mark.swtpm
 
@@ -202,3 +206,27 @@ def test_closing_a_filter_removes_its_sockets(filtered, filter_host):
     filter_host.close("c1")
     assert not endpoint.directory.exists()
     assert filter_host.names() == []
+
+
+def test_device_relay_answers_tpm_rc_failure_when_the_vtpm_is_gone(short_tmp):
+    """The kernel waits for an answer to every command: with no vTPM behind the
+    relay, it gets TPM_RC_FAILURE rather than silence."""
+    relay = TpmFilter("dev", short_tmp / "gone.sock", short_tmp / "unused", timeout=2)
+
+    response = asyncio.run(relay._device_answer(pcr_read_command(16)))
+
+    assert response == bytes.fromhex("80010000000a00000101")
+
+
+def test_a_failing_lease_is_an_upstream_error(swtpm_socket, short_tmp):
+    """A vTPM that cannot be started for a command fails that command cleanly."""
+
+    @contextlib.contextmanager
+    def lease():
+        raise StateError("vTPM 'c1' has unreadable state")
+        yield
+
+    relay = TpmFilter("c1", swtpm_socket, short_tmp / "unused", lease=lease)
+
+    with pytest.raises(UpstreamError, match="could not be started: .*unreadable"):
+        asyncio.run(relay._transact_data(pcr_read_command(16)))

@@ -79,9 +79,17 @@ def _parse_listen(value: str | None) -> tuple[str, int] | None:
     show_default=True,
     help="Certified vTPMs kept ready, so containers never wait for one.",
 )
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0),
+    default=0,
+    metavar="SECONDS",
+    help="Release the swtpm of a container's vTPM after this long unused; it "
+    "comes back, PCRs and all, on the next use. 0 (the default) never releases.",
+)
 @click.option("--fanotify-fd", type=int, hidden=True)
 @click.pass_context
-def daemon(ctx, listen, no_measure, pool_size, fanotify_fd):
+def daemon(ctx, listen, no_measure, pool_size, idle_timeout, fanotify_fd):
     """Run the cvtpm host daemon in the foreground (root).
 
     A small keeper process holds the fanotify group and restarts the daemon
@@ -98,7 +106,11 @@ def daemon(ctx, listen, no_measure, pool_size, fanotify_fd):
         sys.exit(keeper.run([sys.executable, "-m", "cvtpm.cli.main", *sys.argv[1:]]))
 
     host = Host(
-        paths, measure=not no_measure, pool_size=pool_size, fanotify_fd=fanotify_fd
+        paths,
+        measure=not no_measure,
+        pool_size=pool_size,
+        fanotify_fd=fanotify_fd,
+        idle_timeout=idle_timeout,
     )
     host.start()
     socket_path = paths.run / "daemon.sock"

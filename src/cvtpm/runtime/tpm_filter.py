@@ -23,6 +23,8 @@ import logging
 import os
 import struct
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from cvtpm.runtime import ctrl_commands as ctrl
 from cvtpm.runtime import tpm_device
 from cvtpm.runtime.tpm_commands import (
     HEADER_SIZE,
+    TPM_RC_FAILURE,
     FilterPolicy,
     Verdict,
     check_command,
@@ -41,6 +44,10 @@ from cvtpm.runtime.tpm_commands import (
 )
 
 log = logging.getLogger(__name__)
+
+# Holds a vTPM running while a command is forwarded to it, starting it if it
+# was released for being idle (cvtpm.vtpm.idle.IdleReleaser.use).
+Lease = Callable[[], AbstractContextManager]
 
 DATA_SOCKET = "tpm.sock"
 CTRL_SUFFIX = ".ctrl"
@@ -91,11 +98,13 @@ class TpmFilter:
         policy: FilterPolicy | None = None,
         *,
         timeout: float = UPSTREAM_TIMEOUT,
+        lease: Lease | None = None,
     ):
         self.endpoint = FilterEndpoint(name=name, data_path=Path(data_path))
         self.upstream = Path(upstream)
         self.policy = policy or FilterPolicy()
         self.timeout = timeout
+        self.lease = lease
         self.refused = 0
         self.forwarded = 0
         self._lock = asyncio.Lock()
@@ -256,7 +265,13 @@ class TpmFilter:
             )
             return error_response(decision.rc)
         self.forwarded += 1
-        return await self._transact_data(command)
+        try:
+            return await self._transact_data(command)
+        except UpstreamError as exc:
+            # The kernel waits for an answer to every command; without one the
+            # container's /dev/tpm0 would hang, so it gets TPM_RC_FAILURE.
+            log.warning("device %s: %s", self.endpoint.name, exc)
+            return error_response(TPM_RC_FAILURE)
 
     async def _refuse(self, writer, response: bytes, reason: str) -> None:
         self.refused += 1
@@ -290,7 +305,7 @@ class TpmFilter:
 
     async def _with_upstream(self, path: Path, request: bytes, read) -> bytes:
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.timeout), self._leased():
                 reader, writer = await asyncio.open_unix_connection(str(path))
                 try:
                     writer.write(request)
@@ -302,6 +317,24 @@ class TpmFilter:
                         await writer.wait_closed()
         except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
             raise UpstreamError(f"vTPM at {path} did not answer: {exc!r}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _leased(self):
+        """The vTPM held running (and started if it was released) for one command."""
+        if self.lease is None:
+            yield
+            return
+        # Starting a released vTPM blocks for a few milliseconds; off the loop.
+        loop = asyncio.get_running_loop()
+        try:
+            held = self.lease()
+            await loop.run_in_executor(None, held.__enter__)
+        except Exception as exc:
+            raise UpstreamError(f"vTPM could not be started: {exc}") from exc
+        try:
+            yield
+        finally:
+            held.__exit__(None, None, None)
 
     @staticmethod
     async def _read_response(reader: asyncio.StreamReader) -> bytes:
@@ -340,6 +373,7 @@ class FilterHost:
         upstream: Path,
         directory: Path,
         policy: FilterPolicy | None = None,
+        lease: Lease | None = None,
     ) -> FilterEndpoint:
         """Start filtering the vTPM at `upstream` for container `name`.
 
@@ -355,13 +389,18 @@ class FilterHost:
                 Path(directory) / DATA_SOCKET,
                 policy,
                 timeout=self.timeout,
+                lease=lease,
             )
             endpoint = self._call(tpm_filter.start())
             self._filters[name] = tpm_filter
             return endpoint
 
     def open_device(
-        self, name: str, upstream: Path, policy: FilterPolicy | None = None
+        self,
+        name: str,
+        upstream: Path,
+        policy: FilterPolicy | None = None,
+        lease: Lease | None = None,
     ) -> tpm_device.ProxyChip:
         """Give container `name` kernel TPM devices, their commands filtered."""
         with self._guard:
@@ -369,7 +408,7 @@ class FilterHost:
                 raise StateError(f"container {name!r} already has a TPM exposed")
             chip = tpm_device.new_chip()
             relay = TpmFilter(name, Path(upstream), Path("/nonexistent"), policy,
-                              timeout=self.timeout)  # fmt: skip
+                              timeout=self.timeout, lease=lease)  # fmt: skip
             task = asyncio.run_coroutine_threadsafe(
                 relay.serve_device(chip), self._loop
             )

@@ -3,11 +3,13 @@
 The HTTP layer (cvtpm.server.daemon) only routes to a Host. A container added
 here gets, in order: its vTPM (created, or resumed from its saved state), a
 supervisor watch on its swtpm, its measurement list and fanotify marks, and the
-filtered TPM socket its processes talk to.
+filtered TPM socket its processes talk to. With an idle timeout, a container's
+vTPM is released while unused and started again on its next use.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +29,7 @@ from cvtpm.names import check_name
 from cvtpm.runtime.tpm_filter import FilterHost
 from cvtpm.tpm.client import TpmClient
 from cvtpm.vtpm import swtpm
+from cvtpm.vtpm.idle import IdleReleaser
 from cvtpm.vtpm.manager import StartReport, VtpmManager
 from cvtpm.vtpm.pool import VtpmPool
 from cvtpm.vtpm.supervisor import Supervisor
@@ -89,11 +92,22 @@ class Host:
         measure: bool = True,
         pool_size: int = 0,
         fanotify_fd: int | None = None,
+        idle_timeout: float = 0,
     ):
         self.paths = paths.ensure()
         self.manager = VtpmManager(paths)
         self.pool = VtpmPool(self.manager, pool_size)
         self.supervisor = Supervisor(self.manager, on_restart=self._vtpm_restarted)
+        self.idle = (
+            IdleReleaser(
+                self.manager,
+                idle_timeout,
+                on_start=self._vtpm_woke,
+                on_stop=self.supervisor.unwatch,
+            )
+            if idle_timeout > 0
+            else None
+        )
         self.filters = FilterHost()
         self.measure = measure
         self.agent = (
@@ -127,9 +141,13 @@ class Host:
         self._readopt()
         if self.agent is not None:
             self.agent.start()
+        if self.idle is not None:
+            self.idle.start()
 
     def stop(self) -> None:
         """Stop serving; containers keep their vTPM state for the next daemon."""
+        if self.idle is not None:
+            self.idle.stop()
         for name in list(self._containers):
             self.supervisor.unwatch(name)
         self.supervisor.stop()
@@ -177,6 +195,8 @@ class Host:
 
             self._containers[request.name] = request
             self._save(request)
+            if self.idle is not None:
+                self.idle.track(request.name)
 
         log.info("container %s: vTPM %s, measured", request.name, report.describe())
         return {
@@ -204,10 +224,13 @@ class Host:
     def evidence(self, name: str, nonce: bytes, since: int = 0) -> dict:
         """A fresh quote of the container's PCR 10, its list from `since`, and certs."""
         info = self.manager.get(name)
-        if not self.manager.is_running(name):
-            raise StateError(f"the vTPM of {name!r} is not running")
-        with self.manager.client(name) as tpm:
-            evidence = collect_evidence(tpm, info, nonce, self.list_path(name), since)
+        with self._using(name):
+            if not self.manager.is_running(name):
+                raise StateError(f"the vTPM of {name!r} is not running")
+            with self.manager.client(name) as tpm:
+                evidence = collect_evidence(
+                    tpm, info, nonce, self.list_path(name), since
+                )
         return evidence.to_json()
 
     def list_path(self, name: str) -> Path:
@@ -225,9 +248,17 @@ class Host:
             return StartReport(request.name, info.pid, resumed=False), True
         return self.manager.start(request.name), False
 
+    def _using(self, name: str) -> contextlib.AbstractContextManager:
+        """The vTPM of `name` held running for a block (see cvtpm.vtpm.idle)."""
+        if self.idle is None:
+            return contextlib.nullcontext()
+        return self.idle.use(name)
+
     def _expose(self, request: ContainerRequest, upstream: Path) -> dict:
+        name = request.name
+        lease = None if self.idle is None else lambda: self._using(name)
         if request.expose == "device":
-            chip = self.filters.open_device(request.name, upstream)
+            chip = self.filters.open_device(request.name, upstream, lease=lease)
             return {
                 "device": {"tpm": str(chip.tpm), "tpmrm": str(chip.tpmrm)},
                 "tcti": f"device:{chip.tpmrm}",
@@ -235,16 +266,24 @@ class Host:
         # The filter's own directory is what gets bind-mounted into the
         # container; container.json, next to it, must stay outside.
         endpoint = self.filters.open(
-            request.name, upstream, self._container_dir(request.name) / "tpm"
+            request.name,
+            upstream,
+            self._container_dir(request.name) / "tpm",
+            lease=lease,
         )
         return {"filter_socket": str(endpoint.data_path), "tcti": endpoint.tcti}
 
     def _spec(self, request: ContainerRequest, tcti: str) -> ContainerSpec:
         policy = parse_policy(request.policy) if request.policy else None
+        name = request.name
         return ContainerSpec(
-            name=request.name,
-            list_dir=self.paths.lists / request.name,
-            extender=lambda: TpmClient(tcti),
+            name=name,
+            list_dir=self.paths.lists / name,
+            extender=(
+                (lambda: TpmClient(tcti))
+                if self.idle is None
+                else (lambda: self.idle.client(name, tcti))
+            ),
             pid=request.pid,
             mounts=[_container_root(request)],
             parent=request.parent,
@@ -259,6 +298,8 @@ class Host:
         The list goes with a deleted vTPM unless `drop_list` says otherwise.
         """
         name = request.name
+        if self.idle is not None:
+            self.idle.untrack(name)
         self.filters.close(name)
         if self.agent is not None and name in self.agent.containers():
             self.agent.remove_container(name)
@@ -302,6 +343,16 @@ class Host:
                 self.add_container(request)
             except CvtpmError as exc:
                 log.error("cannot re-adopt %s: %s", request.name, exc.explain())
+
+    def _vtpm_woke(self, report: StartReport) -> None:
+        """A vTPM released for being idle came back: watch its new process."""
+        self.supervisor.watch(report.name, report.pid)
+        if not report.resumed:
+            # Its PCRs were lost; bring PCR 10 up to the list. In a thread of its
+            # own: the use that woke it may hold the list's lock.
+            threading.Thread(
+                target=self._vtpm_restarted, args=(report,), daemon=True
+            ).start()
 
     def _vtpm_restarted(self, report: StartReport) -> None:
         """After swtpm died and came back, bring PCR 10 up to the list at once."""

@@ -242,8 +242,12 @@ class VtpmManager:
         log.log(logging.INFO if resumed else logging.WARNING, report.describe())
         return report
 
-    def stop(self, name: str, force: bool = False) -> None:
-        """Orderly stop: TPM2_Shutdown(STATE), then CMD_SHUTDOWN so swtpm saves it."""
+    def stop(self, name: str, force: bool = False, idle: bool = False) -> None:
+        """Orderly stop: TPM2_Shutdown(STATE), then CMD_SHUTDOWN so swtpm saves it.
+
+        `idle` marks a vTPM released while its container runs (cvtpm.vtpm.idle):
+        it shows as "idle" rather than "stopped", and comes back on first use.
+        """
         if not force:
             self._refuse_if_in_use(name, "stop")
         paths = self.swtpm_paths(name)
@@ -258,7 +262,9 @@ class VtpmManager:
                 orderly = True
             else:
                 orderly = record.orderly
-            self.registry.update(name, state="stopped", pid=None, orderly=orderly)
+            self.registry.update(
+                name, state="idle" if idle else "stopped", pid=None, orderly=orderly
+            )
             shutil.rmtree(paths.run_dir, ignore_errors=True)
 
     def delete(self, name: str, force: bool = False) -> None:

@@ -28,6 +28,7 @@ class VtpmRecord(_Base):
     uuid: Mapped[str] = mapped_column(String(36), unique=True)
     created_at: Mapped[float] = mapped_column()
     # "creating" until manufacturing finished, then "running" or "stopped";
+    # "idle" when released while its container runs (cvtpm.vtpm.idle);
     # "corrupt" once its state failed to load and was set aside.
     state: Mapped[str] = mapped_column(String(16))
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
