@@ -14,6 +14,7 @@ from cvtpm.ima.binary import parse_binary
 from cvtpm.ima.replay import replay
 from cvtpm.measure.journal import read_list
 from cvtpm.server.host import ContainerRequest, Host
+from tests.support.host import running_host
 from tests.support.runc import Bundle, Runc, make_program, sha256_file
 
 pytestmark = [pytest.mark.root, pytest.mark.runc, pytest.mark.swtpm]
@@ -22,22 +23,8 @@ pytestmark = [pytest.mark.root, pytest.mark.runc, pytest.mark.swtpm]
 @pytest.fixture
 def host(paths):
     """A running Host (pool of two) on the test's own tree."""
-    h = Host(paths, host_pcrs=None, pool_size=2)
-    h.start()
-    yield h
-    for container in h.containers():
-        h.remove_container(container["name"])
-    h.stop()
-    h.pool.drain()
-    for info in h.manager.list():
-        h.manager.delete(info.name)
-
-
-@pytest.fixture
-def runc(short_tmp):
-    r = Runc(short_tmp / "runc-root")
-    yield r
-    r.cleanup()
+    with running_host(paths, pool_size=2) as h:
+        yield h
 
 
 def run(host: Host, runc: Runc, bundle: Bundle, name: str, **kw) -> None:

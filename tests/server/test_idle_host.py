@@ -11,7 +11,8 @@ from cvtpm.attest.evidence import Evidence
 from cvtpm.ima.replay import replay
 from cvtpm.measure.journal import read_list
 from cvtpm.server.host import ContainerRequest, Host
-from tests.support.runc import Bundle, Runc, make_program, sha256_file
+from tests.support.host import running_host
+from tests.support.runc import Bundle, make_program, sha256_file
 
 pytestmark = [pytest.mark.root, pytest.mark.runc, pytest.mark.swtpm]
 
@@ -19,21 +20,8 @@ pytestmark = [pytest.mark.root, pytest.mark.runc, pytest.mark.swtpm]
 @pytest.fixture
 def host(paths):
     """A Host that releases vTPMs after an hour idle; the test moves its clock."""
-    h = Host(paths, host_pcrs=None, idle_timeout=3600)
-    h.start()
-    yield h
-    for container in h.containers():
-        h.remove_container(container["name"])
-    h.stop()
-    for info in h.manager.list():
-        h.manager.delete(info.name)
-
-
-@pytest.fixture
-def runc(short_tmp):
-    r = Runc(short_tmp / "runc-root")
-    yield r
-    r.cleanup()
+    with running_host(paths, idle_timeout=3600) as h:
+        yield h
 
 
 def release(host: Host, name: str) -> None:

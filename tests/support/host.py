@@ -1,0 +1,25 @@
+"""A running daemon Host for tests, torn down with every vTPM it made."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from cvtpm.config import Paths
+from cvtpm.server.host import Host
+
+
+@contextlib.contextmanager
+def running_host(paths: Paths, **options) -> Iterator[Host]:
+    """A started Host on `paths` (no host TPM); its containers and vTPMs go after."""
+    host = Host(paths, host_pcrs=None, **options)
+    host.start()
+    try:
+        yield host
+    finally:
+        for container in host.containers():
+            host.remove_container(container["name"])
+        host.stop()
+        host.pool.drain()
+        for info in host.manager.list():
+            host.manager.delete(info.name)
