@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from cvtpm.ima.ascii import dump_ascii, format_ascii, iter_ascii, parse_ascii
+from cvtpm.ima.ascii import (
+    dump_ascii,
+    encode_ascii,
+    format_ascii,
+    iter_ascii,
+    parse_ascii,
+)
 from cvtpm.ima.binary import dump_binary, encode_binary, iter_binary, parse_binary
 from cvtpm.ima.entry import (
     BANK_SIZES,
@@ -24,6 +30,7 @@ __all__ = [
     "boot_aggregate",
     "dump_ascii",
     "dump_binary",
+    "encode_ascii",
     "encode_binary",
     "format_ascii",
     "ima_buf",

@@ -5,6 +5,11 @@ as `"%2d "` PCR, the template digest in lowercase hex, `" %s"` template name,
 then for every field a space followed by the field (nothing if it is empty, so an
 ima-sig entry without a signature ends in a space). ima_template_lib.c prints
 digests as hex (d-ng prefixed with "<alg>:"), names as strings, sig and buf as hex.
+
+Names are printed as the raw bytes the kernel holds, which need not be UTF-8
+(ima_show_template_string uses "%s"). As text, cvtpm carries such bytes with
+Python's surrogateescape (os.fsdecode does the same), so `encode_ascii` and
+`parse_ascii` round-trip any name byte for byte.
 """
 
 from __future__ import annotations
@@ -43,7 +48,11 @@ def iter_ascii(data: str | bytes) -> Iterator[Entry]:
 
 
 def format_ascii(entry: Entry) -> str:
-    """One entry as the kernel prints it, with the trailing newline."""
+    """One entry as the kernel prints it, with the trailing newline, as text.
+
+    A name that is not UTF-8 keeps its bytes as surrogate escapes; encode_ascii
+    gives the line's bytes.
+    """
     if entry.template_name == "ima":
         fields = [entry.file_digest.hex(), entry.path]
     else:
@@ -56,8 +65,17 @@ def format_ascii(entry: Entry) -> str:
     return f"{entry.pcr:2d} {digest_hex} {entry.template_name} {' '.join(fields)}\n"
 
 
+def encode_ascii(entry: Entry) -> bytes:
+    """One entry as the bytes the kernel prints: names exactly as stored, UTF-8 or not.
+
+    Write these, not format_ascii's text, wherever the list leaves the process:
+    a text stream would refuse (or mangle) a name that is not UTF-8.
+    """
+    return format_ascii(entry).encode("utf-8", "surrogateescape")
+
+
 def dump_ascii(entries: Iterable[Entry]) -> str:
-    """A whole ascii list."""
+    """A whole ascii list, as text (see encode_ascii for its bytes)."""
     return "".join(format_ascii(entry) for entry in entries)
 
 

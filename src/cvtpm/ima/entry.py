@@ -33,6 +33,11 @@ class Entry:
     buffer: bytes = b""
 
     @property
+    def path_bytes(self) -> bytes:
+        """The event name's bytes as the kernel stores them (UTF-8 or not)."""
+        return template.encode_name(self.path)
+
+    @property
     def is_violation(self) -> bool:
         """True for a ToMToU/open-writers violation: the kernel logs a zero digest."""
         return not self.template_digest.strip(b"\x00")
