@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import sys
 
 import pytest
 from tests.support.runc import make_program, sha256_file
 
+from cvtpm.ima.binary import encode_binary
+from cvtpm.ima.entry import boot_aggregate
 from cvtpm.ima.replay import replay
 from cvtpm.measure.agent import Agent
 from cvtpm.measure.container import ContainerSpec
@@ -256,3 +261,78 @@ def test_unknown_processes_are_allowed(
         runc.wait(cid)
         agent.remove_container("c")
     assert "/opt/a/true" not in measured(read_list(tmp_path / "l"))
+
+
+def test_a_program_whose_name_is_not_utf8(
+    agent, runc, bundle_factory, swtpm_factory, tmp_path
+):
+    """A program under /opt/<ff fe> is measured under its raw name, and the list on
+    disk, `cvtpm log` and evmctl all agree with the vTPM."""
+    raw = b"/opt/\xff\xfe/true"
+    bundle = bundle_factory()
+    program = make_program(bundle.rootfs, os.fsdecode(b"/opt/\xff\xfe"), b"ff")
+    bundle.set_script('for f in /opt/*/true; do "$f"; echo $? > /data/rc; done')
+    tpm = swtpm_factory()
+    state = tmp_path / "state"
+    list_dir = state / "lists" / "c"
+
+    with tpm.client() as client:
+        entries = run_container(agent, runc, bundle, "c", list_dir, client)
+
+    # 1. Measured, allowed, and extended in step with the list.
+    assert (bundle.rootfs / "data" / "rc").read_text() == "0\n"
+    assert measured(entries)[os.fsdecode(raw)] == [sha256_file(program)]
+    assert raw + b"\x00" in (list_dir / BINARY_NAME).read_bytes()
+    assert b" " + raw + b"\n" in (list_dir / "ascii_runtime_measurements").read_bytes()
+    assert tpm.pcr10("sha256") == replay(entries, "sha256")
+    assert tpm.pcr10("sha1") == replay(entries, "sha1")
+
+    # 2. `cvtpm log`, run as a user would: raw bytes in ascii, hex in JSON.
+    def cvtpm_log(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "cvtpm.cli.main", "--state-dir", str(state)]
+            + ["log", "c", *args],
+            capture_output=True,
+            check=True,
+        ).stdout
+
+    text = cvtpm_log()
+    assert text == (list_dir / "ascii_runtime_measurements").read_bytes()
+    assert cvtpm_log("--format", "binary") == (list_dir / BINARY_NAME).read_bytes()
+    (item,) = [e for e in json.loads(cvtpm_log("--json")) if "path_hex" in e]
+    assert bytes.fromhex(item["path_hex"]) == raw
+    assert item["path"] == "/opt/\ufffd\ufffd/true"
+
+    # 3. An independent reader accepts the list against the vTPM.
+    pcrs = tmp_path / "pcrs"
+    lines = [f"PCR-{i:02d}: {v.hex()}\n" for i, v in enumerate(tpm.pcrs("sha256"))]
+    pcrs.write_text("".join(lines))
+    result = subprocess.run(
+        ["evmctl", "ima_measurement", "--pcrs", f"sha256,{pcrs}"]
+        + ["--verify-bank=sha256", str(list_dir / BINARY_NAME)],
+        capture_output=True,
+        text=True,
+        errors="replace",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_list_left_torn_by_a_crash_at_its_first_entry(agent, swtpm_factory, tmp_path):
+    """A crash mid-way through boot_aggregate leaves torn bytes and no entry: the
+    container still starts, with the bytes set aside after reconcile."""
+    tpm = swtpm_factory()
+    list_dir = tmp_path / "l"
+    list_dir.mkdir()
+    torn = encode_binary(boot_aggregate(None))[:50]
+    (list_dir / BINARY_NAME).write_bytes(torn)
+
+    with tpm.client() as client:
+        agent.add_container(
+            ContainerSpec("c", list_dir, client, mnt_ns=1, mounts=[str(tmp_path)])
+        )
+        agent.remove_container("c")
+
+    entries = read_list(list_dir)
+    assert [e.path for e in entries] == ["boot_aggregate"]
+    assert (list_dir / f"{BINARY_NAME}.torn-0").read_bytes() == torn
+    assert tpm.pcr10() == replay(entries, "sha256")

@@ -106,7 +106,8 @@ class Agent:
                 if parent is None:
                     raise StateError(f"parent container {spec.parent!r} is not known")
 
-        # 1. The list, with boot_aggregate first, and the vTPM brought up to it.
+        # 1. The list, its vTPM brought up to it, and boot_aggregate first.
+        # Reconcile comes before any append: it decides what a torn tail is.
         mlist = MeasurementList(spec.list_dir)
         container = Container(
             spec=spec,
@@ -117,13 +118,13 @@ class Agent:
         )
         try:
             with mlist.lock:
+                container.tpm()
                 if not mlist.entries:
-                    mlist.append(
+                    container.record(
                         ima_entry.boot_aggregate(
                             self.host_pcrs, self.template, self.hash_algorithm
                         )
                     )
-                container.tpm()
 
             # 2. Known before marked: an event that arrives as soon as the mark
             # is placed must find its container, or it would pass unmeasured.
@@ -305,7 +306,7 @@ class Agent:
             self._tomtou.pop(file.key, None)
         for c in flagged:
             with c.mlist.lock:
-                log.warning("%s: ToMToU violation on %s", c.name, file.path())
+                log.warning("%s: ToMToU violation on %r", c.name, file.path())
                 c.record(
                     ima_entry.violation(file.path(), self.template, self.hash_algorithm)
                 )
@@ -336,7 +337,7 @@ class Agent:
             # FILE_CHECK, before the measurement; write opens were handled above.
             reading = not mask & procinfo.MAY_WRITE
             if func == Func.FILE_CHECK and reading and self._open_writers(c, file):
-                log.warning("%s: open_writers violation on %s", c.name, file.path())
+                log.warning("%s: open_writers violation on %r", c.name, file.path())
                 c.record(
                     ima_entry.violation(file.path(), template, self.hash_algorithm)
                 )

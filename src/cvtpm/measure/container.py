@@ -89,15 +89,29 @@ class Container:
     def record(self, entry: Entry) -> None:
         """Journal the entry, then extend it into the vTPM (call with mlist.lock held).
 
-        Raises on any failure; the caller then denies the access.  An entry
-        journaled but not extended is extended by the next reconcile.
+        Raises on any failure; the caller then denies the access.  Once the
+        journal may hold the entry, a failure also drops the connection: the
+        PCR may be behind the list, and only the reconcile of the next
+        connection (tpm()) brings them back in step.
         """
         tpm = self.tpm()
-        self.mlist.append(entry)
         try:
+            self.mlist.append(entry)
             extend(tpm, entry, self._banks, self.mlist.pcr)
-        except Exception as exc:
+        except BaseException as exc:
             self.drop_tpm()
+            journaled = bool(self.mlist.entries) and self.mlist.entries[-1] is entry
+            if not journaled or not isinstance(exc, Exception):
+                raise
+            log.error(
+                "%s: entry %d (%r) is journaled but not in PCR %d (%s); the vTPM "
+                "is reconnected and reconciled before the next entry",
+                self.name,
+                len(self.mlist.entries) - 1,
+                entry.path,
+                self.mlist.pcr,
+                exc,
+            )
             raise TpmError(
                 f"extending PCR {self.mlist.pcr} of {self.name}: {exc}"
             ) from exc

@@ -1,0 +1,117 @@
+"""Reading a journal file: its valid records, a torn tail, or corruption.
+
+The journal is a kernel binary list (SHA-1 template digests) written one
+record at a time, each fsync'ed before it is extended.  A crash can therefore
+damage only the end of the file: a record cut short, or a size that grew
+before its data reached the disk (zeros).  Such a torn tail is reported, never
+removed here; damage with valid records after it is not a crash and is refused.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from cvtpm.errors import ParseError, StateError
+from cvtpm.ima.binary import parse_binary
+from cvtpm.ima.entry import Entry
+
+_U32LE = struct.Struct("<I")
+_SHA1_SIZE = 20
+# Sanity bounds for a record header; the kernel's names are short and its
+# template data holds at most a digest, a path and a signature or buffer.
+_MAX_NAME = 255
+_MAX_DATA = 1 << 24
+
+
+class CorruptJournalError(StateError):
+    """Bytes that are no valid record, with valid records after them."""
+
+    def __init__(self, path: Path, offset: int, index: int, reason: str):
+        self.path = path
+        self.offset = offset
+        self.index = index
+        super().__init__(
+            f"{path}: entry {index}, at byte offset {offset}, is damaged ({reason}) "
+            "and valid entries follow; the file is left as it is. Keep a copy, "
+            "and restore the list from a backup or move it aside."
+        )
+
+
+@dataclass(frozen=True)
+class Scan:
+    """A journal's entries, where they end (`size`), and the torn bytes after them."""
+
+    entries: list[Entry]
+    size: int
+    torn: int = 0
+
+
+def scan_journal(data: bytes, path: Path) -> Scan:
+    """Split journal bytes into entries and a torn tail; raise on corruption.
+
+    Only the tail may be bad.  A bad record followed by anything that parses
+    as a valid record is corruption (CorruptJournalError), never dropped.
+    """
+    entries: list[Entry] = []
+    offset = 0
+    while offset < len(data):
+        end = _record_end(data, offset)
+        if end is None:
+            entry, reason = None, "its lengths run past the end or out of bounds"
+        else:
+            entry, reason = _decode(data[offset:end])
+        if entry is None:
+            if _valid_record_after(data, offset):
+                raise CorruptJournalError(path, offset, len(entries), reason)
+            return Scan(entries, offset, len(data) - offset)
+        entries.append(entry)
+        offset = end
+    return Scan(entries, offset)
+
+
+def _record_end(data: bytes, offset: int) -> int | None:
+    # u32 pcr | sha1 template digest | u32 name length | name | body
+    pos = offset + 4 + _SHA1_SIZE
+    if pos + 4 > len(data):
+        return None
+    (name_len,) = _U32LE.unpack_from(data, pos)
+    if not 0 < name_len <= _MAX_NAME:
+        return None
+    pos += 4 + name_len
+    if pos > len(data):
+        return None
+    if data[pos - name_len : pos] == b"ima":
+        # Legacy template: bare SHA-1 digest, u32 length, name.
+        pos += _SHA1_SIZE
+    if pos + 4 > len(data):
+        return None
+    (body_len,) = _U32LE.unpack_from(data, pos)
+    if body_len > _MAX_DATA:
+        return None
+    end = pos + 4 + body_len
+    return end if end <= len(data) else None
+
+
+def _decode(record: bytes) -> tuple[Entry | None, str]:
+    """The record's entry, or None and why it is not one."""
+    try:
+        (entry,) = parse_binary(record)
+    except ParseError as exc:
+        return None, exc.message  # its offset is within the record, not the file
+    except ValueError as exc:
+        return None, str(exc)
+    # Zeros left by a crash, or a half-written block, fail this check.
+    if not entry.template_digest_matches():
+        return None, "its template digest does not match its data"
+    return entry, ""
+
+
+def _valid_record_after(data: bytes, offset: int) -> bool:
+    """True if a valid record starts anywhere after the bad one at `offset`."""
+    for start in range(offset + 1, len(data) - 4 - _SHA1_SIZE):
+        end = _record_end(data, start)
+        if end is not None and _decode(data[start:end])[0] is not None:
+            return True
+    return False
