@@ -12,6 +12,7 @@ from tests.support.runc import make_program, sha256_file
 
 from cvtpm.ima.binary import encode_binary
 from cvtpm.ima.entry import boot_aggregate
+from cvtpm.ima.policy import parse_policy
 from cvtpm.ima.replay import replay
 from cvtpm.measure.agent import Agent
 from cvtpm.measure.container import ContainerSpec
@@ -335,4 +336,36 @@ def test_a_list_left_torn_by_a_crash_at_its_first_entry(agent, swtpm_factory, tm
     entries = read_list(list_dir)
     assert [e.path for e in entries] == ["boot_aggregate"]
     assert (list_dir / f"{BINARY_NAME}.torn-0").read_bytes() == torn
+    assert tpm.pcr10() == replay(entries, "sha256")
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected"),
+    [
+        # An exec's own open is FILE_CHECK with MAY_EXEC (fs/exec.c opens it
+        # with MAY_EXEC | MAY_OPEN; ima_file_check keeps MAY_EXEC).
+        ("measure func=FILE_CHECK mask=MAY_EXEC", {"/bin/busybox", "/opt/run/true"}),
+        # A read is MAY_READ; the exec's open is not a read.
+        ("measure func=FILE_CHECK mask=^MAY_READ", {"/opt/read/true"}),
+    ],
+)
+def test_an_exec_opens_its_file_with_may_exec(
+    rule, expected, runc, bundle_factory, swtpm_factory, tmp_path
+):
+    """FILE_CHECK rules see the open of an executed file with MAY_EXEC, as the
+    kernel's do, and a plain read with MAY_READ."""
+    bundle = bundle_factory()
+    make_program(bundle.rootfs, "/opt/run", b"run")
+    make_program(bundle.rootfs, "/opt/read", b"read")
+    bundle.set_script("/opt/run/true; cat /opt/read/true > /dev/null")
+    agent = Agent(parse_policy(rule))
+    agent.start()
+    tpm = swtpm_factory()
+    try:
+        with tpm.client() as client:
+            entries = run_container(agent, runc, bundle, "c", tmp_path / "l", client)
+    finally:
+        agent.stop()
+
+    assert set(measured(entries)) == expected
     assert tpm.pcr10() == replay(entries, "sha256")

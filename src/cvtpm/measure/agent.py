@@ -19,7 +19,9 @@ import select
 import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cvtpm.errors import StateError
 from cvtpm.ima import entry as ima_entry
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 MARK_MASK = fanotify.FAN_OPEN_EXEC_PERM | fanotify.FAN_OPEN_PERM
 # How far up the process tree an unknown thread is traced to a container.
 _MAX_ANCESTRY = 64
+# Execs allowed whose own open has not been seen yet; more means a leak.
+_MAX_PENDING_EXECS = 4096
 _XATTR_IMA = "security.ima"
 _EVM_IMA_XATTR_DIGSIG = 0x03  # include/linux/integrity.h, evm_ima_xattr_type
 
@@ -67,6 +71,9 @@ class Agent:
         # (st_dev, st_ino) -> containers that measured it for a reader: the
         # kernel's IMA_MAY_EMIT_TOMTOU flag, kept per list.
         self._tomtou: dict[tuple[int, int], set[Container]] = {}
+        # pid -> (file key, task) of an exec just allowed, whose own open is
+        # the pid's next event (see _triage).
+        self._exec_opens: dict[int, tuple[tuple[int, int], procinfo.Task]] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -214,7 +221,7 @@ class Agent:
                 if not event.is_permission:
                     os.close(event.fd)
                     continue
-                self._pool.submit(self._handle, event)
+                self._dispatch(event)
 
     def stop(self) -> None:
         """Stop the loop, finish events in flight, close lists and an own group.
@@ -244,58 +251,114 @@ class Agent:
 
     # -- one event ----------------------------------------------------------
 
-    def _handle(self, event: fanotify.Event) -> None:
+    def _dispatch(self, event: fanotify.Event) -> None:
+        """Answer an event that needs nothing recorded at once; queue the rest.
+
+        Most events are a cached exec or an open no rule measures: deciding
+        that takes a stat and a policy lookup, while a hand-off to a worker
+        thread would cost more than the decision.  Hashing, journaling and
+        extending happen in the workers, so one slow file never holds up the
+        reading of other events.
+        """
+        try:
+            work = self._triage(event)
+        except Exception as exc:
+            # Fail closed: an access the agent cannot judge does not happen.
+            log.error("denying access by pid %d: %s", event.pid, exc)
+            self._answer(event, allow=False)
+            return
+        if work is None or not (work.records or work.tomtou):
+            self._answer(event, allow=True, work=work)
+        else:
+            self._pool.submit(self._handle, event, work)
+
+    def _handle(self, event: fanotify.Event, work: _Work) -> None:
         allow = False
         try:
-            allow = self._measure(event)
+            self._carry_out(work)
+            allow = True
         except Exception as exc:
             # Fail closed: an access the agent cannot record does not happen.
             log.error("denying access by pid %d: %s", event.pid, exc)
         finally:
-            try:
-                fanotify.respond(self.group, event.fd, allow)
-            except OSError as exc:
-                log.error("answering fanotify event of pid %d: %s", event.pid, exc)
-            os.close(event.fd)
+            self._answer(event, allow, work)
 
-    def _measure(self, event: fanotify.Event) -> bool:
-        """Record what the access needs recorded; True to allow it."""
+    def _answer(
+        self, event: fanotify.Event, allow: bool, work: _Work | None = None
+    ) -> None:
+        if allow and work is not None and work.func == Func.BPRM_CHECK:
+            # Set before the answer: the exec's open is the pid's next event.
+            if len(self._exec_opens) > _MAX_PENDING_EXECS:
+                self._exec_opens.clear()
+            self._exec_opens[event.pid] = (work.file.key, work.task)
+        try:
+            fanotify.respond(self.group, event.fd, allow)
+        except OSError as exc:
+            log.error("answering fanotify event of pid %d: %s", event.pid, exc)
+        os.close(event.fd)
+
+    def _triage(self, event: fanotify.Event) -> _Work | None:
+        """What the access needs recorded; None if it is outside measured containers.
+
+        A _Work with no records and no ToMToU readers needs nothing done.
+        """
         # 1. What: a regular file (IMA measures nothing else).
         st = os.fstat(event.fd)
         if not stat.S_ISREG(st.st_mode):
-            return True
+            return None
         file = _File(event.fd, st)
 
-        # 2. Who: the container of the thread, by mount namespace.
-        task = procinfo.task(event.pid)
-        container = self._container_of(task)
-        with self._lock:
-            readers_of = set(self._tomtou.get(file.key, ()))
-        if container is None and not readers_of:
-            log.debug("pid %d is in no measured container; allowing", event.pid)
-            return True
-
-        # 3. How: exec (BPRM_CHECK) or open (FILE_CHECK) with the open's mask.
+        # 2. How: exec (BPRM_CHECK) or open (FILE_CHECK) with the open's mask.
+        # An allowed exec opens its file next (fs/exec.c, do_open_execat),
+        # which the kernel's IMA sees as FILE_CHECK with MAY_EXEC: that is the
+        # thread's next event, so neither thread nor mask is read again.
+        exec_open = self._exec_opens.pop(event.pid, None)
         if event.mask & fanotify.FAN_OPEN_EXEC_PERM:
+            task = procinfo.task(event.pid)
             func, mask = Func.BPRM_CHECK, procinfo.MAY_EXEC
+        elif exec_open is not None and exec_open[0] == file.key:
+            task = exec_open[1]
+            func, mask = Func.FILE_CHECK, procinfo.MAY_EXEC
         else:
+            task = procinfo.task(event.pid)
             # TODO: opens whose flags /proc cannot show (io_uring, kernel-made
             # opens) are taken as reads; a write made that way escapes ToMToU.
             func = Func.FILE_CHECK
             mask = procinfo.open_mask(task.tid) or procinfo.MAY_READ
 
+        # 3. Who: the container of the thread, by mount namespace.
+        container = self._container_of(task)
+        with self._lock:
+            readers_of = set(self._tomtou.get(file.key, ()))
+        if container is None and not readers_of:
+            return None
+
         # 4. ToMToU goes to every list that measured the file for a reader,
         # whoever the writer is (the kernel's iint is per inode, not per task).
-        if func == Func.FILE_CHECK and mask & procinfo.MAY_WRITE and readers_of:
-            self._check_tomtou(file, readers_of)
-        if container is None:
-            return True
+        writing = func == Func.FILE_CHECK and mask & procinfo.MAY_WRITE
+        tomtou = readers_of if writing else set()
 
-        # 5. Record in the container's list, then each ancestor's, each by its
-        # own policy; any failure denies the access.
-        for node in container.chain():
-            self._record(node, file, func, mask, task)
-        return True
+        # 5. The container's list, then each ancestor's, each by its own policy.
+        # A BPRM_CHECK of a file measured at this version records nothing: the
+        # kernel checks violations for FILE_CHECK only (ima_main.c,
+        # process_measurement).
+        records = []
+        for node in container.chain() if container is not None else ():
+            decision = self._decide(node, file, func, mask, task)
+            if not decision.measure:
+                continue
+            if func == Func.BPRM_CHECK and node.measured.get(file.key) == file.version:
+                continue
+            records.append((node, decision))
+
+        return _Work(file, func, mask, task, records, tomtou)
+
+    def _carry_out(self, work: _Work) -> None:
+        """Record violations and measurements; raises if any cannot be recorded."""
+        if work.tomtou:
+            self._check_tomtou(work.file, work.tomtou)
+        for node, decision in work.records:
+            self._record(node, work.file, work.func, work.mask, decision)
 
     def _check_tomtou(self, file: _File, flagged: set[Container]) -> None:
         """Log ToMToU where a measured reader still has the file open."""
@@ -311,9 +374,11 @@ class Agent:
                     ima_entry.violation(file.path(), self.template, self.hash_algorithm)
                 )
 
-    def _record(self, c: Container, file: _File, func, mask: int, task) -> None:
+    @staticmethod
+    def _decide(c: Container, file: _File, func, mask: int, task):
+        """The container's IMA policy on this access."""
         # The ids and the filesystem are read only if a rule asks for them.
-        decision = c.policy.should_measure(
+        return c.policy.should_measure(
             func=func,
             mask=mask,
             uid=lambda: task.uid,
@@ -321,9 +386,9 @@ class Agent:
             fowner=file.st.st_uid,
             fsmagic=file.fsmagic,
         )
-        measure = bool(decision.measure)
-        if not measure:
-            return
+
+    def _record(self, c: Container, file: _File, func, mask: int, decision) -> None:
+        """Measure the file into one list as the policy `decision` said to."""
         # TODO: a rule's `pcr=` is ignored; every entry goes to PCR 10, the only
         # PCR the journal reconciles.  It matters once policies use pcr=.
         template = decision.template or self.template
@@ -396,6 +461,20 @@ class Agent:
                 return by_ns[parent.mnt_ns]
             ppid = parent.ppid
         return None
+
+
+@dataclass
+class _Work:
+    """What one access needs done before it is allowed."""
+
+    file: _File
+    func: Func
+    mask: int
+    task: procinfo.Task
+    # The lists whose policy measures it, with the rule's decision.
+    records: list[tuple[Container, Any]]
+    # The lists that measured the file for a reader, when this is a write.
+    tomtou: set[Container]
 
 
 class _File:
