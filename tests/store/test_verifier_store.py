@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from cvtpm.attest.result import Failure, Result
 from cvtpm.attest.verifier import Registration, ReplayState
 from cvtpm.errors import NotFoundError
-from cvtpm.store import RESULTS_KEPT, VerifierStore
+from cvtpm.store import RESULTS_KEPT, RegistrationConflict, VerifierStore
 from tests.tpm.test_structures import ecc_public
 
 
@@ -64,8 +66,26 @@ def exercise(store: VerifierStore) -> None:
     assert store.latest_result("web").verified_index == RESULTS_KEPT + 4
     assert results[-1].verified_index == 5
 
-    store.save_registration(reg)  # re-registration starts replay over
-    assert store.state("web") == ReplayState()
+    # The same EK again: an update that keeps state, results and the policy.
+    store.save_registration(reg)
+    assert store.state("web") == state
+    assert len(store.results("web", limit=100)) == RESULTS_KEPT
+    assert store.policy("web") == '{"x": 1}'
+
+    # Other banks, or another policy, restart replay; the counters stay.
+    store.save_registration(dataclasses.replace(reg, banks=["sha256"]))
+    assert store.state("web") == ReplayState(0, {}, 3, 4)
+    store.save_state("web", state)
+    store.set_policy("web", '{"x": 1}')
+    assert store.state("web") == state
+    store.set_policy("web", '{"x": 2}')
+    assert store.state("web") == ReplayState(0, {}, 3, 4)
+
+    # Another EK under the same name is refused, and changes nothing.
+    with pytest.raises(RegistrationConflict, match="another EK"):
+        store.save_registration(registration())
+    assert store.registration("web").ek_cert_pem == reg.ek_cert_pem
+
     store.delete("web")
     assert store.names() == []
     with pytest.raises(NotFoundError):

@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
-from cvtpm.store.verifier_store import RESULTS_KEPT, VerifierStore, engine_for
+from cvtpm.store.engine import StoreError, engine_for, mask_url
+from cvtpm.store.verifier_store import (
+    RESULTS_KEPT,
+    RegistrationConflict,
+    VerifierStore,
+)
 
-__all__ = ["RESULTS_KEPT", "VerifierStore", "engine_for"]
+__all__ = [
+    "RESULTS_KEPT",
+    "RegistrationConflict",
+    "StoreError",
+    "VerifierStore",
+    "engine_for",
+    "mask_url",
+]

@@ -53,7 +53,18 @@ class ReplayStateRow(Base):
     values: Mapped[dict] = mapped_column(JSON, default=dict)  # bank -> hex
     reset_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     restart_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # SHA-256 of the runtime policy that judged the verified entries ("" none).
+    policy_digest: Mapped[str] = mapped_column(
+        String(64), default="", server_default=""
+    )
     updated_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+# Columns added after their table was first released: create_all leaves an
+# existing table as it is, so cvtpm.store.engine adds them (name -> SQL type).
+ADDED_COLUMNS = {
+    "replay_state": {"policy_digest": "VARCHAR(64) NOT NULL DEFAULT ''"},
+}
 
 
 class NonceRow(Base):

@@ -6,44 +6,31 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import create_engine, delete, event, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import delete, select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cvtpm.attest.result import Result
 from cvtpm.attest.verifier import Registration, ReplayState
-from cvtpm.errors import NotFoundError
-from cvtpm.store.models import Base, ContainerRow, NonceRow, ReplayStateRow, ResultRow
+from cvtpm.errors import NotFoundError, StateError
+from cvtpm.store.engine import StoreError, describe, open_database
+from cvtpm.store.models import ContainerRow, NonceRow, ReplayStateRow, ResultRow
 
 RESULTS_KEPT = 20  # per container; older results are dropped
 NONCES_KEPT = 64  # spent nonces remembered per container, to name a reuse
 NONCE_LIFETIME = 300.0  # seconds an unspent nonce stays valid
 
 
-def engine_for(url: str) -> Engine:
-    """An engine for `url`; a bare postgresql:// URL is driven by psycopg 3."""
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    engine = create_engine(url, future=True)
-    if engine.dialect.name == "sqlite":
-        # SQLite enforces foreign keys (and so ON DELETE CASCADE) only when asked.
-        event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
-
-
-def _sqlite_pragmas(connection, _record) -> None:
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.close()
+class RegistrationConflict(StateError):
+    """A name is registered with another EK; it must be deleted to be reused."""
 
 
 class VerifierStore:
     """Registered containers, their replay state, nonces and bounded result history."""
 
     def __init__(self, url: str):
-        self.engine = engine_for(url)
-        Base.metadata.create_all(self.engine)
+        self.url = url
+        self.engine = open_database(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def close(self) -> None:
@@ -52,50 +39,67 @@ class VerifierStore:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session committed on success and rolled back on error."""
-        with self._sessions.begin() as session:
-            yield session
+        """A session committed on success and rolled back on error.
+
+        A database that cannot be reached (OperationalError, InterfaceError)
+        is a StoreError naming it, not a driver's traceback.
+        """
+        try:
+            with self._sessions.begin() as session:
+                yield session
+        except (OperationalError, InterfaceError) as exc:
+            raise StoreError(describe(exc, self.url)) from None
 
     # -- registrations -------------------------------------------------------------
 
     def save_registration(self, reg: Registration, policy: str | None = None) -> None:
-        """Insert or replace a registration; its replay state starts over."""
+        """Store a registration, or update the one of its name if its EK is the same.
+
+        An update keeps the container's results and nonces, an activation its AK
+        already proved, and its replay state unless the banks or the policy
+        change; a `policy` of None keeps the stored one. A name registered with
+        another EK is a RegistrationConflict.
+        """
         summary = reg.summary()
         with self.session() as s:
-            s.execute(delete(ContainerRow).where(ContainerRow.name == reg.name))
-            s.flush()
-            s.add(
-                ContainerRow(
-                    name=reg.name,
-                    ek_cert_pem=reg.ek_cert_pem,
-                    ak_public=reg.ak_public,
-                    ak_cert_pem=reg.ak_cert_pem,
-                    ca_chain_pem=reg.ca_chain_pem,
-                    banks=list(reg.banks),
-                    daemon_url=reg.daemon_url,
-                    ek_fingerprint=summary["ek_fingerprint"],
-                    ak_name=summary["ak_name"],
-                    activated=reg.activated,
-                    policy=policy,
-                    registered_at=time.time(),
+            row = s.get(ContainerRow, reg.name, with_for_update=True)
+            if row is None:
+                row = ContainerRow(name=reg.name, policy=policy, activated=False)
+                s.add(row)
+                s.add(ReplayStateRow(container=reg.name, values={}))
+            elif not self._as_registration(row).same_ek(reg):
+                raise RegistrationConflict(
+                    f"container {reg.name!r} is registered with another EK"
+                    f" (certificate {row.ek_fingerprint[:16]}...); delete that"
+                    " registration first to register a new vTPM under this name"
                 )
-            )
-            s.add(ReplayStateRow(container=reg.name, values={}))
+            else:
+                restart = list(row.banks) != list(reg.banks) or (
+                    policy is not None and policy != row.policy
+                )
+                if restart:
+                    self._restart(s, reg.name)
+                if policy is not None:
+                    row.policy = policy
+
+            same_ak = row.ak_public == reg.ak_public
+            if not same_ak:
+                row.activation_digest = None
+            row.activated = reg.activated or (same_ak and bool(row.activated))
+            row.ek_cert_pem = reg.ek_cert_pem
+            row.ak_public = reg.ak_public
+            row.ak_cert_pem = reg.ak_cert_pem
+            row.ca_chain_pem = reg.ca_chain_pem
+            row.banks = list(reg.banks)
+            row.daemon_url = reg.daemon_url
+            row.ek_fingerprint = summary["ek_fingerprint"]
+            row.ak_name = summary["ak_name"]
+            row.registered_at = time.time()
 
     def registration(self, name: str) -> Registration:
         """The registration of `name`; NotFoundError if there is none."""
         with self.session() as s:
-            row = self._row(s, name)
-            return Registration(
-                name=row.name,
-                ek_cert_pem=row.ek_cert_pem,
-                ak_public=row.ak_public,
-                ak_cert_pem=row.ak_cert_pem,
-                ca_chain_pem=row.ca_chain_pem,
-                banks=list(row.banks),
-                daemon_url=row.daemon_url,
-                activated=row.activated,
-            )
+            return self._as_registration(self._row(s, name))
 
     def names(self) -> list[str]:
         """Every registered container's name, sorted."""
@@ -115,9 +119,12 @@ class VerifierStore:
             return self._row(s, name).policy
 
     def set_policy(self, name: str, policy: str | None) -> None:
-        """Replace the runtime policy of `name`."""
+        """Replace the runtime policy of `name`; a new one restarts its replay state."""
         with self.session() as s:
-            self._row(s, name).policy = policy
+            row = self._row(s, name)
+            if row.policy != policy:
+                row.policy = policy
+                self._restart(s, name)
 
     def set_activation(self, name: str, digest: str | None, activated: bool) -> None:
         """Record an outstanding activation challenge, or its successful end."""
@@ -145,6 +152,7 @@ class VerifierStore:
                     "values": row.values,
                     "reset_count": row.reset_count,
                     "restart_count": row.restart_count,
+                    "policy_digest": row.policy_digest,
                 }
             )
 
@@ -159,6 +167,16 @@ class VerifierStore:
             row.values = data["values"]
             row.reset_count = data["reset_count"]
             row.restart_count = data["restart_count"]
+            row.policy_digest = data["policy_digest"]
+            row.updated_at = time.time()
+
+    def _restart(self, s: Session, name: str) -> None:
+        """Nothing of `name`'s list verified any more; the TPM's counters are kept."""
+        row = s.get(ReplayStateRow, name)
+        if row is not None:
+            row.next_index = 0
+            row.values = {}
+            row.policy_digest = ""
             row.updated_at = time.time()
 
     # -- nonces -----------------------------------------------------------------------
@@ -249,6 +267,19 @@ class VerifierStore:
         """The newest result of `name`, or None before its first attestation."""
         results = self.results(name, limit=1)
         return results[0] if results else None
+
+    @staticmethod
+    def _as_registration(row: ContainerRow) -> Registration:
+        return Registration(
+            name=row.name,
+            ek_cert_pem=row.ek_cert_pem,
+            ak_public=row.ak_public,
+            ak_cert_pem=row.ak_cert_pem,
+            ca_chain_pem=row.ca_chain_pem,
+            banks=list(row.banks),
+            daemon_url=row.daemon_url,
+            activated=row.activated,
+        )
 
     def _row(self, s: Session, name: str) -> ContainerRow:
         row = s.get(ContainerRow, name)
