@@ -87,3 +87,18 @@ def test_policy_create_writes_a_policy(tmp_path, capsys):
     out = tmp_path / "p.json"
     assert main(["policy", "create", str(root), "-o", str(out)]) == 0
     assert "/bin/sh" in json.loads(out.read_text())["files"]
+
+
+def test_a_daemon_url_that_is_not_http_is_a_usage_error(paths, capsys):
+    """`--daemon localhost:8441` exits 2 with the expected form of the URL."""
+    assert run(paths, "attest", "app", "--daemon", "localhost:8441") == 2
+    assert "expected http://HOST:PORT" in capsys.readouterr().err
+
+
+def test_an_unusable_database_is_one_line_and_exit_1(manager, paths, capsys):
+    """`--db` naming a database kind cvtpm cannot drive exits 1 with one line."""
+    manager.create("app")
+    assert run(paths, "attest", "app", "--db", "nosuch://h/db") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cvtpm: error: verifier database nosuch://h/db: cannot use")
+    assert "Traceback" not in err and err.count("\n") == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cvtpm.attest.endpoint import parse_request
-from cvtpm.attest.evidence import Evidence, entry_offset, read_entries
+from cvtpm.attest.evidence import Evidence, entry_offset, list_slice, read_entries
 from cvtpm.errors import ParseError
 from cvtpm.ima.binary import encode_binary
 from cvtpm.ima.entry import ima_legacy, ima_ng
@@ -48,6 +48,54 @@ def test_malformed_fields_are_parse_errors(field, value):
     data[field] = value
     with pytest.raises(ParseError):
         Evidence.from_json(data)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"nonce": None}, "field 'nonce' is missing"),
+        ({"nonce": 7}, "field 'nonce' must be a string, not an integer"),
+        ({"since": True}, "field 'since' must be an integer, not a boolean"),
+        ({"since": -2}, "field 'since' must not be negative, not -2"),
+        ({"digest_size": 21}, "must be the digest size of a PCR bank"),
+        ({"pcrs": {"sha256": []}}, "field 'pcrs.sha256' must be an object"),
+        ({"pcrs": {"sha256": {"24": "00"}}}, "'24', not a PCR index from 0 to 23"),
+        ({"pcrs": {"sha256": {"10": 1}}}, "'pcrs.sha256.10' must be a string"),
+        ({"pcrs": {"sha256": {"10": "x"}}}, "field 'pcrs.sha256.10' is not hex"),
+        ({"banks": ["md5"]}, "field 'banks' has 'md5', not a PCR bank"),
+        ({"entries": None}, "field 'entries' is missing"),
+    ],
+)
+def test_each_bad_field_is_named(change, message):
+    """The ParseError names the field and what is wrong with it."""
+    data = sample().to_json()
+    for key, value in change.items():
+        if value is None:
+            del data[key]
+        else:
+            data[key] = value
+    with pytest.raises(ParseError, match=message):
+        Evidence.from_json(data)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("[1]", "not an array"), ("nul", "not JSON"), (b"\xff", "not JSON")],
+)
+def test_evidence_that_is_not_an_object(text, message):
+    """Text that is not JSON, or JSON that is not an object, is refused."""
+    with pytest.raises(ParseError, match=message):
+        Evidence.from_json(text)
+
+
+def test_a_slice_past_the_end_says_where_the_list_ends(tmp_path):
+    """Asking from beyond the last entry gives the list's length and no bytes."""
+    blobs = [encode_binary(ima_ng(f"/f{i}", bytes(32))) for i in range(3)]
+    path = tmp_path / "list"
+    path.write_bytes(b"".join(blobs) + blobs[0][:7])
+    assert list_slice(path, 1) == (1, b"".join(blobs[1:]))
+    assert list_slice(path, 9) == (3, b"")
+    assert list_slice(tmp_path / "missing", 4) == (0, b"")
 
 
 def test_list_slices_skip_whole_entries_and_partial_tails(tmp_path):

@@ -11,6 +11,8 @@ import time
 
 import pytest
 import uvicorn
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -18,6 +20,7 @@ from cvtpm.attest.endpoint import serve_evidence
 from cvtpm.attest.evidence import Evidence, collect_evidence
 from cvtpm.attest.service import VerifierService, fetch_from_daemon
 from cvtpm.attest.trust import TrustStore
+from cvtpm.ca.authority import TpmIdentity
 from cvtpm.server.verifier import create_app
 from cvtpm.store import VerifierStore
 from tests.attest.conftest import files, make_vtpm
@@ -215,3 +218,104 @@ def test_pull_over_http_from_an_evidence_endpoint(tmp_path, local_ca, vtpm):
     assert first["trusted"] and first["new_entries"] == 5
     assert second["trusted"] and second["new_entries"] == 2
     assert json.dumps(second)
+
+
+def allow(entries) -> dict:
+    """A cvtpm runtime policy allowing exactly `entries`."""
+    return {
+        "cvtpm_runtime_policy": 1,
+        "files": {e.path: [f"sha256:{e.file_digest.hex()}"] for e in entries},
+        "excludes": ["boot_aggregate"],
+    }
+
+
+@pytest.mark.swtpm
+def test_a_new_policy_judges_the_whole_list_again(tmp_path, local_ca, vtpm):
+    """After PUT policy, every entry is judged by it, from 0, and the event says so."""
+    tools = files(4)
+    vtpm.measure(tools)
+    client = make_client(tmp_path, local_ca, direct_fetch(vtpm))
+    client.post("/v1/containers", json=registration(vtpm), headers=AUTH)
+    first = client.post("/v1/containers/web/attest", headers=AUTH).json()
+    assert first["trusted"] and first["verified_index"] == 5
+
+    # tool3 is not in the new policy: it was verified before, and now fails.
+    url = "/v1/containers/web/policy"
+    assert client.put(url, json=allow(tools[:3]), headers=AUTH).status_code == 204
+    second = client.post("/v1/containers/web/attest", headers=AUTH).json()
+    assert not second["trusted"]
+    assert second["start_index"] == 0 and second["new_entries"] == 5
+    assert [(f["index"], f["path"]) for f in second["failures"]] == [
+        (4, "/usr/bin/tool3")
+    ]
+
+    # The same policy again changes nothing; a fixed one is judged from 0 once.
+    assert client.put(url, json=allow(tools), headers=AUTH).status_code == 204
+    third = client.post("/v1/containers/web/attest", headers=AUTH).json()
+    assert third["trusted"] and third["start_index"] == 0
+    assert client.put(url, json=allow(tools), headers=AUTH).status_code == 204
+    fourth = client.post("/v1/containers/web/attest", headers=AUTH).json()
+    assert fourth["trusted"] and fourth["start_index"] == 5
+    assert "policy.changed" not in fourth["events"]
+
+
+@pytest.mark.swtpm
+def test_registering_again_keeps_state_and_another_ek_is_refused(
+    tmp_path, local_ca, vtpm
+):
+    """The same EK again is an update; another EK under the name is a 409."""
+    vtpm.measure(files(3))
+    client = make_client(tmp_path, local_ca, direct_fetch(vtpm))
+    first = client.post("/v1/containers", json=registration(vtpm), headers=AUTH)
+    assert first.status_code == 201
+    assert client.post("/v1/containers/web/attest", headers=AUTH).json()["trusted"]
+    again = client.post("/v1/containers", json=registration(vtpm), headers=AUTH)
+    assert again.status_code == 201
+    shown = client.get("/v1/containers/web", headers=AUTH).json()
+    assert shown["state"]["index"] == 4
+
+    # An EK certificate from the same CA, for another key.
+    other_key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    other_cert = local_ca.issue_ek_certificate(other_key, TpmIdentity(0x1014, "SW", 1))
+    other_pem = other_cert.public_bytes(serialization.Encoding.PEM).decode()
+    body = registration(vtpm, ek_cert=other_pem)
+    refused = client.post("/v1/containers", json=body, headers=AUTH)
+    assert refused.status_code == 409
+    assert "registered with another EK" in refused.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"daemon_url": "localhost:8441"}, "field 'daemon_url'"),
+        ({"ak_public": "AAAA"}, "field 'ak_public' is not a TPMT_PUBLIC"),
+        ({"banks": ["md5"]}, "field 'banks' has 'md5'"),
+    ],
+)
+def test_bad_registrations_are_400(tmp_path, local_ca, change, message):
+    """A registration with an unusable field is refused, naming the field."""
+    client = make_client(tmp_path, local_ca)
+    body = {"name": "web", "ek_cert": "x", "ak_public": "", **change}
+    if "ak_public" not in change:
+        from tests.tpm.test_structures import ecc_public
+
+        body["ak_public"] = base64.b64encode(ecc_public().marshal()).decode()
+    response = client.post("/v1/containers", json=body, headers=AUTH)
+    assert response.status_code == 400 and message in response.json()["detail"]
+
+
+@pytest.mark.swtpm
+def test_an_unreachable_daemon_is_a_verdict_naming_it(tmp_path, local_ca, vtpm):
+    """Attesting a container whose daemon is not there is not trusted, and says why."""
+    client = make_client(tmp_path, local_ca)
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{bound.getsockname()[1]}"
+        body = registration(vtpm, daemon_url=url)
+        assert client.post("/v1/containers", json=body, headers=AUTH).is_success
+        response = client.post("/v1/containers/web/attest", headers=AUTH)
+    result = response.json()
+    assert response.status_code == 200 and not result["trusted"]
+    (failure,) = result["failures"]
+    assert failure["reason"] == "evidence.unavailable"
+    assert f"cannot reach the daemon at {url}" in failure["message"]

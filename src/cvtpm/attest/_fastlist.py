@@ -108,7 +108,8 @@ def replay(
         return 0, values
     if list(quoted) == ["sha1"]:  # the common single-bank case, unrolled
         return _replay_sha1(raws, values["sha1"], quoted["sha1"])
-    banks = [(bank, _HASHES[bank], b"\xff" * BANK_SIZES[bank]) for bank in quoted]
+    banks = _banks(quoted)
+    # The loop of _extend, inlined: this is the verifier's hottest code.
     for count, (_, _, digest, data) in enumerate(raws, start=1):
         violation = not any(digest)
         for bank, hash_, ones in banks:
@@ -122,6 +123,33 @@ def replay(
         if values == quoted:
             return count, values
     return None, values
+
+
+def extend_all(raws: list[Raw], banks: list[str]) -> dict[str, bytes]:
+    """PCR 10 of each bank after every entry of `raws`, extended from zeros."""
+    values = {bank: bytes(BANK_SIZES[bank]) for bank in banks}
+    chosen = _banks(values)
+    for _, _, digest, data in raws:
+        _extend(values, chosen, digest, data)
+    return values
+
+
+def _banks(banks) -> list[tuple[str, Callable[..., Any], bytes]]:
+    """(bank, its hash, its violation digest) for each bank."""
+    return [(bank, _HASHES[bank], b"\xff" * BANK_SIZES[bank]) for bank in banks]
+
+
+def _extend(values: dict[str, bytes], banks, digest: bytes, data: bytes) -> None:
+    """Extend one entry into every bank of `values`."""
+    violation = not any(digest)
+    for bank, hash_, ones in banks:
+        if violation:
+            extend = ones
+        elif bank == "sha1" and len(digest) == 20:
+            extend = digest
+        else:
+            extend = hash_(data).digest()
+        values[bank] = hash_(values[bank] + extend).digest()
 
 
 def _replay_sha1(

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from cvtpm.attest.quote import pcr_digest
 from cvtpm.errors import ParseError, StateError
+from cvtpm.ima.entry import BANK_SIZES, PCR_COUNT
 from cvtpm.tpm.structures import unmarshal_tpms_attest, unmarshal_tpmt_signature
 
 IMA_PCR = 10  # CONFIG_IMA_MEASURE_PCR_IDX
@@ -64,7 +65,7 @@ class Evidence:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any] | str | bytes) -> Evidence:
+    def from_json(cls, data: Any) -> Evidence:
         """Parse evidence JSON (a dict or its text); ParseError names the bad field."""
         if isinstance(data, str | bytes):
             try:
@@ -72,41 +73,106 @@ class Evidence:
             except ValueError as exc:
                 raise ParseError(f"evidence: not JSON ({exc})") from None
         if not isinstance(data, dict):
-            raise ParseError("evidence: expected a JSON object")
+            raise ParseError(f"evidence: expected a JSON object, not {_kind(data)}")
         if data.get("version") != EVIDENCE_VERSION:
             raise ParseError(f"evidence: unsupported version {data.get('version')!r}")
-        try:
-            pcrs = {
-                str(bank): {int(pcr): bytes.fromhex(v) for pcr, v in values.items()}
-                for bank, values in _get(data, "pcrs", dict).items()
-            }
-            return cls(
-                container=_get(data, "container", str),
-                nonce=bytes.fromhex(_get(data, "nonce", str)),
-                attest=_b64decode(data, "attest"),
-                signature=_b64decode(data, "signature"),
-                pcrs=pcrs,
-                since=_get(data, "since", int),
-                entries=_b64decode(data, "entries"),
-                digest_size=_get(data, "digest_size", int),
-                ak_public=_b64decode(data, "ak_public"),
-                ek_cert_pem=_get(data, "ek_cert", str),
-                ak_cert_pem=_get(data, "ak_cert", str),
-                ca_chain_pem=_get(data, "ca_chain", str),
-                banks=[str(b) for b in _get(data, "banks", list)],
+
+        since = _get(data, "since", int)
+        if since < 0:
+            raise ParseError(
+                f"evidence: field 'since' must not be negative, not {since}"
             )
-        except (ValueError, AttributeError, TypeError) as exc:
-            if isinstance(exc, ParseError):
-                raise
-            raise ParseError(f"evidence: {exc}") from None
+        digest_size = _get(data, "digest_size", int)
+        if digest_size not in BANK_SIZES.values():
+            raise ParseError(
+                f"evidence: field 'digest_size' must be the digest size of a PCR bank"
+                f" (20, 32, 48 or 64), not {digest_size}"
+            )
+        return cls(
+            container=_get(data, "container", str),
+            nonce=_hex(_get(data, "nonce", str), "nonce"),
+            attest=_b64decode(data, "attest"),
+            signature=_b64decode(data, "signature"),
+            pcrs=_pcrs(_get(data, "pcrs", dict)),
+            since=since,
+            entries=_b64decode(data, "entries"),
+            digest_size=digest_size,
+            ak_public=_b64decode(data, "ak_public"),
+            ek_cert_pem=_get(data, "ek_cert", str),
+            ak_cert_pem=_get(data, "ak_cert", str),
+            ca_chain_pem=_get(data, "ca_chain", str),
+            banks=_banks(_get(data, "banks", list)),
+        )
+
+
+# JSON's names for the Python types json.loads gives, for messages.
+_JSON_KINDS = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
+
+
+def _kind(value: Any) -> str:
+    return _JSON_KINDS.get(type(value), type(value).__name__)
 
 
 def _get(data: dict[str, Any], key: str, kind: type) -> Any:
-    """data[key], checked to be of `kind`."""
-    value = data.get(key)
+    """data[key], checked to be of `kind`; the ParseError names field and type."""
+    if key not in data:
+        raise ParseError(f"evidence: field {key!r} is missing")
+    value = data[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ParseError(f"evidence: field {key!r} must be a {kind.__name__}")
+        raise ParseError(
+            f"evidence: field {key!r} must be {_JSON_KINDS[kind]}, not {_kind(value)}"
+        )
     return value
+
+
+def _hex(text: str, where: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise ParseError(f"evidence: field {where!r} is not hex") from None
+
+
+def _pcrs(raw: dict[str, Any]) -> dict[str, dict[int, bytes]]:
+    """{"sha256": {"10": "<hex>"}} as {"sha256": {10: bytes}}, every part checked."""
+    pcrs: dict[str, dict[int, bytes]] = {}
+    for bank, values in raw.items():
+        where = f"pcrs.{bank}"
+        if not isinstance(values, dict):
+            raise ParseError(
+                f"evidence: field {where!r} must be an object, not {_kind(values)}"
+            )
+        pcrs[bank] = {}
+        for pcr, value in values.items():
+            if not (pcr.isascii() and pcr.isdigit() and int(pcr) < PCR_COUNT):
+                raise ParseError(
+                    f"evidence: field {where!r} has {pcr!r}, not a PCR index"
+                    f" from 0 to {PCR_COUNT - 1}"
+                )
+            if not isinstance(value, str):
+                raise ParseError(
+                    f"evidence: field '{where}.{pcr}' must be a string, not"
+                    f" {_kind(value)}"
+                )
+            pcrs[bank][int(pcr)] = _hex(value, f"{where}.{pcr}")
+    return pcrs
+
+
+def _banks(raw: list[Any]) -> list[str]:
+    for bank in raw:
+        if bank not in BANK_SIZES:
+            known = ", ".join(BANK_SIZES)
+            raise ParseError(
+                f"evidence: field 'banks' has {bank!r}, not a PCR bank ({known})"
+            )
+    return list(raw)
 
 
 def _b64encode(data: bytes) -> str:
@@ -116,7 +182,9 @@ def _b64encode(data: bytes) -> str:
 def _b64decode(data: dict[str, Any], key: str) -> bytes:
     try:
         return base64.b64decode(_get(data, key, str), validate=True)
-    except ValueError:
+    except ValueError as exc:
+        if isinstance(exc, ParseError):
+            raise
         raise ParseError(f"evidence: field {key!r} is not base64") from None
 
 
@@ -171,7 +239,9 @@ def collect_evidence(
     else:
         raise StateError(f"PCR {IMA_PCR} kept changing while quoting; try again")
 
-    entries = read_entries(Path(list_path), since)
+    # A list shorter than `since` is reported as such: the evidence then starts
+    # where the list ends, and the verifier names the truncation.
+    since, entries = list_slice(Path(list_path), since)
     return Evidence(
         container=info.name,
         nonce=nonce,
@@ -199,11 +269,22 @@ def _tpmt_public(read: Any) -> bytes:
 
 def read_entries(list_path: Path, since: int, digest_size: int = 20) -> bytes:
     """The complete entries of a binary measurement list from entry `since` on."""
+    return list_slice(list_path, since, digest_size)[1]
+
+
+def list_slice(list_path: Path, since: int, digest_size: int = 20) -> tuple[int, bytes]:
+    """The index of the first complete entry from `since` on, and the entries' bytes.
+
+    A list of fewer than `since` complete entries gives its own length and no
+    bytes (a missing list has none), so a reader asking past the end learns
+    where the list really ends.
+    """
     if not list_path.exists():
-        return b""
+        return 0, b""
     data = list_path.read_bytes()
-    start = entry_offset(data, since, digest_size)
-    return data[start : entry_offset(data, None, digest_size, start)]
+    start, first = _walk(data, since, digest_size)
+    end, _ = _walk(data, None, digest_size, start)
+    return first, data[start:end]
 
 
 def entry_offset(
@@ -217,6 +298,13 @@ def entry_offset(
     A list shorter than asked for, or ending in a partial entry being appended,
     gives the end of its last complete entry.
     """
+    return _walk(data, index, digest_size, start)[0]
+
+
+def _walk(
+    data: bytes, index: int | None, digest_size: int, start: int = 0
+) -> tuple[int, int]:
+    """entry_offset, and how many complete entries were stepped over."""
     offset = start
     count = 0
     while index is None or count < index:
@@ -234,4 +322,4 @@ def entry_offset(
             break
         offset = name_end + 4 + body
         count += 1
-    return offset
+    return offset, count

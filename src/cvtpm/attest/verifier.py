@@ -8,7 +8,8 @@
    whose digest matches the PCR values presented, with counters that only grow;
 3. list: the new entries replayed from the running PCR values stored at the
    last verified entry, until they reach the quoted PCR 10 (a PCR that lags the
-   list leaves the remaining entries pending for the next attestation);
+   list leaves the remaining entries pending for the next attestation); verified
+   entries the evidence repeats must be those verified (cvtpm.attest.listreplay);
 4. policy: every newly verified entry is judged by the runtime policy.
 
 Everything is returned as data; the state to keep per container is a
@@ -27,13 +28,32 @@ from cryptography import x509
 
 from cvtpm.attest import _fastlist, trust
 from cvtpm.attest.evidence import IMA_PCR, Evidence
+from cvtpm.attest.listreplay import (
+    ListReplay,
+    replay_entries,
+    replay_list,
+    replay_raw,
+)
 from cvtpm.attest.quote import pcr_digest, signature_valid
 from cvtpm.attest.result import Failure, Result
 from cvtpm.errors import ParseError
-from cvtpm.ima.binary import parse_binary
-from cvtpm.ima.replay import Replayer
 from cvtpm.tpm import structures
 from cvtpm.tpm.structures import TPM_ST_ATTEST_QUOTE, Attest, Public
+
+__all__ = [
+    "ListReplay",
+    "Registration",
+    "ReplayState",
+    "RuntimePolicy",
+    "check_policy",
+    "check_quote",
+    "check_registration",
+    "check_templates",
+    "replay_entries",
+    "replay_list",
+    "replay_raw",
+    "verify",
+]
 
 log = logging.getLogger("cvtpm.attest")
 
@@ -89,6 +109,18 @@ class Registration:
             "daemon_url": self.daemon_url,
         }
 
+    def same_ek(self, other: Registration) -> bool:
+        """True if both name the same endorsement key (certificates may differ).
+
+        A certificate that cannot be read names no key, so it matches nothing.
+        """
+        try:
+            ours = trust.load_certificate(self.ek_cert_pem).public_key()
+            theirs = trust.load_certificate(other.ek_cert_pem).public_key()
+        except ParseError:
+            return False
+        return ours == theirs
+
     @property
     def ak(self) -> Public:
         """The decoded AK public area (ParseError if malformed)."""
@@ -110,12 +142,22 @@ class Registration:
 
 @dataclass
 class ReplayState:
-    """The verifier's memory of one container between attestations."""
+    """The verifier's memory of one container between attestations.
+
+    `policy_digest` names the runtime policy (cvtpm.attest.service.policy_digest)
+    that judged entries 0..index-1; under any other policy they must be judged
+    again, so the service restarts such a state from entry 0.
+    """
 
     index: int = 0  # entries 0..index-1 are verified
     values: dict[str, bytes] = field(default_factory=dict)  # PCR 10 after them
     reset_count: int | None = None
     restart_count: int | None = None
+    policy_digest: str = ""  # "" for no policy
+
+    def restart(self, policy_digest: str) -> ReplayState:
+        """Nothing verified yet, to be judged by `policy_digest`; counters kept."""
+        return replace(self, index=0, values={}, policy_digest=policy_digest)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (hex values)."""
@@ -124,6 +166,7 @@ class ReplayState:
             "values": {bank: value.hex() for bank, value in self.values.items()},
             "reset_count": self.reset_count,
             "restart_count": self.restart_count,
+            "policy_digest": self.policy_digest,
         }
 
     @classmethod
@@ -134,6 +177,7 @@ class ReplayState:
             values={b: bytes.fromhex(v) for b, v in data.get("values", {}).items()},
             reset_count=data.get("reset_count"),
             restart_count=data.get("restart_count"),
+            policy_digest=data.get("policy_digest") or "",
         )
 
 
@@ -273,100 +317,32 @@ def _check_counters(state: ReplayState, attest: Attest) -> tuple[list[Failure], 
     return [], []
 
 
-# -- step 3: the list ---------------------------------------------------------------
+# -- step 3: the list (cvtpm.attest.listreplay) ------------------------------------
 
 
-@dataclass
-class _Replay:
-    """Where the replay of the new entries met the quoted PCR."""
-
-    entries: list[Any]  # the new entries: Entry objects, or raw slices if `raw`
-    boundary: int | None  # how many of them the PCR covers (None: no match)
-    values: dict[str, bytes]  # running values at the boundary
-    raw: bool = False
-    digest_size: int = 20
-
-    def entry(self, position: int) -> Any:
-        """The Entry at `position`, decoded if it was kept raw."""
-        item = self.entries[position]
-        return _fastlist.entry(item, self.digest_size) if self.raw else item
-
-
-def replay_list(
-    state: ReplayState, evidence: Evidence, banks: list[str]
-) -> tuple[_Replay | None, list[Failure]]:
-    """Step 3: extend from the stored values until PCR 10 of every bank matches."""
-    if evidence.since > state.index:
-        message = f"entries start at {evidence.since}, verified up to {state.index}"
-        return None, [Failure("list.gap", message, index=state.index)]
-    skip = state.index - evidence.since
-    quoted = {bank: evidence.pcrs[bank][IMA_PCR] for bank in banks}
-
-    # Most lists take the fast path over raw slices; the rest are parsed.
-    raws = _fastlist.split(evidence.entries, evidence.digest_size)
-    if raws is not None:
-        return replay_raw(state, raws[skip:], quoted, evidence.digest_size)
-    try:
-        entries = parse_binary(evidence.entries, evidence.digest_size)
-    except ParseError as exc:
-        return None, [Failure("list.malformed", str(exc), index=state.index)]
-    return replay_entries(state, entries[skip:], quoted)
-
-
-def replay_raw(
-    state: ReplayState,
-    raws: list[_fastlist.Raw],
-    quoted: dict[str, bytes],
-    digest_size: int = 20,
-) -> tuple[_Replay, list[Failure]]:
-    """Like replay_entries, over raw (pcr, template, digest, data) slices."""
-    boundary, values = _fastlist.replay(raws, state.values, quoted)
-    replayed = _Replay(raws, boundary, values, True, digest_size)
-    return replayed, [] if boundary is not None else [_mismatch(state.index)]
-
-
-def replay_entries(
-    state: ReplayState, entries: list[Any], quoted: dict[str, bytes]
-) -> tuple[_Replay, list[Failure]]:
-    """Extend `entries` (those after state.index) until the quoted values are met."""
-    replayer = Replayer(list(quoted), dict(state.values) or None)
-    if replayer.values == quoted:
-        return _Replay(entries, 0, dict(replayer.values)), []
-    # Compare one bank per entry and the others only when it matches: the
-    # extends dominate the cost, the comparison should not add to it.
-    first = next(iter(quoted))
-    for count, entry in enumerate(entries, start=1):
-        replayer.extend(entry)
-        if replayer.values[first] == quoted[first] and replayer.values == quoted:
-            return _Replay(entries, count, dict(replayer.values)), []
-
-    return _Replay(entries, None, {}), [_mismatch(state.index)]
-
-
-def _mismatch(index: int) -> Failure:
-    message = f"PCR 10 matches no entry boundary from entry {index} on"
-    return Failure("list.pcr_mismatch", message, index=index)
-
-
-def check_templates(replayed: _Replay, count: int, start: int) -> list[Failure]:
+def check_templates(replayed: ListReplay, count: int, start: int) -> list[Failure]:
     """With only the sha1 bank quoted, template data must match its SHA-1 digest."""
     if replayed.raw:
         bad = _fastlist.bad_templates(replayed.entries[:count])
     else:
         entries = replayed.entries[:count]
         bad = [i for i, e in enumerate(entries) if not e.template_digest_matches()]
-    return [
-        Failure("list.template_mismatch", "template digest differs", start + i, path)
-        for i in bad
-        for path in [replayed.entry(i).path]
-    ]
+    failures = []
+    for position in bad:
+        entry, failure = _decoded(replayed, position, start)
+        if failure is None:
+            message = "template digest differs"
+            index = start + position
+            failure = Failure("list.template_mismatch", message, index, entry.path)
+        failures.append(failure)
+    return failures
 
 
 # -- step 4: the runtime policy --------------------------------------------------------
 
 
 def check_policy(
-    policy: RuntimePolicy, replayed: _Replay, count: int, start: int
+    policy: RuntimePolicy, replayed: ListReplay, count: int, start: int
 ) -> list[Failure]:
     """Step 4: every newly verified entry against the runtime policy."""
     pairs = _fastlist.allowed_pairs(policy) if replayed.raw else None
@@ -376,9 +352,27 @@ def check_policy(
         positions = _fastlist.needing_policy(replayed.entries[:count], pairs)
     failures = []
     for position in positions:
-        found = policy.evaluate(replayed.entry(position), start + position)
+        entry, failure = _decoded(replayed, position, start)
+        if failure is not None:
+            failures.append(failure)
+            continue
+        found = policy.evaluate(entry, start + position)
         failures += [Failure.coerce(f) for f in found]
     return failures
+
+
+def _decoded(
+    replayed: ListReplay, position: int, start: int
+) -> tuple[Any, Failure | None]:
+    """The entry at `position`, or the failure of one whose template data is bad.
+
+    The fast path splits entries by their lengths only; the PCR may well cover
+    an entry whose fields do not parse, and that is a verdict, not a crash.
+    """
+    try:
+        return replayed.entry(position), None
+    except ParseError as exc:
+        return None, Failure("list.malformed", exc.message, index=start + position)
 
 
 # -- all steps ------------------------------------------------------------------------

@@ -8,13 +8,14 @@ from pathlib import Path
 import click
 
 from cvtpm.attest.evidence import Evidence, collect_evidence
+from cvtpm.attest.fetch import check_daemon_url, daemon_fetcher
 from cvtpm.attest.result import explain
-from cvtpm.attest.service import VerifierService, fetch_from_daemon
+from cvtpm.attest.service import VerifierService
 from cvtpm.attest.trust import TrustStore
 from cvtpm.attest.verifier import Registration
 from cvtpm.cli.output import emit, json_option
 from cvtpm.config import Paths
-from cvtpm.errors import ConfigError, CvtpmError, NotFoundError
+from cvtpm.errors import ConfigError, CvtpmError, NotFoundError, ParseError
 from cvtpm.store import VerifierStore
 
 BINARY_LIST = "binary_runtime_measurements"
@@ -108,8 +109,14 @@ def _ensure_registered(service: VerifierService, name: str, daemon_url: str) -> 
 def attest(ctx, name, policy, daemon_url, trust, db_url, as_json):
     """Attest container NAME: exit 0 if trusted, 1 if not."""
     paths: Paths = ctx.obj
+    if daemon_url:
+        try:
+            daemon_url = check_daemon_url(daemon_url)
+        except ParseError as exc:
+            raise click.BadParameter(str(exc), param_hint="--daemon") from None
+    # The daemon asked is the one named here, whatever URL was registered.
+    fetch = daemon_fetcher(daemon_url) if daemon_url else _local_fetch(paths)
     store = VerifierStore(db_url or default_store_url(paths))
-    fetch = fetch_from_daemon if daemon_url else _local_fetch(paths)
     service = VerifierService(store, local_trust(paths, trust), fetch=fetch)
     try:
         _ensure_registered(service, name, daemon_url or "")

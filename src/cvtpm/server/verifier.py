@@ -15,6 +15,7 @@ from cvtpm.attest.evidence import Evidence
 from cvtpm.attest.service import VerifierService, registration_from_json
 from cvtpm.errors import CvtpmError, NotFoundError, ParseError
 from cvtpm.server._auth import bearer_auth
+from cvtpm.store import StoreError
 
 
 class RegistrationIn(BaseModel):
@@ -174,11 +175,14 @@ def _unbase64(text: str) -> bytes:
 
 
 async def _error_response(_request: Request, exc: Exception) -> JSONResponse:
-    """Domain errors as JSON: 404 for unknown names, 400 for bad input, else 409."""
+    """Domain errors as JSON: 404 unknown name, 400 bad input, 503 database
+    unreachable, else 409 (a conflict with stored state)."""
     if isinstance(exc, NotFoundError):
         code = 404
     elif isinstance(exc, ParseError):
         code = 400
+    elif isinstance(exc, StoreError):
+        code = 503
     else:
         code = 409
     message = exc.explain() if isinstance(exc, CvtpmError) else str(exc)
