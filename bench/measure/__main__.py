@@ -2,12 +2,14 @@
 
     python -m bench.measure [--execs N] [--new N]
 
-Exec latency is the wall time of a container running a loop of execs, minus
-the same container with an empty loop, per exec: with no agent, with the agent
-and an already measured program (cache hit), and with the agent hashing a new
-program (a distinct 2 MB busybox copy) every time.  The hashing rate compares
-cvtpm's fd hashing with `sha256sum` on the same files, read from page cache.
-Results go to bench/results/measure.json.
+Exec latency is timed inside the container, one exec at a time, by a small
+static program (exectime.c) that spawns a program and waits for it: with no
+agent, with the agent and an already measured program (cache hit), the same
+without the agent's busy-poll, and with the agent hashing a new program (a
+distinct 2 MB busybox copy) every time. The figures are the median and 99th
+percentile of each, and what the agent adds to those of no agent. The hashing
+rate compares cvtpm's fd hashing with `sha256sum` on the same files, read from
+page cache. Results go to bench/results/measure.json.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import argparse
 import json
 import os
 import select
+import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -30,68 +34,99 @@ from cvtpm.measure.container import ContainerSpec
 from cvtpm.measure.hashing import hash_fd
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "measure.json"
+EXECTIME = Path(__file__).resolve().parent / "exectime.c"
 
 
-def run_timed(runc: Runc, bundle: Bundle, agent: Agent | None, tpm, name: str) -> float:
-    """Seconds from `runc start` until the container's process has exited."""
+def build_exectime(rootfs: Path) -> str:
+    """Compile exectime.c statically into the rootfs; its path inside."""
+    target = rootfs / "opt" / "exectime"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    gcc = shutil.which("gcc") or "gcc"
+    subprocess.run(
+        [gcc, "-O2", "-static", "-o", str(target), str(EXECTIME)], check=True
+    )
+    return "/opt/exectime"
+
+
+def run_container(runc: Runc, bundle: Bundle, agent: Agent | None, tpm, name: str):
+    """Run the bundle's process to its end, measured by `agent` if there is one."""
     cid, pid = runc.create(bundle)
     if agent is not None:
         agent.add_container(ContainerSpec(name, bundle.directory / name, tpm, pid=pid))
     pidfd = os.pidfd_open(pid)
-    start = time.perf_counter()
-    runc.start(cid)
-    select.select([pidfd], [], [])
-    elapsed = time.perf_counter() - start
-    os.close(pidfd)
+    try:
+        runc.start(cid)
+        select.select([pidfd], [], [])
+    finally:
+        os.close(pidfd)
     runc.wait(cid)
     if agent is not None:
         agent.remove_container(name)
-    return elapsed
 
 
-def exec_latency(work: Path, execs: int, new: int) -> dict[str, float]:
-    """Microseconds per exec in each configuration."""
+def percentiles(samples: list[float]) -> dict[str, float]:
+    """Median and 99th percentile of `samples`, in microseconds."""
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {"median_us": statistics.median(ordered), "p99_us": p99, "n": len(ordered)}
+
+
+def exec_latency(work: Path, execs: int, new: int) -> dict[str, dict[str, float]]:
+    """Per-exec latency in each configuration, and what the agent adds."""
     runc = Runc(work / "runc-root")
     tpm = Swtpm(work / "swtpm")
     tpm.start()
-    agent = Agent(parse_policy(DEFAULT_CONTAINER_POLICY))
-    agent.start()
+    bundle = Bundle(work / "bundle")
+    timer = build_exectime(bundle.rootfs)
+    make_program(bundle.rootfs, "/opt/same", b"same")
+    for i in range(new):
+        make_program(bundle.rootfs, f"/opt/n{i}", i.to_bytes(4, "big"))
+    agents = {
+        "busy_poll": Agent(parse_policy(DEFAULT_CONTAINER_POLICY)),
+        "no_busy_poll": Agent(parse_policy(DEFAULT_CONTAINER_POLICY), busy_poll=0),
+    }
+    for agent in agents.values():
+        agent.start()
+
+    def timed(count: int, program: str, agent: Agent | None) -> list[float]:
+        samples = bundle.rootfs / "data" / "samples"
+        bundle.set_script(f"{timer} {count} /data/samples {program}")
+        client = tpm.client() if agent is not None else None
+        try:
+            run_container(runc, bundle, agent, client, "list")
+        finally:
+            if client is not None:
+                client.close()
+        return [int(line) / 1000 for line in samples.read_text().split()]
+
     try:
-        bundle = Bundle(work / "bundle")
-        make_program(bundle.rootfs, "/opt/same", b"same")
-        for i in range(new + 2):
-            make_program(bundle.rootfs, f"/opt/n{i}", i.to_bytes(4, "big"))
-
-        def loop(count: int, program: str) -> str:
-            return f"i=0; while [ $i -lt {count} ]; do {program}; i=$((i+1)); done"
-
-        def per_exec(count: int, program: str, with_agent: bool, tag: str) -> float:
-            client = tpm.client() if with_agent else None
-            try:
-                # One list (and vTPM) for every run with the agent; a first
-                # run warms the cache where the program is always the same.
-                use = agent if with_agent else None
-                bundle.set_script(loop(1, program))
-                run_timed(runc, bundle, use, client, "list")
-                bundle.set_script(loop(0, program))
-                empty = run_timed(runc, bundle, use, client, "list")
-                bundle.set_script(loop(count, program))
-                full = run_timed(runc, bundle, use, client, "list")
-            finally:
-                if client is not None:
-                    client.close()
-            return (full - empty) / count * 1e6
-
-        return {
-            "no_agent_us": per_exec(execs, "/opt/same/true", False, "plain"),
-            "agent_cached_us": per_exec(execs, "/opt/same/true", True, "cached"),
-            # The warm-up run measured /opt/n0 already; the loop hashes n1.. anew.
-            "agent_new_file_us": per_exec(new, "/opt/n$((i+1))/true", True, "new"),
-        }
+        plain: list[float] = []
+        cached: dict[str, list[float]] = {name: [] for name in agents}
+        # Interleaved rounds, so that a slow moment of the machine hits all.
+        for _ in range(3):
+            plain += timed(execs, "/opt/same/true", None)
+            for name, agent in agents.items():
+                # A new container starts with an empty cache: drop its first exec.
+                cached[name] += timed(execs + 1, "/opt/same/true", agent)[1:]
+        hashed = timed(new, "/opt/n%ld/true", agents["busy_poll"])
     finally:
-        agent.stop()
+        for agent in agents.values():
+            agent.stop()
         tpm.stop()
         runc.cleanup()
+
+    base = percentiles(plain)
+    out = {"no_agent": base}
+    for label, samples in (
+        ("agent_cached", cached["busy_poll"]),
+        ("agent_cached_no_busy_poll", cached["no_busy_poll"]),
+        ("agent_new_file", hashed),
+    ):
+        figures = percentiles(samples)
+        figures["added_median_us"] = figures["median_us"] - base["median_us"]
+        figures["added_p99_us"] = figures["p99_us"] - base["p99_us"]
+        out[label] = figures
+    return out
 
 
 def hash_rate(work: Path) -> dict[str, float]:
@@ -130,8 +165,8 @@ def hash_rate(work: Path) -> dict[str, float]:
 def main() -> None:
     """Run both benchmarks, print a table, write the JSON results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--execs", type=int, default=300)
-    parser.add_argument("--new", type=int, default=60)
+    parser.add_argument("--execs", type=int, default=1000)
+    parser.add_argument("--new", type=int, default=100)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="cvtpm-bench-") as tmp:
@@ -139,15 +174,16 @@ def main() -> None:
         rates = hash_rate(Path(tmp))
     results = {"exec_latency": latency, "hash_rate": rates, "execs": args.execs}
 
-    base = latency["no_agent_us"]
-    print(f"{'exec latency':<34}{'us/exec':>10}{'x no agent':>12}")
+    print(f"{'exec latency (us)':<30}{'median':>9}{'p99':>9}{'+median':>9}{'+p99':>9}")
     for key, value in latency.items():
-        print(f"{key:<34}{value:>10.0f}{value / base:>12.2f}")
-    print(f"\n{'hashing (page cache)':<34}{'GB/s':>10}{'x sha256sum':>12}")
+        added = (value.get("added_median_us"), value.get("added_p99_us"))
+        extra = "".join(f"{a:>9.0f}" for a in added if a is not None)
+        print(f"{key:<30}{value['median_us']:>9.0f}{value['p99_us']:>9.0f}{extra}")
+    print(f"\n{'hashing (page cache)':<30}{'GB/s':>9}{'x sha256sum':>12}")
     for label in ("large", "busybox_copies"):
         ours, theirs = rates[f"{label}_cvtpm_gbps"], rates[f"{label}_sha256sum_gbps"]
-        print(f"{label + ' cvtpm':<34}{ours:>10.2f}{ours / theirs:>12.2f}")
-        print(f"{label + ' sha256sum':<34}{theirs:>10.2f}{1:>12.2f}")
+        print(f"{label + ' cvtpm':<30}{ours:>9.2f}{ours / theirs:>12.2f}")
+        print(f"{label + ' sha256sum':<30}{theirs:>9.2f}{1:>12.2f}")
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")

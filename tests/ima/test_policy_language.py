@@ -143,3 +143,20 @@ def test_default_container_policy():
     assert not decide(policy, "FILE_CHECK", MAY_WRITE).measure
     for magic in (PROC_SUPER_MAGIC, SYSFS_MAGIC):
         assert not decide(policy, "BPRM_CHECK", MAY_EXEC, fsmagic=magic).measure
+
+
+def test_facts_no_rule_can_use_are_never_read():
+    """An access no measure rule can match reads no id and no filesystem magic."""
+
+    def unread() -> int:
+        raise AssertionError("a fact was read that no rule needed")
+
+    policy = parse_policy(DEFAULT_CONTAINER_POLICY)
+    facts = {"uid": unread, "euid": unread, "fowner": unread, "fsmagic": unread}
+
+    # An exec's own open (FILE_CHECK with MAY_EXEC) matches no measure rule.
+    assert not policy.should_measure(func=Func.FILE_CHECK, mask=MAY_EXEC, **facts)
+    # After an unconditional measure rule, a later uid rule is not consulted.
+    later = parse_policy("measure func=BPRM_CHECK\nmeasure func=BPRM_CHECK uid=0")
+    assert later.should_measure(func=Func.BPRM_CHECK, mask=MAY_EXEC, **facts)
+    assert later.rules_for(Func.BPRM_CHECK, MAY_EXEC) == later.rules[:1]

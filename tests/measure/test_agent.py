@@ -14,7 +14,7 @@ from cvtpm.ima.binary import encode_binary
 from cvtpm.ima.entry import boot_aggregate
 from cvtpm.ima.policy import parse_policy
 from cvtpm.ima.replay import replay
-from cvtpm.measure.agent import Agent
+from cvtpm.measure.agent import DEFAULT_BUSY_POLL, Agent
 from cvtpm.measure.container import ContainerSpec
 from cvtpm.measure.journal import BINARY_NAME, read_list
 
@@ -22,9 +22,9 @@ pytestmark = [pytest.mark.root, pytest.mark.runc, pytest.mark.swtpm]
 
 
 @pytest.fixture
-def agent(policy):
-    """A running agent, stopped after the test."""
-    a = Agent(policy)
+def agent(policy, request):
+    """A running agent, stopped after the test; a test's param sets its busy_poll."""
+    a = Agent(policy, busy_poll=getattr(request, "param", DEFAULT_BUSY_POLL))
     a.start()
     yield a
     a.stop()
@@ -50,10 +50,16 @@ def measured(entries) -> dict[str, list[bytes]]:
     return out
 
 
+@pytest.mark.parametrize(
+    "agent", [DEFAULT_BUSY_POLL, 0], ids=["busy-poll", "no-busy-poll"], indirect=True
+)
 def test_each_distinct_program_is_measured_once(
     agent, runc, bundle_factory, swtpm_factory, tmp_path
 ):
-    """Every program a container runs is logged once, with sha256sum's digest."""
+    """Every program a container runs is logged once, with sha256sum's digest.
+
+    Polling for events or sleeping between them, the reader misses none.
+    """
     bundle = bundle_factory()
     programs = [make_program(bundle.rootfs, f"/opt/p{i}", bytes([i])) for i in range(3)]
     bundle.set_script("/opt/p0/true; /opt/p1/true; /opt/p0/true; /opt/p2/true")

@@ -13,6 +13,7 @@ import click
 import uvicorn
 
 from cvtpm.errors import ConfigError
+from cvtpm.measure.agent import DEFAULT_BUSY_POLL
 from cvtpm.server import keeper
 from cvtpm.server.daemon import control_app, evidence_app
 from cvtpm.server.host import Host
@@ -87,9 +88,20 @@ def _parse_listen(value: str | None) -> tuple[str, int] | None:
     help="Release the swtpm of a container's vTPM after this long unused; it "
     "comes back, PCRs and all, on the next use. 0 (the default) never releases.",
 )
+@click.option(
+    "--busy-poll",
+    "busy_poll_us",
+    type=click.IntRange(0, 1_000_000),
+    default=round(DEFAULT_BUSY_POLL * 1e6),
+    show_default=True,
+    metavar="MICROSECONDS",
+    help="Keep polling for measurement events this long after the last one, "
+    "so that a burst of execs does not wait for the agent to wake; 0 sleeps "
+    "at once (less CPU, slower execs).",
+)
 @click.option("--fanotify-fd", type=int, hidden=True)
 @click.pass_context
-def daemon(ctx, listen, no_measure, pool_size, idle_timeout, fanotify_fd):
+def daemon(ctx, listen, no_measure, pool_size, idle_timeout, busy_poll_us, fanotify_fd):
     """Run the cvtpm host daemon in the foreground (root).
 
     A small keeper process holds the fanotify group and restarts the daemon
@@ -111,6 +123,7 @@ def daemon(ctx, listen, no_measure, pool_size, idle_timeout, fanotify_fd):
         pool_size=pool_size,
         fanotify_fd=fanotify_fd,
         idle_timeout=idle_timeout,
+        busy_poll=busy_poll_us / 1e6,
     )
     host.start()
     socket_path = paths.run / "daemon.sock"

@@ -111,13 +111,25 @@ class Rule:
 
     def matches(self, func: Func, mask: int, facts: _Facts) -> bool:
         """ima_match_rules() for the conditions this subset knows."""
+        return self.matches_access(func, mask) and self.matches_facts(facts)
+
+    def matches_access(self, func: Func, mask: int) -> bool:
+        """The func= and mask= conditions: what the access is, not who made it."""
         if self.func is not None and self.func is not func:
             return False
-        if self.mask is not None:
-            if self.mask_any and not self.mask & mask:
-                return False
-            if not self.mask_any and self.mask != mask:
-                return False
+        if self.mask is None:
+            return True
+        if self.mask_any:
+            return bool(self.mask & mask)
+        return self.mask == mask
+
+    @property
+    def unconditional(self) -> bool:
+        """True if only func= and mask= can stop this rule from matching."""
+        return self.fsmagic is None and not (self.uid or self.euid or self.fowner)
+
+    def matches_facts(self, facts: _Facts) -> bool:
+        """The conditions on the file's filesystem and owner and the task's ids."""
         if self.fsmagic is not None and self.fsmagic != facts.fsmagic:
             return False
         if self.uid is not None and not self.uid.holds(facts.uid):
@@ -170,6 +182,29 @@ class ImaPolicy:
     def __init__(self, rules: list[Rule], default_template: str = DEFAULT_TEMPLATE):
         self.rules = tuple(rules)
         self.default_template = default_template
+        self._by_access: dict[tuple[Func, int], tuple[Rule, ...]] = {}
+
+    def rules_for(self, func: Func, mask: int) -> tuple[Rule, ...]:
+        """The rules whose func= and mask= match this access, in order.
+
+        The list ends at the first rule that nothing else can stop, and is
+        empty when no measure rule is left in it: then no fact about the file
+        or the task can change the answer, and none is read. The agent asks
+        this for every event, so it is computed once per (func, mask).
+        """
+        key = (func, mask)
+        found = self._by_access.get(key)
+        if found is None:
+            chosen = []
+            for rule in self.rules:
+                if rule.matches_access(func, mask):
+                    chosen.append(rule)
+                    if rule.unconditional:
+                        break
+            if not any(rule.action == "measure" for rule in chosen):
+                chosen = []
+            found = self._by_access[key] = tuple(chosen)
+        return found
 
     def should_measure(
         self,
@@ -188,8 +223,8 @@ class ImaPolicy:
         """
         func = func if isinstance(func, Func) else _parse_func(func)
         facts = _Facts(uid=uid, euid=euid, fowner=fowner, fsmagic=fsmagic)
-        for rule in self.rules:
-            if rule.matches(func, mask, facts):
+        for rule in self.rules_for(func, mask):
+            if rule.matches_facts(facts):
                 if rule.action == "dont_measure":
                     return MeasureDecision(False, rule=rule)
                 return MeasureDecision(

@@ -22,7 +22,7 @@ from cvtpm.attest.evidence import collect_evidence
 from cvtpm.config import Paths
 from cvtpm.errors import CvtpmError, NotFoundError, StateError, UsageError
 from cvtpm.ima.policy import DEFAULT_CONTAINER_POLICY, parse_policy
-from cvtpm.measure.agent import Agent, default_host_pcrs
+from cvtpm.measure.agent import DEFAULT_BUSY_POLL, Agent, default_host_pcrs
 from cvtpm.measure.container import ContainerSpec
 from cvtpm.measure.journal import BINARY_NAME
 from cvtpm.names import check_name
@@ -93,6 +93,7 @@ class Host:
         pool_size: int = 0,
         fanotify_fd: int | None = None,
         idle_timeout: float = 0,
+        busy_poll: float = DEFAULT_BUSY_POLL,
     ):
         self.paths = paths.ensure()
         self.manager = VtpmManager(paths)
@@ -115,6 +116,7 @@ class Host:
                 parse_policy(DEFAULT_CONTAINER_POLICY),
                 host_pcrs=host_pcrs if host_pcrs is not None else default_host_pcrs(),
                 fanotify_fd=fanotify_fd,
+                busy_poll=busy_poll,
             )
             if measure
             else None
