@@ -1,138 +1,198 @@
-"""Benchmark: container churn with a vTPM and measurement, against runc alone.
+"""Benchmark: containers with a vTPM and measurement, against runc alone.
 
-    python -m bench.churn [--seconds S] [--pool N]
+    python -m bench.churn [--seconds S] [--starts N] [--parallel P] [--pool N]
 
-Each cycle is one busybox container running `true`: `runc create`, then (with
-cvtpm) the daemon's work for a new container (a vTPM from the pool, the
-measurement list, fanotify marks, the filtered TPM socket), `runc start`, wait,
-then the poststop work (ephemeral: the vTPM and list are deleted) and
-`runc delete`. The daemon's work runs in this process, as the daemon would
-run it; the OCI hook processes that carry it under plain runc or podman are
-timed apart (`hook_process_ms`), since they are a fixed cost per stage.
-Cycles run back to back for S seconds each way, runc alone first.
-Results go to bench/results/churn.json.
+Every container is a busybox `true` run with `runc run`, exactly as a user's
+would be: with cvtpm, a `cvtpm daemon` process runs beside the benchmark and
+the bundle's createRuntime and poststop hooks call `cvtpm-hook`, so each
+container gets a vTPM from the pool, a measurement list, fanotify marks and
+its filtered TPM socket, and loses them at stop (ephemeral). The same rootfs,
+mounts and namespaces without the hooks are the alternative.
+
+Two figures: the start-to-exit time of one container at a time (N of each,
+alternating, so that machine noise hits both), and the sustained churn of P
+loops running containers back to back for S seconds each way, runc alone
+first. Results go to bench/results/churn.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-from tests.support.runc import Bundle, Runc
-
 from bench._util import summary, write
 from cvtpm.config import Paths
-from cvtpm.server.host import ContainerRequest, Host
+from cvtpm.runtime.bundle import RunSpec, oci_config, write_bundle
+from cvtpm.runtime.daemon_client import DaemonClient
+from cvtpm.runtime.rootfs import busybox_rootfs
+
+CVTPM = Path(sys.executable).with_name("cvtpm")
 
 
-def cycle(runc: Runc, bundle: Bundle, host: Host | None, name: str) -> float:
-    """Seconds for one container's whole life."""
-    start = time.perf_counter()
-    cid, pid = runc.create(bundle)
-    if host is not None:
-        host.add_container(
-            ContainerRequest(
-                name=name, pid=pid, rootfs=str(bundle.rootfs), ephemeral=True
-            )
-        )
-    runc.start(cid)
-    runc.wait(cid)
-    if host is not None:
-        host.remove_container(name)
-    subprocess.run(["runc", "--root", str(runc.root), "delete", cid], check=True)
-    runc.ids.remove(cid)
-    return time.perf_counter() - start
+class Daemon:
+    """`cvtpm daemon` on the benchmark's own state and run directories."""
+
+    def __init__(self, paths: Paths, pool: int):
+        self.paths = paths
+        self.log = open(paths.state.parent / "daemon.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                str(CVTPM), "--state-dir", str(paths.state),
+                "--run-dir", str(paths.run), "daemon", "--pool", str(pool),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        socket = paths.run / "daemon.sock"
+        deadline = time.monotonic() + 120
+        while not socket.is_socket():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"cvtpm daemon did not start; see {self.log.name}")
+            time.sleep(0.05)
+
+    def wait_for_pool(self, size: int, timeout: float = 300) -> None:
+        """Wait until the daemon's pool holds `size` ready vTPMs."""
+        deadline = time.monotonic() + timeout
+        while _pooled(self.paths) < size:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the daemon's pool did not fill")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=120)
+        self.log.close()
 
 
-def sustained(runc, bundle, host, seconds: float, prefix: str) -> list[float]:
-    """Cycle for `seconds`; the duration of each cycle."""
-    samples = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        samples.append(cycle(runc, bundle, host, f"{prefix}{len(samples)}"))
-    return samples
+def _pooled(paths: Paths) -> int:
+    with DaemonClient.for_paths(paths) as client:
+        return client.health()["pool"]["ready"]
 
 
-def hook_process_seconds(count: int = 10) -> list[float]:
-    """Seconds to start and finish one `cvtpm-hook` process (its fixed cost).
+class Bundles:
+    """One bundle directory per container id; with or without cvtpm's hooks."""
 
-    It is given a container without cvtpm's annotation, so it reads the state
-    and exits: the start-up cost every container pays per stage.
-    """
-    hook = str(Path(sys.executable).with_name("cvtpm-hook"))
-    state = '{"ociVersion": "1.0.2", "id": "x", "status": "creating", "pid": 1, '
-    state += '"bundle": "/nonexistent", "annotations": {}}'
-    samples = []
-    for _ in range(count):
+    def __init__(self, work: Path, rootfs: Path, paths: Paths):
+        self.work = work
+        self.rootfs = rootfs
+        self.paths = paths
+        self.runc_root = work / "runc"
+
+    def run(self, cid: str, cvtpm: bool) -> float:
+        """Seconds of `runc run` of one container, from start to its removal."""
+        spec = RunSpec(self.rootfs, ["true"], cid, ephemeral=True)
+        config = oci_config(spec, CVTPM, self.paths)
+        if not cvtpm:
+            del config["hooks"]
+            config["annotations"] = {}
+        bundle = write_bundle(self.work / "bundles" / cid, config)
+        command = ["runc", "--root", str(self.runc_root), "run", "--bundle"]
         start = time.perf_counter()
-        subprocess.run([hook, "poststop"], input=state.encode(), capture_output=True)
-        samples.append(time.perf_counter() - start)
-    return samples
+        done = subprocess.run(
+            [*command, str(bundle), cid],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            check=False,
+        )
+        elapsed = time.perf_counter() - start
+        shutil.rmtree(bundle)
+        if done.returncode != 0:
+            raise RuntimeError(f"runc run {cid} failed: {done.stderr.decode()[-500:]}")
+        return elapsed
+
+
+def starts(bundles: Bundles, count: int) -> tuple[list[float], list[float]]:
+    """`count` single containers each way, alternating."""
+    alone, ours = [], []
+    for i in range(count):
+        alone.append(bundles.run(f"a{i}", cvtpm=False))
+        ours.append(bundles.run(f"c{i}", cvtpm=True))
+    return alone, ours
+
+
+def churn(bundles: Bundles, seconds: float, parallel: int, cvtpm: bool) -> float:
+    """Containers per second from `parallel` loops running back to back."""
+    counts = [0] * parallel
+    deadline = time.monotonic() + seconds
+    errors: list[BaseException] = []
+
+    def loop(worker: int) -> None:
+        try:
+            while time.monotonic() < deadline:
+                bundles.run(f"{'c' if cvtpm else 'a'}{worker}-{counts[worker]}", cvtpm)
+                counts[worker] += 1
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=loop, args=(w,)) for w in range(parallel)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return sum(counts) / (time.monotonic() - started)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--starts", type=int, default=100)
+    parser.add_argument("--parallel", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--pool", type=int, default=16)
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="cvc", dir="/tmp"))
-    runc = Runc(work / "runc-root")
-    host = None
+    paths = Paths(state=work / "s", run=work / "r").ensure()
+    daemon = None
     try:
-        bundle = Bundle(work / "bundle")
-        bundle.set_script("true")
-        paths = Paths(state=work / "s", run=work / "r").ensure()
-        host = Host(paths, host_pcrs=None, pool_size=args.pool)
-        host.pool.fill()
-        host.start()
+        rootfs = busybox_rootfs(work / "rootfs")
+        daemon = Daemon(paths, args.pool)
+        daemon.wait_for_pool(args.pool)
+        bundles = Bundles(work, rootfs, paths)
+        bundles.run("warm-a", cvtpm=False)
+        bundles.run("warm-c", cvtpm=True)
 
-        cycle(runc, bundle, None, "warm")
-        cycle(runc, bundle, host, "warm")
-        alone = sustained(runc, bundle, None, args.seconds, "a")
-        ours = sustained(runc, bundle, host, args.seconds, "c")
-        hooks = hook_process_seconds()
+        alone, ours = starts(bundles, args.starts)
+        daemon.wait_for_pool(args.pool)
+        per_second = {
+            "runc": churn(bundles, args.seconds, args.parallel, cvtpm=False),
+            "cvtpm": churn(bundles, args.seconds, args.parallel, cvtpm=True),
+        }
     finally:
-        runc.cleanup()
-        if host is not None:
-            host.stop()
-            host.pool.drain()
-            for info in host.manager.list():
-                host.manager.delete(info.name)
+        if daemon is not None:
+            daemon.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    per_second = {"runc": len(alone) / sum(alone), "cvtpm": len(ours) / sum(ours)}
     result = {
         "seconds_each": args.seconds,
+        "parallel": args.parallel,
         "runc_alone_ms": summary(alone),
         "cvtpm_ms": summary(ours),
+        "start_ratio_median": summary(ours)["median"] / summary(alone)["median"],
         "containers_per_second": per_second,
         "containers_per_hour": {k: v * 3600 for k, v in per_second.items()},
-        "start_ratio_median": summary(ours)["median"] / summary(alone)["median"],
-        "hook_process_ms": summary(hooks),
     }
     path = write("churn", result)
 
-    print(
-        f"Container churn, {args.seconds:.0f} s each "
-        "(ms per container: min / median / p99)"
-    )
+    print(f"One container at a time, {args.starts} each (ms: min / median / p99)")
     for label, key in (("runc alone", "runc_alone_ms"), ("runc + cvtpm", "cvtpm_ms")):
         s = result[key]
         print(f"  {label:<14} {s['min']:7.1f} {s['median']:7.1f} {s['p99']:7.1f}")
+    print(f"  ratio (median): {result['start_ratio_median']:.2f}x runc alone")
+    hourly = result["containers_per_hour"]
     print(
-        "  containers per hour with cvtpm: "
-        f"{result['containers_per_hour']['cvtpm']:,.0f}"
-        f" (runc alone: {result['containers_per_hour']['runc']:,.0f})"
-    )
-    print(
-        f"  ratio (median): {result['start_ratio_median']:.2f}x runc alone;"
-        f" plus {result['hook_process_ms']['median']:.0f} ms per hook process"
+        f"Sustained, {args.parallel} loops for {args.seconds:.0f} s each:"
+        f" {hourly['cvtpm']:,.0f} containers per hour with cvtpm"
+        f" (runc alone: {hourly['runc']:,.0f})"
     )
     print(f"  written to {path}")
     return result

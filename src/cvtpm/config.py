@@ -6,10 +6,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cvtpm import _defaults
 from cvtpm.errors import ConfigError
 
-DEFAULT_STATE_ROOT = Path("/var/lib/cvtpm")
-DEFAULT_RUN_ROOT = Path("/run/cvtpm")
+DEFAULT_STATE_ROOT = Path(_defaults.STATE_DIR)
+DEFAULT_RUN_ROOT = Path(_defaults.RUN_DIR)
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,8 @@ class Paths:
     def from_env(cls) -> Paths:
         """Paths from CVTPM_STATE_DIR and CVTPM_RUN_DIR, else the defaults."""
         return cls(
-            state=Path(os.environ.get("CVTPM_STATE_DIR", DEFAULT_STATE_ROOT)),
-            run=Path(os.environ.get("CVTPM_RUN_DIR", DEFAULT_RUN_ROOT)),
+            state=Path(os.environ.get(_defaults.STATE_DIR_ENV, DEFAULT_STATE_ROOT)),
+            run=Path(os.environ.get(_defaults.RUN_DIR_ENV, DEFAULT_RUN_ROOT)),
         )
 
     def ensure(self) -> Paths:

@@ -163,3 +163,44 @@ def test_container_without_a_vtpm_is_left_alone(host):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["action"] == "skipped"
     shutil.rmtree(bundle)
+
+
+def test_the_daemon_refuses_a_hook_meant_for_other_directories(host, tmp_path):
+    """A hook configured with another --state-dir is refused, naming both."""
+    paths, rootfs = host
+    (tmp_path / "config.json").write_text(
+        json.dumps({"root": {"path": str(rootfs)}, "annotations": {}})
+    )
+    state = {"id": "x", "pid": 99999, "bundle": str(tmp_path), "status": "creating"}
+    state["annotations"] = {"io.cvtpm.vtpm": "enabled"}
+    done = subprocess.run(
+        [str(Path(CVTPM).with_name("cvtpm-hook")), "--run-dir", str(paths.run),
+         "--state-dir", "/srv/elsewhere", "create-runtime"],
+        input=json.dumps(state), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "--state-dir /srv/elsewhere" in done.stderr
+    assert f"keeps its state in {paths.state}" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        ('{"bundle": "/x", "annotations": {"io.cvtpm.vtpm": "enabled"}}',
+         "OCI state: id is missing"),
+        ('{"id": "x", "bundle": "/nonexistent", "pid": 5,'
+         ' "annotations": {"io.cvtpm.vtpm": "enabled"}}',
+         "cannot read the OCI config /nonexistent/config.json"),
+        ("not json", "OCI state is not JSON"),
+    ],
+)  # fmt: skip
+def test_a_bad_state_is_named_by_the_daemon(host, state, message):
+    """What the daemon cannot use in a state reaches the runtime as one line."""
+    paths, _ = host
+    done = subprocess.run(
+        [str(Path(CVTPM).with_name("cvtpm-hook")), "--run-dir", str(paths.run),
+         "create-runtime"],
+        input=state, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert message in done.stderr and done.stderr.count("\n") == 1

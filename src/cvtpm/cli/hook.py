@@ -9,26 +9,31 @@ from pathlib import Path
 import click
 
 from cvtpm.cli.output import emit, json_option
+from cvtpm.errors import CvtpmError
+from cvtpm.runtime import hook_main
 from cvtpm.runtime import install as installer
-from cvtpm.runtime.hook import run_stage
-from cvtpm.runtime.hook_main import MAX_STATE_SIZE, STAGE_NAMES
-from cvtpm.runtime.oci import parse_state
 
 
 @click.command()
-@click.argument("stage", type=click.Choice(sorted(STAGE_NAMES)))
+@click.argument("stage", type=click.Choice(sorted(hook_main.STAGE_NAMES)))
 @json_option
 @click.pass_obj
 def hook(paths, stage, as_json):
     """Run the OCI hook for STAGE, reading the container's state on stdin.
 
     Containers annotated io.cvtpm.vtpm=enabled get a vTPM at createRuntime and
-    give it back at poststop; other containers pass through untouched.
+    give it back at poststop; other containers pass through untouched. The
+    daemon does the work; this is `cvtpm-hook` with the CLI's options.
     """
-    state = parse_state(sys.stdin.read(MAX_STATE_SIZE))
-    outcome = run_stage(STAGE_NAMES[stage], state, paths)
+    state = sys.stdin.buffer.read(hook_main.MAX_STATE_SIZE + 1)
+    try:
+        outcome = hook_main.run(
+            state, stage, run_dir=str(paths.run), state_dir=str(paths.state)
+        )
+    except hook_main.HookError as exc:
+        raise CvtpmError(str(exc)) from None
     if as_json:
-        emit(outcome.to_dict(), as_json)
+        emit(outcome, as_json)
 
 
 @click.command("install-hooks")

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from cvtpm._defaults import DAEMON_SOCKET
 from cvtpm.config import Paths
 from cvtpm.errors import ConfigError, NotFoundError, StateError
-
-DAEMON_SOCKET = "daemon.sock"
 
 # Making a vTPM creates an EK and its certificate; swtpm's RSA key generation can
 # take several seconds on a busy host.
@@ -78,6 +77,10 @@ class DaemonClient:
         except NotFoundError:
             return False
         return True
+
+    def health(self) -> dict[str, Any]:
+        """GET /v1/health: the daemon's version, containers and pool."""
+        return self._request("GET", "/v1/health")
 
     def list_containers(self) -> list[dict[str, Any]]:
         """GET /v1/containers."""

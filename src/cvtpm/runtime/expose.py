@@ -20,11 +20,11 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from cvtpm.errors import ConfigError, StateError
+from cvtpm.runtime import mountns
 
 log = logging.getLogger(__name__)
 
@@ -113,23 +113,12 @@ def expose_socket(pid: int, rootfs: Path, filter_directory: Path) -> list[Path]:
     created = ensure_directory(pid, rootfs, CONTAINER_TPM_DIR)
     target = rootfs / CONTAINER_TPM_DIR.relative_to("/")
 
-    # mount(2) needs the caller in the target's mount namespace, so the mount runs
-    # under nsenter; read-only keeps the container from replacing the sockets, and
-    # connect(2) on a socket needs no write access to the mount.
-    _nsenter_mount(pid, ["--bind", str(filter_directory), str(target)])
-    _nsenter_mount(pid, ["-o", "remount,bind,ro,nosuid,nodev,noexec", str(target)])
+    # mount(2) needs the caller in the target's mount namespace (see
+    # cvtpm.runtime.mountns); read-only keeps the container from replacing the
+    # sockets, and connect(2) on a socket needs no write access to the mount.
+    mountns.bind_readonly(pid, str(filter_directory), str(target))
     log.info("container pid %d: %s bound at %s", pid, filter_directory, target)
     return created
-
-
-def _nsenter_mount(pid: int, args: list[str]) -> None:
-    command = ["nsenter", f"--mount=/proc/{pid}/ns/mnt", "--", "mount", *args]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=30)
-    if done.returncode != 0:
-        raise StateError(
-            f"mount {' '.join(args)} in container pid {pid} failed: "
-            f"{done.stderr.strip()}"
-        )
 
 
 # --- device exposure -------------------------------------------------------------

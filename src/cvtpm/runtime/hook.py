@@ -1,9 +1,11 @@
-"""What `cvtpm hook` does at each OCI hook stage of a container that asked for a vTPM.
+"""What happens at each OCI hook stage of a container that asked for a vTPM.
 
-createRuntime: ask the daemon for the container's vTPM (it makes or restores one,
-starts measuring the container and starts the container's TPM filter), then expose
-that TPM inside the container. poststop: tell the daemon the container is gone; it
-shuts the vTPM down in order, or deletes everything of an ephemeral one.
+The daemon runs this when `cvtpm-hook` hands it a container's state
+(cvtpm.runtime.hook_main). createRuntime: make or restore the container's
+vTPM, start measuring the container and start its TPM filter (all through
+`containers`, the daemon's Host), then expose that TPM inside the container.
+poststop: the container is gone; its vTPM is shut down in order, or
+everything of an ephemeral one is deleted.
 """
 
 from __future__ import annotations
@@ -11,20 +13,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cvtpm.config import Paths
 from cvtpm.errors import ConfigError, CvtpmError, StateError
 from cvtpm.runtime import expose as exposure
-from cvtpm.runtime.daemon_client import DaemonClient
 from cvtpm.runtime.oci import (
-    ANNOTATION_ENABLE,
-    ENABLED,
     OciState,
     annotations_of,
+    asks_for_vtpm,
     container_name,
     read_config,
     request_from,
@@ -35,7 +34,15 @@ log = logging.getLogger(__name__)
 
 STAGES = ("createRuntime", "poststop")
 
-ClientFactory = Callable[[Paths], DaemonClient]
+
+class Containers(Protocol):
+    """What a stage asks of the daemon: set a container up, or tear it down."""
+
+    def create_container(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Make or restore the vTPM, start measuring and filtering; its answer."""
+
+    def delete_container(self, name: str) -> bool:
+        """Tear the container down; False if it was not set up."""
 
 
 @dataclass(frozen=True)
@@ -52,23 +59,18 @@ class HookOutcome:
 
 
 def run_stage(
-    stage: str,
-    state: OciState,
-    paths: Paths,
-    client_factory: ClientFactory = DaemonClient.for_paths,
+    stage: str, state: OciState, paths: Paths, containers: Containers
 ) -> HookOutcome:
     """Run the hook for `stage` (an OCI stage name) on a container's state."""
     if stage == "createRuntime":
-        return create_runtime(state, paths, client_factory)
+        return create_runtime(state, paths, containers)
     if stage == "poststop":
-        return poststop(state, paths, client_factory)
+        return poststop(state, paths, containers)
     raise ValueError(f"unsupported hook stage {stage!r}; expected one of {STAGES}")
 
 
 def create_runtime(
-    state: OciState,
-    paths: Paths,
-    client_factory: ClientFactory = DaemonClient.for_paths,
+    state: OciState, paths: Paths, containers: Containers
 ) -> HookOutcome:
     """Give the container its vTPM and expose it; undo everything on failure."""
     # 1. What the container asked for.
@@ -81,21 +83,20 @@ def create_runtime(
     rootfs = rootfs_path(state.bundle, config)
     expose = exposure.resolve_expose(request.expose)
 
-    # 2. The daemon makes or restores the vTPM and starts measuring and filtering.
+    # 2. The vTPM made or restored, measurement and filtering started.
     body = request.to_json(
         pid=state.pid, bundle=state.bundle, rootfs=rootfs, expose=expose
     )
-    with client_factory(paths) as client:
-        response = client.create_container(body)
+    response = containers.create_container(body)
 
-        # 3. The TPM inside the container; a container that asked for a vTPM must
-        # not start without one, so a failure here undoes step 2.
-        try:
-            where, created = _expose(expose, state.pid, rootfs, response)
-        except (CvtpmError, OSError) as exc:
-            log.error("exposing the vTPM of %s failed: %s", request.name, exc)
-            client.delete_container(request.name)
-            raise
+    # 3. The TPM inside the container; a container that asked for a vTPM must
+    # not start without one, so a failure here undoes step 2.
+    try:
+        where, created = _expose(expose, state.pid, rootfs, response)
+    except (CvtpmError, OSError) as exc:
+        log.error("exposing the vTPM of %s failed: %s", request.name, exc)
+        containers.delete_container(request.name)
+        raise
 
     # 4. What poststop must undo in the rootfs.
     _write_record(paths, request.name, {"rootfs": str(rootfs), "created": created})
@@ -103,11 +104,7 @@ def create_runtime(
     return HookOutcome("created", request.name, {"expose": expose, "at": where})
 
 
-def poststop(
-    state: OciState,
-    paths: Paths,
-    client_factory: ClientFactory = DaemonClient.for_paths,
-) -> HookOutcome:
+def poststop(state: OciState, paths: Paths, containers: Containers) -> HookOutcome:
     """Tell the daemon the container stopped; a second call is harmless."""
     # The bundle may already be gone when a runtime cleans up; the state's
     # annotations are enough to find the name.
@@ -116,12 +113,10 @@ def poststop(
     except ConfigError:
         config = None
     annotations = annotations_of(state, config)
-    if annotations.get(ANNOTATION_ENABLE, "").strip().lower() != ENABLED:
+    if not asks_for_vtpm(annotations):
         return HookOutcome("skipped")
     name = container_name(annotations, state.id)
-
-    with client_factory(paths) as client:
-        deleted = client.delete_container(name)
+    deleted = containers.delete_container(name)
 
     record = _pop_record(paths, name)
     if record is not None:

@@ -15,15 +15,35 @@ from pathlib import Path
 from typing import Any
 
 from cvtpm.errors import ConfigError, ParseError
+from cvtpm.runtime.annotations import (
+    ANNOTATION_ENABLE,
+    ANNOTATION_EPHEMERAL,
+    ANNOTATION_EXPOSE,
+    ANNOTATION_NAME,
+    ANNOTATION_PARENT,
+    ANNOTATION_POLICY,
+    ENABLED,
+    asks_for_vtpm,
+)
 
-ANNOTATION_ENABLE = "io.cvtpm.vtpm"
-ANNOTATION_NAME = "io.cvtpm.name"
-ANNOTATION_EPHEMERAL = "io.cvtpm.ephemeral"
-ANNOTATION_POLICY = "io.cvtpm.policy"
-ANNOTATION_PARENT = "io.cvtpm.parent"
-ANNOTATION_EXPOSE = "io.cvtpm.expose"
-
-ENABLED = "enabled"
+__all__ = [
+    "ANNOTATION_ENABLE",
+    "ANNOTATION_EPHEMERAL",
+    "ANNOTATION_EXPOSE",
+    "ANNOTATION_NAME",
+    "ANNOTATION_PARENT",
+    "ANNOTATION_POLICY",
+    "ENABLED",
+    "OciState",
+    "VtpmRequest",
+    "annotations_of",
+    "asks_for_vtpm",
+    "container_name",
+    "parse_state",
+    "read_config",
+    "request_from",
+    "rootfs_path",
+]
 
 # The daemon's rule for container and vTPM names; they become file names.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -123,7 +143,7 @@ def annotations_of(state: OciState, config: dict[str, Any] | None) -> dict[str, 
 
 def request_from(annotations: dict[str, str], container_id: str) -> VtpmRequest | None:
     """The vTPM request the annotations make, or None if the container asked none."""
-    if annotations.get(ANNOTATION_ENABLE, "").strip().lower() != ENABLED:
+    if not asks_for_vtpm(annotations):
         return None
 
     expose = annotations.get(ANNOTATION_EXPOSE, "auto").strip().lower()

@@ -6,11 +6,17 @@ root-only unix socket; `--listen` adds a TCP port that serves evidence only.
 
 from __future__ import annotations
 
+import os
+from urllib.parse import unquote_to_bytes
+
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from cvtpm import __version__
 from cvtpm.errors import CvtpmError, NotFoundError, ParseError, UsageError
+from cvtpm.runtime.hook_main import STATE_DIR_HEADER
+from cvtpm.server.hooks import run_hook
 from cvtpm.server.host import ContainerRequest, Host
 
 
@@ -56,6 +62,15 @@ def control_app(host: Host) -> FastAPI:
         """Set up a container's vTPM, measurement and TPM socket."""
         return host.add_container(container)
 
+    @app.post("/v1/hooks/{stage}")
+    async def hook(stage: str, request: Request) -> dict:
+        """Run an OCI hook stage on the container state in the body (cvtpm-hook)."""
+        body = await request.body()
+        header = request.headers.get(STATE_DIR_HEADER)
+        state_dir = None if header is None else os.fsdecode(unquote_to_bytes(header))
+        # The stage blocks (vTPM start, TPM commands, mounts): off the event loop.
+        return await run_in_threadpool(run_hook, host, stage, body, state_dir)
+
     @app.delete("/v1/containers/{name}")
     def remove_container(name: str) -> dict:
         """Tear a stopped container down; its vTPM is kept unless ephemeral."""
@@ -68,8 +83,12 @@ def control_app(host: Host) -> FastAPI:
 
     @app.get("/v1/health")
     def health() -> dict:
-        """Whether the daemon is up, and what it serves."""
-        return {"version": __version__, "containers": len(host.containers())}
+        """Whether the daemon is up, what it serves, and how full its pool is."""
+        return {
+            "version": __version__,
+            "containers": len(host.containers()),
+            "pool": {"size": host.pool.size, "ready": len(host.manager.pooled())},
+        }
 
     _add_evidence_route(app, host)
     return app

@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
+from cvtpm.db import create_schema
 from cvtpm.errors import ConfigError
 from cvtpm.store.models import ADDED_COLUMNS, Base
 
@@ -74,8 +75,7 @@ def open_database(url: str) -> Engine:
     """An engine for `url` with every table and column in place, or a StoreError."""
     engine = engine_for(url)
     try:
-        Base.metadata.create_all(engine)
-        _add_columns(engine)
+        create_schema(engine, Base.metadata, then=_add_columns)
     except SQLAlchemyError as exc:
         engine.dispose()
         raise StoreError(describe(exc, url)) from None

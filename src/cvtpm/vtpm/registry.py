@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Integer, String, Text, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from cvtpm.db import make_engine
+from cvtpm.db import create_schema, make_engine
 from cvtpm.errors import NotFoundError, StateError
 
 
@@ -60,11 +60,7 @@ class Registry:
 
     def __init__(self, url: str):
         self.engine = make_engine(url)
-        try:
-            _Base.metadata.create_all(self.engine)
-        except OperationalError:
-            # Another process created the table between our check and create.
-            _Base.metadata.create_all(self.engine)
+        create_schema(self.engine, _Base.metadata)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
