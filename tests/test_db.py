@@ -13,7 +13,7 @@ def test_a_new_database_opened_by_many_at_once(tmp_path):
         url = f"sqlite:///{tmp_path / f'r{round_}.db'}"
         errors: list[BaseException] = []
 
-        def open_registry():
+        def open_registry(url=url, errors=errors):
             try:
                 Registry(url).engine.dispose()
             except BaseException as exc:

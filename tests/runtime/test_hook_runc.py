@@ -6,11 +6,13 @@ import json
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 from cvtpm.config import Paths
+from cvtpm.runtime.bundle import RunSpec, oci_config, write_bundle
 from cvtpm.runtime.rootfs import busybox_rootfs, tpm2_tools_binds
 from cvtpm.vtpm.manager import VtpmManager
 from tests.runtime.containers import (
@@ -204,3 +206,27 @@ def test_a_bad_state_is_named_by_the_daemon(host, state, message):
     )  # fmt: skip
     assert done.returncode == 1
     assert message in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_plain_runc_run_needs_no_poststop_hook(host, tmp_path):
+    """With only the createRuntime hook, `runc run` of an ephemeral container
+    leaves nothing once it exits: the daemon saw the process go."""
+    paths, rootfs = host
+    spec = RunSpec(rootfs, ["true"], "plain1", ephemeral=True)
+    config = oci_config(spec, Path(CVTPM), paths)
+    assert list(config["hooks"]) == ["createRuntime"]
+    bundle = write_bundle(tmp_path / "bundle", config)
+    runc_root = str(tmp_path / "runc")
+
+    done = subprocess.run(
+        ["runc", "--root", runc_root, "run", "--bundle", str(bundle), "plain1"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+    deadline = time.monotonic() + 20
+    while "plain1" in cvtpm(paths, "vtpm", "list", "--json").stdout:
+        assert time.monotonic() < deadline, "the vTPM of plain1 is still there"
+        time.sleep(0.05)
+    assert leftovers(paths)["swtpm"] == []
+    assert not (paths.run / "containers" / "plain1").exists()

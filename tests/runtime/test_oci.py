@@ -88,7 +88,8 @@ def test_bad_annotations_are_config_errors(annotations):
 def test_hooks_d_files_follow_schema_1_0_0():
     """Each hooks.d file has version, hook.path/args, when.annotations and stages."""
     documents = install.hooks_d_documents(EXE, PATHS)
-    assert sorted(documents) == ["cvtpm-create-runtime.json", "cvtpm-poststop.json"]
+    # No poststop: the daemon tears a container down when its process exits.
+    assert sorted(documents) == ["cvtpm-create-runtime.json"]
     for name, document in documents.items():
         assert document["version"] == "1.0.0"
         assert document["hook"]["path"] == str(EXE.with_name("cvtpm-hook"))
@@ -100,12 +101,13 @@ def test_hooks_d_files_follow_schema_1_0_0():
 
 
 def test_install_writes_files(tmp_path):
-    """install() writes both hooks and the CDI spec, as JSON."""
+    """install() writes the hook and the CDI spec, and drops an old poststop hook."""
+    (tmp_path / "hooks.d").mkdir()
+    (tmp_path / "hooks.d" / "cvtpm-poststop.json").write_text("{}")
     written = install.install(EXE, PATHS, tmp_path / "hooks.d", tmp_path / "cdi")
-    assert [p.name for p in written] == [
-        "cvtpm-create-runtime.json",
-        "cvtpm-poststop.json",
-        "cvtpm.json",
+    assert [p.name for p in written] == ["cvtpm-create-runtime.json", "cvtpm.json"]
+    assert sorted(p.name for p in (tmp_path / "hooks.d").iterdir()) == [
+        "cvtpm-create-runtime.json"
     ]
     cdi = json.loads((tmp_path / "cdi" / "cvtpm.json").read_text())
     assert cdi["kind"] == "cvtpm.io/vtpm"
@@ -127,7 +129,7 @@ def test_bundle_config():
     assert "TPM2TOOLS_TCTI=swtpm:path=/run/tpm/tpm.sock" in config["process"]["env"]
     assert config["annotations"]["io.cvtpm.name"] == "n1"
     assert config["annotations"]["io.cvtpm.ephemeral"] == "true"
-    assert sorted(config["hooks"]) == ["createRuntime", "poststop"]
+    assert sorted(config["hooks"]) == ["createRuntime"]
     assert {"destination": "/run", "type": "tmpfs"}.items() <= next(
         m for m in config["mounts"] if m["destination"] == "/run"
     ).items()

@@ -28,13 +28,23 @@ def host(paths):
 
 
 def run(host: Host, runc: Runc, bundle: Bundle, name: str, **kw) -> None:
-    """Create the container, hand it to the host as a hook would, start, wait."""
+    """Create the container, hand it to the host as a hook would, start, wait
+    until it exited and the host, seeing it exit, tore it down."""
     cid, pid = runc.create(bundle)
     host.add_container(
         ContainerRequest(name=name, pid=pid, rootfs=str(bundle.rootfs), **kw)
     )
     runc.start(cid)
     runc.wait(cid)
+    wait_torn_down(host, name)
+
+
+def wait_torn_down(host: Host, name: str, timeout: float = 20) -> None:
+    """Wait until the host no longer serves the container `name`."""
+    deadline = time.monotonic() + timeout
+    while name in [c["name"] for c in host.containers()]:
+        assert time.monotonic() < deadline, f"{name} was not torn down"
+        time.sleep(0.02)
 
 
 def entries(host: Host, name: str):
@@ -88,8 +98,14 @@ def test_container_gets_vtpm_list_and_socket(host, runc, short_tmp):
 def test_evidence_quotes_pcr10_and_returns_the_list(host, runc, short_tmp):
     """Evidence carries a quote over the nonce, PCR 10 in every bank, and the list."""
     bundle = Bundle(short_tmp / "b")
-    bundle.set_script("true")
-    run(host, runc, bundle, "ev")
+    bundle.set_script("sleep 30")
+    cid, pid = runc.create(bundle)
+    host.add_container(ContainerRequest(name="ev", pid=pid, rootfs=str(bundle.rootfs)))
+    runc.start(cid)
+    deadline = time.monotonic() + 20
+    while len(entries(host, "ev")) < 2:  # boot_aggregate, then sh itself
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
 
     data = host.evidence("ev", b"n" * 16, since=0)
 
@@ -108,12 +124,17 @@ def test_restart_continues_the_same_vtpm_and_list(host, runc, short_tmp):
     run(host, runc, bundle, "app")
     first = host.manager.get("app")
     before = entries(host, "app")
-    host.remove_container("app")
-    assert host.manager.get("app").state == "stopped"
+    assert first.state == "stopped"
 
     make_program(bundle.rootfs, "/opt/b", b"b")
-    bundle.set_script("/opt/b/true")
-    run(host, runc, bundle, "app")
+    bundle.set_script("/opt/b/true; sleep 30")
+    cid, pid = runc.create(bundle)
+    host.add_container(ContainerRequest(name="app", pid=pid, rootfs=str(bundle.rootfs)))
+    runc.start(cid)
+    deadline = time.monotonic() + 20
+    while "/opt/b/true" not in [e.path for e in entries(host, "app")]:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
 
     again = host.manager.get("app")
     after = entries(host, "app")
@@ -124,21 +145,29 @@ def test_restart_continues_the_same_vtpm_and_list(host, runc, short_tmp):
 
 
 def test_ephemeral_container_leaves_nothing(host, runc, short_tmp):
-    """An ephemeral container's vTPM, state, list and sockets go when it stops."""
+    """An ephemeral container's vTPM, state, list and sockets go when its process
+    exits, without a poststop hook."""
     bundle = Bundle(short_tmp / "b")
     bundle.set_script("true")
-    run(host, runc, bundle, "tmp", ephemeral=True)
+    cid, pid = runc.create(bundle)
+    host.add_container(
+        ContainerRequest(name="tmp", pid=pid, rootfs=str(bundle.rootfs), ephemeral=True)
+    )
     state_dir = host.manager.swtpm_paths("tmp").state_dir
-    pid = host.manager.get("tmp").pid
+    swtpm_pid = host.manager.get("tmp").pid
 
-    host.remove_container("tmp")
+    runc.start(cid)
+    runc.wait(cid)
+    wait_torn_down(host, "tmp")
 
     with pytest.raises(NotFoundError):
         host.manager.get("tmp")
+    with pytest.raises(NotFoundError):
+        host.remove_container("tmp")
     assert not state_dir.exists()
     assert not (host.paths.lists / "tmp").exists()
     assert not (host.paths.run / "containers" / "tmp").exists()
-    assert not os.path.exists(f"/proc/{pid}")
+    assert not os.path.exists(f"/proc/{swtpm_pid}")
 
 
 def test_killed_swtpm_is_restarted_and_pcr10_replayed(host, runc, short_tmp):
@@ -208,3 +237,25 @@ def test_adding_twice_and_removing_unknown_are_errors(host, runc, short_tmp):
         host.add_container(request)
     with pytest.raises(NotFoundError):
         host.remove_container("never")
+
+
+def test_a_restart_before_the_exit_is_handled_is_served(host, runc, short_tmp):
+    """A container started again under its name while the host has not yet
+    handled the old process's exit gets its vTPM: the old one is torn down first."""
+    bundle = Bundle(short_tmp / "b")
+    bundle.set_script("true")
+    cid, pid = runc.create(bundle)
+    host.add_container(
+        ContainerRequest(name="again", pid=pid, rootfs=str(bundle.rootfs))
+    )
+    host._exits.unwatch("again")  # as if its exit were still in the queue
+    runc.start(cid)
+    runc.wait(cid)
+    assert "again" in [c["name"] for c in host.containers()]
+
+    bundle.set_script("sleep 30")
+    cid, pid = runc.create(bundle)
+    host.add_container(
+        ContainerRequest(name="again", pid=pid, rootfs=str(bundle.rootfs))
+    )
+    assert [c["pid"] for c in host.containers() if c["name"] == "again"] == [pid]

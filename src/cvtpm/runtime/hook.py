@@ -5,7 +5,9 @@ The daemon runs this when `cvtpm-hook` hands it a container's state
 vTPM, start measuring the container and start its TPM filter (all through
 `containers`, the daemon's Host), then expose that TPM inside the container.
 poststop: the container is gone; its vTPM is shut down in order, or
-everything of an ephemeral one is deleted.
+everything of an ephemeral one is deleted. The daemon also does this by
+itself when a container's process exits (cvtpm.server.host), so a poststop
+hook is optional and a second teardown is harmless.
 """
 
 from __future__ import annotations
@@ -116,12 +118,16 @@ def poststop(state: OciState, paths: Paths, containers: Containers) -> HookOutco
     if not asks_for_vtpm(annotations):
         return HookOutcome("skipped")
     name = container_name(annotations, state.id)
+    # The daemon also removes what createRuntime made in the rootfs.
     deleted = containers.delete_container(name)
+    return HookOutcome("deleted" if deleted else "absent", name)
 
+
+def release_rootfs(paths: Paths, name: str) -> None:
+    """Remove what createRuntime made in a gone container's rootfs (once)."""
     record = _pop_record(paths, name)
     if record is not None:
         exposure.remove_created(Path(record["rootfs"]), record["created"])
-    return HookOutcome("deleted" if deleted else "absent", name)
 
 
 def _expose(

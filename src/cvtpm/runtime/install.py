@@ -29,6 +29,11 @@ HOOK_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/b
 
 # Stage names as the OCI spec spells them, and as `cvtpm hook` takes them.
 HOOK_STAGES = {"createRuntime": "create-runtime", "poststop": "poststop"}
+# The stages installed: the daemon tears a container down when its process
+# exits, so a poststop hook would only add a process to every container's stop.
+INSTALLED_STAGES = ("createRuntime",)
+# What older versions installed, removed by install().
+_STALE_HOOK_FILES = ("cvtpm-poststop.json",)
 
 
 def cvtpm_executable() -> Path:
@@ -69,7 +74,7 @@ def runc_hooks(executable: Path, paths: Paths) -> dict[str, list[dict[str, Any]]
                 "env": [HOOK_PATH_ENV],
             }
         ]
-        for stage in HOOK_STAGES
+        for stage in INSTALLED_STAGES
     }
 
 
@@ -86,7 +91,7 @@ def hooks_d_documents(executable: Path, paths: Paths) -> dict[str, dict[str, Any
             "when": {"annotations": {f"^{_regex(ANNOTATION_ENABLE)}$": "^enabled$"}},
             "stages": [stage],
         }
-        for stage in HOOK_STAGES
+        for stage in INSTALLED_STAGES
     }
 
 
@@ -120,6 +125,8 @@ def install(
     hooks_dir.mkdir(parents=True, exist_ok=True)
     for name, document in hooks_d_documents(executable, paths).items():
         written.append(_write_json(hooks_dir / name, document))
+    for stale in _STALE_HOOK_FILES:
+        (hooks_dir / stale).unlink(missing_ok=True)
     if cdi_dir is not None:
         cdi_dir.mkdir(parents=True, exist_ok=True)
         # JSON is valid YAML; CDI reads both, by file extension.

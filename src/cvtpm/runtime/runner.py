@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 
 from cvtpm.config import Paths
-from cvtpm.errors import ConfigError
+from cvtpm.errors import ConfigError, CvtpmError
 from cvtpm.runtime.bundle import RunSpec, oci_config, write_bundle
-from cvtpm.runtime.daemon_client import daemon_socket
+from cvtpm.runtime.daemon_client import DaemonClient, daemon_socket
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,9 @@ def run(spec: RunSpec, executable: Path, paths: Paths) -> int:
         command = [runc, "--root", str(runc_root), "run", "--bundle", str(bundle)]
         return _run_forwarding_signals([*command, spec.name])
 
-    # 3. Whatever happened, no container state or bundle is left behind; runc
-    # runs the poststop hook on its own cleanup.
+    # 3. Whatever happened, no container state or bundle is left behind, and
+    # the daemon's teardown (which it starts when the container's process
+    # exits) is over before this returns.
     finally:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             subprocess.run(
@@ -66,6 +67,16 @@ def run(spec: RunSpec, executable: Path, paths: Paths) -> int:
                 timeout=60,
             )
         shutil.rmtree(bundle, ignore_errors=True)
+        _wait_for_teardown(paths, spec.name)
+
+
+def _wait_for_teardown(paths: Paths, name: str) -> None:
+    """Ask the daemon to tear `name` down, or wait while it is already doing so."""
+    try:
+        with DaemonClient.for_paths(paths) as client:
+            client.delete_container(name)
+    except CvtpmError as exc:
+        log.warning("the daemon did not confirm the teardown of %s: %s", name, exc)
 
 
 def _run_forwarding_signals(command: list[str]) -> int:

@@ -26,6 +26,8 @@ from cvtpm.measure.agent import DEFAULT_BUSY_POLL, Agent, default_host_pcrs
 from cvtpm.measure.container import ContainerSpec
 from cvtpm.measure.journal import BINARY_NAME
 from cvtpm.names import check_name
+from cvtpm.pidwatch import PidWatcher
+from cvtpm.runtime.hook import release_rootfs
 from cvtpm.runtime.tpm_filter import FilterHost
 from cvtpm.tpm.client import TpmClient
 from cvtpm.vtpm import swtpm
@@ -124,6 +126,10 @@ class Host:
         self._containers: dict[str, ContainerRequest] = {}
         self._lock = threading.RLock()
         self._supervisor_thread: threading.Thread | None = None
+        # A container is torn down when its process exits: no poststop hook
+        # (a process per container stop) is needed, and none is missed when a
+        # runtime dies before running it.
+        self._exits = PidWatcher(self._container_exited)
 
     # -- life of the daemon ----------------------------------------------------
 
@@ -136,6 +142,9 @@ class Host:
             target=self.supervisor.run, name="cvtpm-supervisor", daemon=True
         )
         self._supervisor_thread.start()
+        threading.Thread(
+            target=self._exits.run, name="cvtpm-container-exits", daemon=True
+        ).start()
 
         # Containers first, events second: an inherited fanotify group holds
         # marks of containers a crashed worker served, and their events must
@@ -152,6 +161,7 @@ class Host:
             self.idle.stop()
         for name in list(self._containers):
             self.supervisor.unwatch(name)
+        self._exits.stop()
         self.supervisor.stop()
         self.pool.stop()
         for pooled in self.manager.pooled():
@@ -168,6 +178,10 @@ class Host:
         request.validate()
         request.check_container()
         with self._lock:
+            previous = self._containers.get(request.name)
+            if previous is not None and not _alive(previous.pid):
+                # Its exit is not handled yet; a restart must not wait for it.
+                self._container_exited(request.name)
             if request.name in self._containers:
                 raise StateError(f"container {request.name!r} is already set up")
 
@@ -199,6 +213,9 @@ class Host:
             self._save(request)
             if self.idle is not None:
                 self.idle.track(request.name)
+            if not self._exits.watch(request.name, request.pid):
+                self._container_exited(request.name)
+                raise StateError(f"container {request.name!r} exited while set up")
 
         log.info("container %s: vTPM %s, measured", request.name, report.describe())
         return {
@@ -210,13 +227,30 @@ class Host:
         }
 
     def remove_container(self, name: str) -> dict:
-        """Tear a stopped container down; keep its vTPM and list unless ephemeral."""
+        """Tear a stopped container down; keep its vTPM and list unless ephemeral.
+
+        What the hook made in the container's rootfs (the /run/tpm mount
+        point) is removed too.
+        """
         with self._lock:
             request = self._containers.pop(name, None)
             if request is None:
                 raise NotFoundError(f"container {name!r} is not set up on this host")
+            self._exits.unwatch(name)
             self._teardown(request, keep=not request.ephemeral)
+            release_rootfs(self.paths, name)
         return {"name": name, "vtpm": "deleted" if request.ephemeral else "kept"}
+
+    def _container_exited(self, name: str) -> None:
+        """A container's process is gone: tear it down as poststop would."""
+        try:
+            self.remove_container(name)
+        except NotFoundError:
+            return  # a poststop hook was quicker
+        except CvtpmError as exc:
+            log.error("tearing down exited container %s: %s", name, exc.explain())
+            return
+        log.info("container %s exited; torn down", name)
 
     def containers(self) -> list[dict]:
         """The containers set up now, as the hook described them."""
@@ -360,6 +394,15 @@ class Host:
         """After swtpm died and came back, bring PCR 10 up to the list at once."""
         if self.agent is not None and report.name in self.agent.containers():
             self.agent.reconcile(report.name)
+
+
+def _alive(pid: int) -> bool:
+    """True if `pid` runs (a zombie, whose exit is not collected, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _container_root(request: ContainerRequest) -> str:

@@ -1,0 +1,102 @@
+"""Watching processes through pidfds: a callback when one of them exits.
+
+A pidfd refers to one process and becomes readable when it exits, so a
+reused pid can never be mistaken for the watched process (pidfd_open(2)).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+
+class PidWatcher:
+    """Calls `on_exit(key)` once for each watched process that exits.
+
+    `run()` is the loop, for a thread of its own; `on_exit` runs on that
+    thread, after the key is forgotten, so it may watch the key again.
+    """
+
+    def __init__(self, on_exit: Callable[[str], None]):
+        self.on_exit = on_exit
+        self._pidfds: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stopping = threading.Event()
+
+    def watch(self, key: str, pid: int) -> bool:
+        """Watch process `pid` under `key` (replacing its last); False if it is gone."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        with self._lock:
+            old = self._pidfds.pop(key, None)
+            self._pidfds[key] = pidfd
+        if old is not None:
+            os.close(old)
+        os.write(self._wake_w, b"w")
+        return True
+
+    def unwatch(self, key: str) -> None:
+        """Stop watching `key`; nothing is called for it any more."""
+        with self._lock:
+            pidfd = self._pidfds.pop(key, None)
+        if pidfd is not None:
+            os.close(pidfd)
+        os.write(self._wake_w, b"u")
+
+    def watched(self) -> list[str]:
+        """The keys being watched."""
+        with self._lock:
+            return sorted(self._pidfds)
+
+    def run(self) -> None:
+        """Wait for exits until `stop()`."""
+        while not self._stopping.is_set():
+            with self._lock:
+                by_fd = {fd: key for key, fd in self._pidfds.items()}
+            poller = select.poll()
+            poller.register(self._wake_r, select.POLLIN)
+            for fd in by_fd:
+                poller.register(fd, select.POLLIN)
+
+            for fd, _ in poller.poll():
+                if fd == self._wake_r:
+                    _drain(self._wake_r)
+                elif fd in by_fd:
+                    self._exited(by_fd[fd], fd)
+
+    def stop(self) -> None:
+        """End `run()` and release every pidfd."""
+        self._stopping.set()
+        os.write(self._wake_w, b"s")
+        with self._lock:
+            for fd in self._pidfds.values():
+                os.close(fd)
+            self._pidfds.clear()
+
+    def _exited(self, key: str, pidfd: int) -> None:
+        with self._lock:
+            if self._pidfds.get(key) != pidfd:
+                return  # unwatched or replaced meanwhile
+            del self._pidfds[key]
+        os.close(pidfd)
+        try:
+            self.on_exit(key)
+        except Exception:
+            # A failing callback must not end the watch of every other process.
+            log.exception("handling the exit of %s failed", key)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
