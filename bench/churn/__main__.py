@@ -88,7 +88,7 @@ class Bundles:
     def run(self, cid: str, cvtpm: bool) -> float:
         """Seconds of `runc run` of one container, from start to its removal."""
         spec = RunSpec(self.rootfs, ["true"], cid, ephemeral=True)
-        config = oci_config(spec, CVTPM, self.paths)
+        config = oci_config(spec, self.paths)
         if not cvtpm:
             del config["hooks"]
             config["annotations"] = {}

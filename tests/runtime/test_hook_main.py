@@ -13,15 +13,18 @@ from urllib.parse import unquote_to_bytes
 
 import pytest
 
+from cvtpm import _defaults
+from cvtpm.runtime import annotations, hook_main
 from cvtpm.runtime.hook_main import (
     HookError,
-    _header_value,
-    _parse_answer,
     _parse_args,
+    header_value,
+    parse_answer,
     run,
 )
 
-HOOK = str(Path(sys.executable).with_name("cvtpm-hook"))
+# As runtimes run it: the file on its own, without site-packages.
+HOOK = [sys.executable, "-I", "-S", hook_main.__file__]
 
 
 def state(bundle: Path, annotations: dict | None = None) -> bytes:
@@ -35,7 +38,7 @@ def state(bundle: Path, annotations: dict | None = None) -> bytes:
 
 def hook(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [HOOK, *args], input=stdin, capture_output=True, timeout=60, check=False
+        [*HOOK, *args], input=stdin, capture_output=True, timeout=60, check=False
     )
 
 
@@ -142,12 +145,63 @@ def test_bad_answers_are_named(short_tmp, answer, message):
 def test_a_content_length_bounds_the_answer():
     """Bytes after Content-Length are not part of the JSON."""
     raw = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}trailing"
-    assert _parse_answer(raw) == (200, {})
+    assert parse_answer(raw) == (200, b"{}")
 
 
 @pytest.mark.parametrize("path", ["/var/lib/cvtpm", "/tmp/a b/%x", "/tmp/\xe9t\xe9"])
 def test_state_dir_header_round_trips(path):
     """The --state-dir header is printable ASCII and decodes to the same path."""
-    value = _header_value(path)
+    value = header_value(path)
     assert value.isascii() and value.isprintable() and " " not in value
     assert os.fsdecode(unquote_to_bytes(value)) == path
+
+
+def test_its_constants_are_cvtpms():
+    """The stand-alone hook agrees with the modules it cannot import."""
+    assert hook_main.RUN_DIR == _defaults.RUN_DIR
+    assert hook_main.RUN_DIR_ENV == _defaults.RUN_DIR_ENV
+    assert hook_main.STATE_DIR_ENV == _defaults.STATE_DIR_ENV
+    assert hook_main.DAEMON_SOCKET == _defaults.DAEMON_SOCKET
+    assert hook_main.ANNOTATION_ENABLE == annotations.ANNOTATION_ENABLE
+
+
+def test_it_imports_no_part_of_cvtpm():
+    """Run with -I -S, the hook loads only the standard library's core."""
+    probe = (
+        "import sys, runpy; runpy.run_path(sys.argv[1]); "
+        "print([m for m in sys.modules if m.startswith(('cvtpm', 'json', 'socket'))])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", probe, hook_main.__file__],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("state", "asks"),
+    [
+        (b'{"annotations": {"io.cvtpm.vtpm": "enabled"}}', True),
+        (b'{"annotations": {"io.cvtpm.vtpm" : " Enabled "}}', True),
+        (b'{"annotations": {"io.cvtpm.vtpm": "no"}}', False),
+        (b'{"annotations": {"io.cvtpm.vtpm": "en\\u0061bled"}}', True),  # escaped
+        (b'{"annotations": {"io.cvtpm.vtpm": 1}}', True),  # the daemon will say
+        (b'{"annotations": {"other": "1"}}', False),
+        (b'{"id": "x", "bundle": "/nonexistent"}', True),  # the daemon will say
+        (b"not json", True),
+    ],
+)
+def test_what_goes_to_the_daemon(state, asks):
+    """Only annotations (of the state, else of config.json) without the key skip."""
+    assert hook_main.asks(state) is asks
+
+
+def test_without_annotations_in_the_state_config_json_decides(tmp_path):
+    """runc leaves an empty annotations map out; then config.json is read."""
+    state = b'{"id": "x", "bundle": "%s"}' % str(tmp_path).encode()
+    (tmp_path / "config.json").write_text('{"annotations": {"other": "1"}}')
+    assert hook_main.asks(state) is False
+    (tmp_path / "config.json").write_text(
+        '{"annotations": {"io.cvtpm.vtpm": "enabled"}}'
+    )
+    assert hook_main.asks(state) is True

@@ -213,7 +213,7 @@ def test_plain_runc_run_needs_no_poststop_hook(host, tmp_path):
     leaves nothing once it exits: the daemon saw the process go."""
     paths, rootfs = host
     spec = RunSpec(rootfs, ["true"], "plain1", ephemeral=True)
-    config = oci_config(spec, Path(CVTPM), paths)
+    config = oci_config(spec, paths)
     assert list(config["hooks"]) == ["createRuntime"]
     bundle = write_bundle(tmp_path / "bundle", config)
     runc_root = str(tmp_path / "runc")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
 from cvtpm.config import Paths
 from cvtpm.errors import ConfigError, ParseError
-from cvtpm.runtime import install, oci
+from cvtpm.runtime import hook_main, install, oci
 from cvtpm.runtime.bundle import RunSpec, oci_config
 
 STATE = {
@@ -22,7 +23,6 @@ STATE = {
     "annotations": {"io.cvtpm.vtpm": "enabled"},
 }
 PATHS = Paths(state=Path("/var/lib/cvtpm"), run=Path("/run/cvtpm"))
-EXE = Path("/usr/local/bin/cvtpm")
 
 
 def test_state_is_parsed():
@@ -87,14 +87,15 @@ def test_bad_annotations_are_config_errors(annotations):
 
 def test_hooks_d_files_follow_schema_1_0_0():
     """Each hooks.d file has version, hook.path/args, when.annotations and stages."""
-    documents = install.hooks_d_documents(EXE, PATHS)
+    documents = install.hooks_d_documents(PATHS)
     # No poststop: the daemon tears a container down when its process exits.
     assert sorted(documents) == ["cvtpm-create-runtime.json"]
     for name, document in documents.items():
         assert document["version"] == "1.0.0"
-        assert document["hook"]["path"] == str(EXE.with_name("cvtpm-hook"))
-        assert document["hook"]["args"][0] == "cvtpm-hook"
-        assert document["hook"]["args"][-1] == name[6:-5]
+        assert document["hook"]["path"] == str(Path(sys.executable).absolute())
+        argv = document["hook"]["args"]
+        assert argv[1:3] == ["-I", "-S"] and argv[3] == hook_main.__file__
+        assert argv[-1] == name[6:-5]
         ((key, value),) = document["when"]["annotations"].items()
         assert re.search(key, "io.cvtpm.vtpm") and not re.search(key, "ioXcvtpmXvtpm")
         assert re.search(value, "enabled")
@@ -104,15 +105,15 @@ def test_install_writes_files(tmp_path):
     """install() writes the hook and the CDI spec, and drops an old poststop hook."""
     (tmp_path / "hooks.d").mkdir()
     (tmp_path / "hooks.d" / "cvtpm-poststop.json").write_text("{}")
-    written = install.install(EXE, PATHS, tmp_path / "hooks.d", tmp_path / "cdi")
+    written = install.install(PATHS, tmp_path / "hooks.d", tmp_path / "cdi")
     assert [p.name for p in written] == ["cvtpm-create-runtime.json", "cvtpm.json"]
     assert sorted(p.name for p in (tmp_path / "hooks.d").iterdir()) == [
         "cvtpm-create-runtime.json"
     ]
     cdi = json.loads((tmp_path / "cdi" / "cvtpm.json").read_text())
     assert cdi["kind"] == "cvtpm.io/vtpm"
-    with pytest.raises(ConfigError):
-        install.install(Path("cvtpm"), PATHS, tmp_path / "hooks.d", None)
+    with pytest.raises(ConfigError, match="no Python interpreter"):
+        install.install(PATHS, tmp_path / "hooks.d", None, python=tmp_path / "nope")
 
 
 def test_bundle_config():
@@ -124,7 +125,7 @@ def test_bundle_config():
         ephemeral=True,
         binds=[(Path("/usr/bin/tpm2"), Path("/usr/bin/tpm2"))],
     )
-    config = oci_config(spec, EXE, PATHS)
+    config = oci_config(spec, PATHS)
     assert config["process"]["terminal"] is False
     assert "TPM2TOOLS_TCTI=swtpm:path=/run/tpm/tpm.sock" in config["process"]["env"]
     assert config["annotations"]["io.cvtpm.name"] == "n1"

@@ -27,13 +27,13 @@ def hook(paths, stage, as_json):
     """
     state = sys.stdin.buffer.read(hook_main.MAX_STATE_SIZE + 1)
     try:
-        outcome = hook_main.run(
+        answer = hook_main.run(
             state, stage, run_dir=str(paths.run), state_dir=str(paths.state)
         )
     except hook_main.HookError as exc:
         raise CvtpmError(str(exc)) from None
     if as_json:
-        emit(outcome, as_json)
+        emit(json.loads(answer), as_json)
 
 
 @click.command("install-hooks")
@@ -53,9 +53,9 @@ def hook(paths, stage, as_json):
 )
 @click.option("--no-cdi", is_flag=True, help="Do not write the CDI spec.")
 @click.option(
-    "--executable",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The cvtpm executable hooks run (default: this one).",
+    "--python",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The Python interpreter the hook runs with (default: this one).",
 )
 @click.option(
     "--print-runc",
@@ -64,20 +64,15 @@ def hook(paths, stage, as_json):
 )
 @json_option
 @click.pass_obj
-def install_hooks(paths, hooks_dir, cdi_dir, no_cdi, executable, print_runc, as_json):
-    """Install the podman hooks.d files (and CDI spec) that call `cvtpm hook`."""
-    executable = (executable or installer.cvtpm_executable()).absolute()
+def install_hooks(paths, hooks_dir, cdi_dir, no_cdi, python, print_runc, as_json):
+    """Install the podman hooks.d file (and CDI spec) that runs cvtpm's hook."""
     if print_runc:
-        click.echo(
-            json.dumps({"hooks": installer.runc_hooks(executable, paths)}, indent=2)
-        )
+        click.echo(json.dumps({"hooks": installer.runc_hooks(paths, python)}, indent=2))
         return
 
-    written = installer.install(
-        executable, paths, hooks_dir, None if no_cdi else cdi_dir
-    )
+    written = installer.install(paths, hooks_dir, None if no_cdi else cdi_dir, python)
     emit(
-        {"executable": str(executable), "written": [str(p) for p in written]},
+        {"written": [str(p) for p in written]},
         as_json,
         lambda data: "\n".join(f"wrote {p}" for p in data["written"]),
     )

@@ -12,7 +12,6 @@ from cvtpm.names import check_name
 from cvtpm.runtime import runner
 from cvtpm.runtime.bundle import RunSpec
 from cvtpm.runtime.expose import resolve_expose
-from cvtpm.runtime.install import cvtpm_executable
 from cvtpm.runtime.rootfs import tpm2_tools_binds
 
 
@@ -95,7 +94,7 @@ def run(
         binds=[_bind(b) for b in binds] + (tpm2_tools_binds() if tpm2_tools else []),
         env=environment,
     )
-    status = runner.run(spec, cvtpm_executable(), paths)
+    status = runner.run(spec, paths)
     # SystemExit, not click's Exit: main() runs click with standalone_mode=False,
     # where click turns Exit into a return value that main() does not pass on.
     raise SystemExit(status)

@@ -78,7 +78,7 @@ def annotations(spec: RunSpec) -> dict[str, str]:
     return values
 
 
-def oci_config(spec: RunSpec, executable: Path, paths: Paths) -> dict[str, Any]:
+def oci_config(spec: RunSpec, paths: Paths) -> dict[str, Any]:
     """The config.json of the bundle."""
     env = {"PATH": DEFAULT_PATH, "TERM": "xterm", **tcti_env(spec.expose), **spec.env}
     config: dict[str, Any] = {
@@ -99,7 +99,7 @@ def oci_config(spec: RunSpec, executable: Path, paths: Paths) -> dict[str, Any]:
         "root": {"path": str(spec.rootfs.absolute()), "readonly": False},
         "hostname": spec.hostname,
         "mounts": _mounts(spec),
-        "hooks": runc_hooks(executable, paths),
+        "hooks": runc_hooks(paths),
         "annotations": annotations(spec),
         "linux": {
             "namespaces": [

@@ -1,29 +1,36 @@
-"""`cvtpm-hook`: the OCI hook runc and podman run when a container starts and stops.
+"""The OCI hook runc and podman run when a container starts.
 
-    cvtpm-hook [--run-dir DIR] [--state-dir DIR] [--json] create-runtime|poststop
+    python3 -I -S hook_main.py [--run-dir DIR] [--state-dir DIR] [--json] STAGE
+    cvtpm-hook [--run-dir DIR] [--state-dir DIR] [--json] STAGE
 
-It hands the container's state (stdin) to the cvtpm daemon on its unix
-socket, where the stage runs (cvtpm.server.hooks), and reports the answer.
-A runtime starts it twice for every container, so its start-up time is every
-container's: it imports only modules Python has loaded anyway, plus json and
-socket, and speaks HTTP/1.1 to the daemon itself, in the few lines below,
-because importing http.client (which pulls in email and ssl) costs more than
-all the rest of the hook. A container that asked for no vTPM is let through
-without asking the daemon.
+STAGE is create-runtime (or createRuntime), or poststop for configurations
+made before the daemon tore containers down by itself. The hook hands the
+container's state (stdin) to the cvtpm daemon on its unix socket, where the
+stage runs (cvtpm.server.hooks), and reports the answer.
+
+A runtime starts it for every container, so its start-up time is every
+container's. The hooks cvtpm installs therefore run this file on its own
+(`python3 -I -S`, no site-packages, half of Python's start-up), and it
+imports nothing but `os` and `_socket`, the C core of the socket module
+(the module itself, with its enums, costs as much again as Python's own
+start-up). It writes its one HTTP/1.1 request by hand for the same reason,
+and loads `json` only to explain an error.
 
 Exit codes: 0 done (or nothing asked), 1 the daemon refused or cannot be
 reached (the runtime then fails the container), 2 a usage error.
 """
 
-from __future__ import annotations
-
-import json
+import _socket
 import os
-import socket
 import sys
 
-from cvtpm import _defaults
-from cvtpm.runtime.annotations import asks_for_vtpm
+# Equal to cvtpm._defaults and cvtpm.runtime.annotations (a test checks);
+# this file imports no part of cvtpm, which is not on sys.path under -S.
+RUN_DIR = "/run/cvtpm"
+RUN_DIR_ENV = "CVTPM_RUN_DIR"
+STATE_DIR_ENV = "CVTPM_STATE_DIR"
+DAEMON_SOCKET = "daemon.sock"
+ANNOTATION_ENABLE = "io.cvtpm.vtpm"
 
 # The OCI stage names, and the dashed spellings `cvtpm hook` also takes.
 STAGE_NAMES = {
@@ -45,56 +52,87 @@ STATE_DIR_HEADER = "X-Cvtpm-State-Dir"
 class HookError(Exception):
     """Why the hook failed, in one line for the runtime's error message."""
 
-    def __init__(self, message: str, exit_code: int = 1):
+    def __init__(self, message, exit_code=1):
         super().__init__(message)
         self.exit_code = exit_code
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv=None):
     """Run one hook stage on the OCI state from stdin; 0 ok, 1 failed, 2 usage."""
     try:
         options = _parse_args(sys.argv[1:] if argv is None else argv)
         if options is None:
             print(__doc__.strip())
             return 0
-        state = sys.stdin.buffer.read(MAX_STATE_SIZE + 1)
-        outcome = run(state, **options)
+        as_json = options.pop("as_json")
+        answer = run(sys.stdin.buffer.read(MAX_STATE_SIZE + 1), **options)
     except HookError as exc:
         print(f"cvtpm-hook: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    if options["as_json"]:
-        print(json.dumps(outcome, indent=2, sort_keys=True))
+    if as_json:
+        print(answer.decode("utf-8", "replace"))
     return 0
 
 
-def run(
-    state: bytes,
-    stage: str,
-    run_dir: str | None = None,
-    state_dir: str | None = None,
-    as_json: bool = False,
-) -> dict:
-    """Hand `state` to the daemon for `stage`; the outcome it reports."""
+def run(state, stage, run_dir=None, state_dir=None):
+    """Hand `state` (bytes) to the daemon for `stage`; its JSON answer, as bytes."""
     # 1. A container that did not ask for a vTPM needs no daemon.
     if len(state) > MAX_STATE_SIZE:
         raise HookError(f"the OCI state on stdin is larger than {MAX_STATE_SIZE} bytes")
-    if not _asks(state):
-        return {"action": "skipped", "name": None}
+    if not asks(state):
+        return b'{"action": "skipped", "name": null}'
 
     # 2. The daemon runs the stage.
-    run_dir = run_dir or os.environ.get(_defaults.RUN_DIR_ENV) or _defaults.RUN_DIR
-    state_dir = state_dir or os.environ.get(_defaults.STATE_DIR_ENV)
-    path = os.path.join(run_dir, _defaults.DAEMON_SOCKET)
-    status, answer = _post(path, f"/v1/hooks/{STAGE_NAMES[stage]}", state, state_dir)
+    run_dir = run_dir or os.environ.get(RUN_DIR_ENV) or RUN_DIR
+    state_dir = state_dir or os.environ.get(STATE_DIR_ENV)
+    path = os.path.join(run_dir, DAEMON_SOCKET)
+    status, body = _post(path, f"/v1/hooks/{STAGE_NAMES[stage]}", state, state_dir)
     if status != 200:
-        detail = answer.get("detail") if isinstance(answer, dict) else None
-        raise HookError(detail or f"the cvtpm daemon answered {status}")
-    return answer
+        raise HookError(_detail(body) or f"the cvtpm daemon answered {status}")
+    return body
 
 
-def _parse_args(argv: list[str]) -> dict | None:
+def asks(state):
+    """False only if the container's annotations surely do not ask for a vTPM.
+
+    Without a JSON parser (see the module's docstring): runtimes write the
+    annotations as plain JSON text, so a state that holds annotations but
+    not io.cvtpm.vtpm, or holds it with a plain string value other than
+    "enabled", did not ask. A state without annotations (runc leaves out an
+    empty map) sends the hook to the bundle's config.json. Anything else
+    goes to the daemon, which parses it and decides.
+    """
+    if b'"annotations"' in state:
+        return _enabled(state)
+    import json  # only for this rare case
+
+    try:
+        with open(os.path.join(json.loads(state)["bundle"], "config.json"), "rb") as f:
+            return _enabled(f.read())
+    except (ValueError, OSError, KeyError, TypeError):
+        return True
+
+
+def _enabled(document):
+    """Whether `document`'s io.cvtpm.vtpm may be "enabled" (True when unsure)."""
+    key = b'"' + ANNOTATION_ENABLE.encode() + b'"'
+    at = document.find(key)
+    if at < 0:
+        return False
+    rest = document[at + len(key) :].lstrip()
+    if not rest.startswith(b":"):
+        return True
+    rest = rest[1:].lstrip()
+    end = rest.find(b'"', 1)
+    value = rest[1:end]
+    if not rest.startswith(b'"') or end < 0 or b"\\" in value:
+        return True
+    return value.strip().lower() == b"enabled"
+
+
+def _parse_args(argv):
     """The options of `argv`; None for --help; HookError (exit 2) if wrong."""
-    options: dict = {"run_dir": None, "state_dir": None, "as_json": False}
+    options = {"run_dir": None, "state_dir": None, "as_json": False}
     stage = None
     args = iter(argv)
     for arg in args:
@@ -116,26 +154,8 @@ def _parse_args(argv: list[str]) -> dict | None:
     return {"stage": stage, **options}
 
 
-def _asks(state: bytes) -> bool:
-    """True if the container's annotations (state, else config.json) ask cvtpm.
-
-    Anything unreadable counts as asking: the daemon then says what is wrong.
-    """
-    try:
-        data = json.loads(state)
-        annotations = data.get("annotations")
-        if not annotations:
-            with open(os.path.join(data["bundle"], "config.json"), "rb") as config:
-                annotations = json.load(config).get("annotations") or {}
-        return asks_for_vtpm(annotations)
-    except (ValueError, OSError, KeyError, TypeError, AttributeError):
-        return True
-
-
-def _post(
-    socket_path: str, target: str, body: bytes, state_dir: str | None
-) -> tuple[int, object]:
-    """POST `body` to the daemon over its unix socket; (status, JSON answer)."""
+def _post(socket_path, target, body, state_dir):
+    """POST `body` to the daemon over its unix socket; (status, answer body)."""
     head = [
         f"POST {target} HTTP/1.1",
         "Host: cvtpm",
@@ -144,18 +164,18 @@ def _post(
         "Connection: close",
     ]
     if state_dir:
-        head.append(f"{STATE_DIR_HEADER}: {_header_value(state_dir)}")
+        head.append(f"{STATE_DIR_HEADER}: {header_value(state_dir)}")
     request = ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
 
     # One request per connection; the answer ends when the daemon closes it.
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(TIMEOUT)
-            sock.connect(socket_path)
-            sock.sendall(request)
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
+        sock.settimeout(TIMEOUT)
+        sock.connect(socket_path)
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
     except TimeoutError:
         raise HookError(
             f"the cvtpm daemon did not answer within {TIMEOUT:.0f} s"
@@ -165,11 +185,13 @@ def _post(
             f"cannot reach the cvtpm daemon at {socket_path}: {exc.strerror or exc};"
             " is `cvtpm daemon` running?"
         ) from None
-    return _parse_answer(b"".join(chunks))
+    finally:
+        sock.close()
+    return parse_answer(b"".join(chunks))
 
 
-def _parse_answer(raw: bytes) -> tuple[int, object]:
-    """(status, JSON body) of an HTTP/1.1 answer with a Content-Length."""
+def parse_answer(raw):
+    """(status, body) of an HTTP/1.1 answer, the body cut at its Content-Length."""
     head, sep, content = raw.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     parts = lines[0].split(None, 2)
@@ -179,22 +201,33 @@ def _parse_answer(raw: bytes) -> tuple[int, object]:
         raise HookError(f"the cvtpm daemon's answer has no status: {lines[0]!r}")
     for line in lines[1:]:
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length" and value.strip().isdigit():
-            content = content[: int(value.strip())]
-        elif name.strip().lower() == b"transfer-encoding":
+        name, value = name.strip().lower(), value.strip()
+        if name == b"content-length" and value.isdigit():
+            content = content[: int(value)]
+        elif name == b"transfer-encoding":
             raise HookError("the cvtpm daemon's answer is chunked; expected a length")
+    status = int(parts[1])
+    if status == 200 and not content.lstrip().startswith(b"{"):
+        raise HookError("the cvtpm daemon's answer is not JSON")
+    return status, content
+
+
+def _detail(body):
+    """The "detail" of the daemon's JSON error answer, or None."""
+    import json  # only on this path: its import costs as much as the rest
+
     try:
-        answer = json.loads(content) if content else None
+        answer = json.loads(body)
     except ValueError:
-        raise HookError("the cvtpm daemon's answer is not JSON") from None
-    return int(parts[1]), answer
+        return None
+    return answer.get("detail") if isinstance(answer, dict) else None
 
 
-def _header_value(text: str) -> str:
+def header_value(text):
     """`text` with every byte outside printable ASCII as %XX (undone by the daemon)."""
-    data = os.fsencode(text)
     return "".join(
-        chr(b) if 0x21 <= b <= 0x7E and b != 0x25 else f"%{b:02X}" for b in data
+        chr(b) if 0x21 <= b <= 0x7E and b != 0x25 else f"%{b:02X}"
+        for b in os.fsencode(text)
     )
 
 

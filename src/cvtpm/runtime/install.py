@@ -12,13 +12,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from cvtpm.config import Paths
 from cvtpm.errors import ConfigError
+from cvtpm.runtime import hook_main
 from cvtpm.runtime.expose import tcti_env
 from cvtpm.runtime.oci import ANNOTATION_ENABLE
 
@@ -36,26 +36,24 @@ INSTALLED_STAGES = ("createRuntime",)
 _STALE_HOOK_FILES = ("cvtpm-poststop.json",)
 
 
-def cvtpm_executable() -> Path:
-    """The absolute path of the running `cvtpm` command, for hooks to call."""
-    argv0 = Path(sys.argv[0])
-    if argv0.name == "cvtpm" and argv0.exists():
-        return argv0.absolute()
-    found = shutil.which("cvtpm")
-    if found is None:
-        raise ConfigError("cannot find the cvtpm executable; pass --executable")
-    return Path(found).absolute()
+def hook_command(python: Path | None = None) -> tuple[str, list[str]]:
+    """The path and leading argv of the hook runtimes run: this file, on its own.
 
-
-def hook_executable(executable: Path) -> Path:
-    """`cvtpm-hook`, installed next to `cvtpm`: the hook runtimes should call."""
-    return executable.with_name("cvtpm-hook")
+    `python -I -S hook_main.py` starts in half the time of the `cvtpm-hook`
+    command, which loads site-packages first (see cvtpm.runtime.hook_main);
+    the script needs only the standard library, so any Python 3 will do.
+    """
+    interpreter = Path(python or sys.executable).absolute()
+    if not interpreter.is_file():
+        raise ConfigError(f"no Python interpreter at {interpreter}")
+    script = Path(hook_main.__file__).resolve()
+    # argv[0] is the full path: Python finds its standard library from it.
+    return str(interpreter), [str(interpreter), "-I", "-S", str(script)]
 
 
 def hook_args(stage: str, paths: Paths) -> list[str]:
-    """The argv of `cvtpm-hook` at an OCI stage, with the host's directories."""
+    """The hook's arguments after the script, at an OCI stage, for these paths."""
     return [
-        "cvtpm-hook",
         "--state-dir",
         str(paths.state),
         "--run-dir",
@@ -64,30 +62,29 @@ def hook_args(stage: str, paths: Paths) -> list[str]:
     ]
 
 
-def runc_hooks(executable: Path, paths: Paths) -> dict[str, list[dict[str, Any]]]:
-    """config.json's `hooks` object that runs `cvtpm-hook` for runc."""
+def _hook(stage: str, paths: Paths, python: Path | None) -> dict[str, Any]:
+    path, argv = hook_command(python)
+    return {"path": path, "args": [*argv, *hook_args(stage, paths)]}
+
+
+def runc_hooks(
+    paths: Paths, python: Path | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """config.json's `hooks` object that runs cvtpm's hook for runc."""
     return {
-        stage: [
-            {
-                "path": str(hook_executable(executable)),
-                "args": hook_args(stage, paths),
-                "env": [HOOK_PATH_ENV],
-            }
-        ]
+        stage: [{**_hook(stage, paths, python), "env": [HOOK_PATH_ENV]}]
         for stage in INSTALLED_STAGES
     }
 
 
-def hooks_d_documents(executable: Path, paths: Paths) -> dict[str, dict[str, Any]]:
+def hooks_d_documents(
+    paths: Paths, python: Path | None = None
+) -> dict[str, dict[str, Any]]:
     """podman hooks.d files (schema 1.0.0), by file name, one per stage."""
     return {
         f"cvtpm-{HOOK_STAGES[stage]}.json": {
             "version": "1.0.0",
-            "hook": {
-                "path": str(hook_executable(executable)),
-                "args": hook_args(stage, paths),
-                "env": [HOOK_PATH_ENV],
-            },
+            "hook": {**_hook(stage, paths, python), "env": [HOOK_PATH_ENV]},
             "when": {"annotations": {f"^{_regex(ANNOTATION_ENABLE)}$": "^enabled$"}},
             "stages": [stage],
         }
@@ -113,17 +110,16 @@ def cdi_spec() -> dict[str, Any]:
 
 
 def install(
-    executable: Path,
     paths: Paths,
     hooks_dir: Path = DEFAULT_HOOKS_DIR,
     cdi_dir: Path | None = DEFAULT_CDI_DIR,
+    python: Path | None = None,
 ) -> list[Path]:
     """Write the hooks.d files (and the CDI spec); returns the files written."""
-    if not executable.is_absolute():
-        raise ConfigError(f"the hook executable must be an absolute path: {executable}")
+    documents = hooks_d_documents(paths, python)
     written = []
     hooks_dir.mkdir(parents=True, exist_ok=True)
-    for name, document in hooks_d_documents(executable, paths).items():
+    for name, document in documents.items():
         written.append(_write_json(hooks_dir / name, document))
     for stale in _STALE_HOOK_FILES:
         (hooks_dir / stale).unlink(missing_ok=True)

@@ -35,7 +35,7 @@ def runc_binary() -> str:
     return found
 
 
-def run(spec: RunSpec, executable: Path, paths: Paths) -> int:
+def run(spec: RunSpec, paths: Paths) -> int:
     """Run `spec` to completion; returns the container's exit status."""
     # 1. Fail early with a clear message rather than from inside a runc hook.
     if not daemon_socket(paths).is_socket():
@@ -52,7 +52,7 @@ def run(spec: RunSpec, executable: Path, paths: Paths) -> int:
     paths.run.mkdir(parents=True, exist_ok=True)
     bundle = Path(tempfile.mkdtemp(prefix="bundle-", dir=paths.run))
     try:
-        write_bundle(bundle, oci_config(spec, executable, paths))
+        write_bundle(bundle, oci_config(spec, paths))
         command = [runc, "--root", str(runc_root), "run", "--bundle", str(bundle)]
         return _run_forwarding_signals([*command, spec.name])
 

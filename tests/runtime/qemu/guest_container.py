@@ -58,8 +58,7 @@ def bundle(base: Path, name: str) -> Path:
         name=name,
         expose="device",
     )
-    executable = Path(sys.executable).parent / "cvtpm"
-    config = oci_config(spec, executable, Paths.from_env())
+    config = oci_config(spec, Paths.from_env())
     return write_bundle(base / "bundle", config)
 
 
