@@ -87,7 +87,7 @@ def control_app(host: Host) -> FastAPI:
         return {
             "version": __version__,
             "containers": len(host.containers()),
-            "pool": {"size": host.pool.size, "ready": len(host.manager.pooled())},
+            "pool": {"size": host.pool.size, "ready": host.manager.pooled_count()},
         }
 
     _add_evidence_route(app, host)

@@ -32,7 +32,7 @@ from cvtpm.runtime.tpm_filter import FilterHost
 from cvtpm.tpm.client import TpmClient
 from cvtpm.vtpm import swtpm
 from cvtpm.vtpm.idle import IdleReleaser
-from cvtpm.vtpm.manager import StartReport, VtpmManager
+from cvtpm.vtpm.manager import StartReport, VtpmInfo, VtpmManager
 from cvtpm.vtpm.pool import VtpmPool
 from cvtpm.vtpm.supervisor import Supervisor
 
@@ -189,8 +189,7 @@ class Host:
             # pool. Its paths are keyed by UUID and never change, so it is
             # looked up once here.
             had_list = (self.paths.lists / request.name).exists()
-            report, created = self._vtpm_up(request)
-            info = self.manager.get(request.name)
+            report, created, info = self._vtpm_up(request)
             self.supervisor.watch(request.name, info.pid)
 
             try:
@@ -275,14 +274,17 @@ class Host:
 
     # -- steps -------------------------------------------------------------------
 
-    def _vtpm_up(self, request: ContainerRequest) -> tuple[StartReport, bool]:
-        """The container's vTPM running; True if it was made just now."""
+    def _vtpm_up(
+        self, request: ContainerRequest
+    ) -> tuple[StartReport, bool, VtpmInfo]:
+        """The container's vTPM running; True if it was made just now; its info."""
         try:
             self.manager.get(request.name)
         except NotFoundError:
             info = self.pool.take(request.name, ephemeral=request.ephemeral)
-            return StartReport(request.name, info.pid, resumed=False), True
-        return self.manager.start(request.name), False
+            return StartReport(request.name, info.pid, resumed=False), True, info
+        report = self.manager.start(request.name)
+        return report, False, self.manager.get(request.name)
 
     def _using(self, name: str) -> contextlib.AbstractContextManager:
         """The vTPM of `name` held running for a block (see cvtpm.vtpm.idle)."""

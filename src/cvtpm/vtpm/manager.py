@@ -304,12 +304,22 @@ class VtpmManager:
     def claim_pooled(self, name: str, ephemeral: bool = False) -> VtpmInfo | None:
         """Give a ready vTPM from the pool to `name`, or None if the pool is empty."""
         check_name(name)
-        for record in self.registry.all(pooled=True):
-            if record.state != "running" or not swtpm.is_running(record.pid):
-                continue
-            if self.registry.claim(record.name, name, ephemeral):
-                return self.get(name)
+        # A few candidates at a time: a dead one is skipped, a claimed one is
+        # another taker's, and the pool may hold thousands.
+        while candidates := self.registry.ready_in_pool(limit=8):
+            for placeholder, pid in candidates:
+                if not swtpm.is_running(pid):
+                    # The pool's refill restarts it or drops it; not now.
+                    continue
+                if self.registry.claim(placeholder, name, ephemeral):
+                    return self.get(name)
+            if all(not swtpm.is_running(pid) for _, pid in candidates):
+                return None
         return None
+
+    def pooled_count(self) -> int:
+        """How many vTPMs wait in the pool."""
+        return self.registry.count(pooled=True)
 
     def pooled(self) -> list[VtpmInfo]:
         """The vTPMs waiting in the pool."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
-from cvtpm.errors import CvtpmError
+from cvtpm.errors import CvtpmError, NotFoundError
+from cvtpm.vtpm import swtpm
 from cvtpm.vtpm.manager import VtpmInfo, VtpmManager
 
 log = logging.getLogger(__name__)
@@ -37,15 +39,19 @@ class VtpmPool:
         made = 0
         for stale in self.manager.pooled():
             # After a host reboot, pooled vTPMs have no process; start them.
-            if not self.manager.is_running(stale.name):
-                try:
-                    self.manager.start(stale.name)
-                except CvtpmError as exc:
-                    log.warning(
-                        "dropping pooled vTPM %s: %s", stale.name, exc.explain()
-                    )
+            # (A running one may be claimed by a container meanwhile: it is
+            # then no longer the pool's, which only running ones can be.)
+            if swtpm.is_running(stale.pid):
+                continue
+            try:
+                self.manager.start(stale.name)
+            except NotFoundError:
+                continue
+            except CvtpmError as exc:
+                log.warning("dropping pooled vTPM %s: %s", stale.name, exc.explain())
+                with contextlib.suppress(NotFoundError):
                     self.manager.delete(stale.name)
-        while len(self.manager.pooled()) < self.size and not self._stopping.is_set():
+        while self.manager.pooled_count() < self.size and not self._stopping.is_set():
             self.manager.create("", pooled=True)
             made += 1
         return made

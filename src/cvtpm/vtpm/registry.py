@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Integer, String, Text, select, update
+from sqlalchemy import Integer, String, Text, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -90,6 +90,27 @@ class Registry:
         query = select(VtpmRecord).where(VtpmRecord.pooled == pooled)
         with self.session() as session:
             return list(session.scalars(query.order_by(VtpmRecord.name)))
+
+    def ready_in_pool(self, limit: int) -> list[tuple[str, int | None]]:
+        """(name, pid) of up to `limit` running pooled vTPMs, oldest first.
+
+        Only the two columns: a container start takes one of these, and the
+        whole records (certificates and all) of a large pool cost milliseconds.
+        """
+        query = (
+            select(VtpmRecord.name, VtpmRecord.pid)
+            .where(VtpmRecord.pooled.is_(True), VtpmRecord.state == "running")
+            .order_by(VtpmRecord.created_at)
+            .limit(limit)
+        )
+        with self.session() as session:
+            return [(name, pid) for name, pid in session.execute(query)]
+
+    def count(self, pooled: bool = False) -> int:
+        """How many vTPMs are given to containers (`pooled`: wait in the pool)."""
+        query = select(func.count()).where(VtpmRecord.pooled == pooled)
+        with self.session() as session:
+            return session.scalar(query.select_from(VtpmRecord)) or 0
 
     def claim(self, placeholder: str, name: str, ephemeral: bool) -> bool:
         """Give the pooled vTPM `placeholder` the name `name`; False if taken first."""
