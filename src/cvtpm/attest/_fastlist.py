@@ -109,17 +109,8 @@ def replay(
     if list(quoted) == ["sha1"]:  # the common single-bank case, unrolled
         return _replay_sha1(raws, values["sha1"], quoted["sha1"])
     banks = _banks(quoted)
-    # The loop of _extend, inlined: this is the verifier's hottest code.
     for count, (_, _, digest, data) in enumerate(raws, start=1):
-        violation = not any(digest)
-        for bank, hash_, ones in banks:
-            if violation:
-                extend = ones
-            elif bank == "sha1" and len(digest) == 20:
-                extend = digest
-            else:
-                extend = hash_(data).digest()
-            values[bank] = hash_(values[bank] + extend).digest()
+        _extend(values, banks, digest, data)
         if values == quoted:
             return count, values
     return None, values
