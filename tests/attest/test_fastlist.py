@@ -111,10 +111,25 @@ def test_only_plainly_allowed_entries_skip_the_evaluator():
             }
         )
     )
-    pairs = _fastlist.allowed_pairs(policy)
-    needed = _fastlist.needing_policy(as_raw(entries), pairs)
+    allowed = _fastlist.allowed_templates(policy)
+    needed = _fastlist.needing_policy(as_raw(entries), allowed)
     assert needed == [0, 2, 3, 4]
     for i, entry in enumerate(entries):
         if i not in needed:
             assert policy.evaluate(entry, i) == []
     assert policy.evaluate(entries[4], 4)  # digest not allowed: the evaluator says so
+
+
+def test_a_violation_is_judged_even_with_allowed_template_data():
+    """An all-zero template digest goes to the evaluator whatever its data says."""
+    allowed_entry = ima_ng("/bin/a", hashlib.sha256(b"a").digest())
+    policy = PolicyEvaluator(
+        RuntimePolicy(
+            digests={"/bin/a": frozenset({Digest("sha256", allowed_entry.file_digest)})}
+        )
+    )
+    allowed = _fastlist.allowed_templates(policy)
+    pcr, name, _, data = as_raw([allowed_entry])[0]
+    assert data in allowed
+    raws = [(pcr, name, bytes(20), data), (pcr, name, b"\1" * 20, data)]
+    assert _fastlist.needing_policy(raws, allowed) == [0]

@@ -174,12 +174,16 @@ def bad_templates(raws: list[Raw]) -> list[int]:
 _ALLOWED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def allowed_pairs(policy: Any) -> frozenset[tuple[bytes, bytes]] | None:
-    """(path, file digest) pairs a runtime policy allows outright, if it says.
+def allowed_templates(policy: Any) -> frozenset[bytes] | None:
+    """The template data of every ima-ng entry a runtime policy allows outright.
 
-    A policy evaluator exposing its RuntimePolicy as `.policy` allows an unsigned,
-    non-violation ima-ng entry whose digest is listed for its path (the rule in
-    cvtpm.attest.policy.evaluate); other policies get no shortcut.
+    A policy evaluator exposing its RuntimePolicy as `.policy` allows an
+    unsigned, non-violation ima-ng entry whose digest is listed for its path
+    (the rule in cvtpm.attest.policy.evaluate). Such an entry's template data
+    is exactly d-ng "<alg>:\\0<digest>" then n-ng "<path>\\0", each behind its
+    length (ima_template_lib.c: ima_eventdigest_ng_init, ima_eventname_ng_init),
+    so one set lookup of the raw bytes stands for parsing both fields.
+    Other policies get no shortcut (None).
     """
     model = getattr(policy, "policy", None)
     digests = getattr(model, "digests", None)
@@ -187,35 +191,31 @@ def allowed_pairs(policy: Any) -> frozenset[tuple[bytes, bytes]] | None:
         return None
     with contextlib.suppress(KeyError, TypeError):  # TypeError: not weakly referable
         return _ALLOWED[policy]
-    pairs = frozenset(
-        (path.encode("utf-8", "surrogateescape"), d.value)
-        for path, values in digests.items()
-        for d in values
-    )
+    pack = _U32.pack
+    allowed = set()
+    for path, values in digests.items():
+        name = path.encode("utf-8", "surrogateescape") + b"\0"
+        n_field = pack(len(name)) + name
+        for digest in values:
+            d_field = digest.alg.encode() + b":\0" + digest.value
+            allowed.add(pack(len(d_field)) + d_field + n_field)
+    templates = frozenset(allowed)
     with contextlib.suppress(TypeError):
-        _ALLOWED[policy] = pairs
-    return pairs
+        _ALLOWED[policy] = templates
+    return templates
 
 
-def needing_policy(raws: list[Raw], pairs: frozenset[tuple[bytes, bytes]]) -> list[int]:
+def needing_policy(raws: list[Raw], allowed: frozenset[bytes]) -> list[int]:
     """Positions of entries the policy must judge: all but plainly allowed ima-ng ones.
 
-    An unsigned, non-violation ima-ng entry (d-ng|n-ng fields) whose (path,
-    digest) is in `pairs` is allowed by the rule the evaluator applies first.
+    `allowed` is allowed_templates(policy); a violation (all-zero template
+    digest) is never plainly allowed, whatever its data.
     """
-    unpack = _U32.unpack_from
-    out = []
-    for i, (_, name, digest, data) in enumerate(raws):
-        if name == b"ima-ng" and any(digest) and len(data) >= 8:
-            d_end = 4 + unpack(data, 0)[0]
-            colon = data.find(b":\0", 4, d_end)
-            if colon >= 0 and d_end + 4 <= len(data):
-                n_end = d_end + 4 + unpack(data, d_end)[0]
-                pair = (data[d_end + 4 : n_end - 1], data[colon + 2 : d_end])
-                if data[n_end - 1 : n_end] == b"\0" and pair in pairs:
-                    continue
-        out.append(i)
-    return out
+    return [
+        i
+        for i, (_, name, digest, data) in enumerate(raws)
+        if data not in allowed or name != b"ima-ng" or not any(digest)
+    ]
 
 
 def entry(raw: Raw, digest_size: int) -> Any:

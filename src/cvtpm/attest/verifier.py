@@ -345,11 +345,11 @@ def check_policy(
     policy: RuntimePolicy, replayed: ListReplay, count: int, start: int
 ) -> list[Failure]:
     """Step 4: every newly verified entry against the runtime policy."""
-    pairs = _fastlist.allowed_pairs(policy) if replayed.raw else None
-    if pairs is None:
+    allowed = _fastlist.allowed_templates(policy) if replayed.raw else None
+    if allowed is None:
         positions = range(count)
     else:
-        positions = _fastlist.needing_policy(replayed.entries[:count], pairs)
+        positions = _fastlist.needing_policy(replayed.entries[:count], allowed)
     failures = []
     for position in positions:
         entry, failure = _decoded(replayed, position, start)
