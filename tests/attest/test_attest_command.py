@@ -102,3 +102,67 @@ def test_an_unusable_database_is_one_line_and_exit_1(manager, paths, capsys):
     err = capsys.readouterr().err
     assert err.startswith("cvtpm: error: verifier database nosuch://h/db: cannot use")
     assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_a_policy_applies_to_its_run_only(manager, paths, capsys, tmp_path):
+    """After `attest --policy`, a plain `attest` judges no file again."""
+    manager.create("app")
+    measure(manager, paths, "app", [boot_aggregate(None)] + files(2))
+    strict = tmp_path / "strict.json"
+    strict.write_text(json.dumps({"cvtpm_runtime_policy": 1, "files": {}}))
+    assert run(paths, "attest", "app", "--policy", str(strict)) == 1
+    capsys.readouterr()
+    assert run(paths, "attest", "app", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["trusted"] is True
+
+
+def test_unreadable_policies_and_stopped_vtpms_are_one_line(
+    manager, paths, capsys, tmp_path
+):
+    """A binary --policy and a stopped vTPM each give one line and exit 1."""
+    manager.create("app")
+    measure(manager, paths, "app", [boot_aggregate(None)])
+    binary = tmp_path / "policy.bin"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    capsys.readouterr()
+    assert run(paths, "attest", "app", "--policy", str(binary)) == 1
+    err = capsys.readouterr().err
+    assert "not UTF-8 text" in err and err.count("\n") == 1
+
+    manager.stop("app")
+    assert run(paths, "attest", "app") == 1
+    err = capsys.readouterr().err
+    assert "start it with `cvtpm vtpm start app`" in err and err.count("\n") == 1
+
+
+def test_a_recreated_vtpm_replaces_its_local_registration(manager, paths, capsys):
+    """The local verifier registers a vTPM made anew under a known name again."""
+    manager.create("app")
+    measure(manager, paths, "app", [boot_aggregate(None)])
+    assert run(paths, "attest", "app") == 0
+    manager.delete("app")
+    (paths.lists / "app" / "binary_runtime_measurements").unlink()
+    manager.create("app")
+    measure(manager, paths, "app", [boot_aggregate(None)])
+    capsys.readouterr()
+    assert run(paths, "attest", "app") == 0
+    assert "has a new EK; its old registration is replaced" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["../x", "-x", "a" * 129])
+def test_bad_names_are_usage_errors(paths, capsys, name):
+    """A NAME that no vTPM can have is exit 2."""
+    assert run(paths, "attest", name) == 2
+
+
+def test_trust_stores_without_a_root_are_refused(manager, paths, capsys, tmp_path):
+    """An empty --trust directory or a file that is not PEM is named, exit 1."""
+    manager.create("app")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run(paths, "attest", "app", "--trust", str(empty)) == 1
+    assert "has no *.pem or *.crt" in capsys.readouterr().err
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    assert run(paths, "attest", "app", "--trust", str(junk)) == 1
+    assert f"trust store file {junk}" in capsys.readouterr().err

@@ -230,3 +230,76 @@ def test_plain_runc_run_needs_no_poststop_hook(host, tmp_path):
         time.sleep(0.05)
     assert leftovers(paths)["swtpm"] == []
     assert not (paths.run / "containers" / "plain1").exists()
+
+
+def test_a_taken_name_is_refused_and_its_container_untouched(host):
+    """`cvtpm run --name X` while X runs fails at once; the running X lives on."""
+    paths, rootfs = host
+    first = subprocess.Popen(
+        [CVTPM, "--state-dir", str(paths.state), "--run-dir", str(paths.run),
+         "run", "--name", "busy", str(rootfs), "--",
+         "sh", "-c", "trap 'exit 0' TERM; sleep 30 & wait"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while "busy" not in cvtpm(paths, "vtpm", "list").stdout:
+            assert time.monotonic() < deadline, "the first container did not start"
+            time.sleep(0.1)
+        again = cvtpm(paths, "run", "--name", "busy", str(rootfs), "--", "true")
+        assert again.returncode == 1
+        assert "busy" in again.stderr and "pick another --name" in again.stderr
+        time.sleep(0.5)
+        assert first.poll() is None, "the running container was killed"
+    finally:
+        first.terminate()
+        first.wait(timeout=60)
+
+
+def test_ephemeral_may_not_take_a_kept_name(host):
+    """An ephemeral run of a name with a kept vTPM and list is refused; both stay."""
+    paths, rootfs = host
+    assert (
+        cvtpm(paths, "run", "--name", "kept", str(rootfs), "--", "true").returncode == 0
+    )
+    before = cvtpm(paths, "log", "kept").stdout
+
+    done = cvtpm(
+        paths, "run", "--name", "kept", "--ephemeral", str(rootfs), "--", "true"
+    )
+    assert done.returncode != 0
+    assert "an ephemeral container deletes its vTPM and list" in done.stderr
+    assert cvtpm(paths, "log", "kept").stdout == before
+    assert "kept" in [info.name for info in VtpmManager(paths).list()]
+
+
+def test_a_refused_container_leaves_a_running_vtpm_running(host):
+    """A run the daemon refuses does not stop the vTPM it tried to use."""
+    paths, rootfs = host
+    assert cvtpm(paths, "vtpm", "create", "lab").returncode == 0
+    tcti = json.loads(cvtpm(paths, "vtpm", "show", "lab", "--json").stdout)["tcti"]
+    # PCR 10 no longer matches an empty list: the daemon refuses the container.
+    subprocess.run(["tpm2_pcrextend", "-T", tcti, f"10:sha256={ZERO}"], check=True)
+
+    done = cvtpm(paths, "run", "--name", "lab", str(rootfs), "--", "true")
+    assert done.returncode != 0
+    manager = VtpmManager(paths)
+    assert manager.is_running("lab")
+    assert not (paths.lists / "lab").exists()
+    manager.stop("lab")
+
+
+def test_binding_cvtpms_state_into_a_container_is_refused(host):
+    """--bind of the state directory (the master key is there) is refused."""
+    paths, rootfs = host
+    done = cvtpm(
+        paths,
+        "run",
+        "--ephemeral",
+        f"--bind={paths.state}:/s",
+        str(rootfs),
+        "--",
+        "true",
+    )
+    assert done.returncode == 1
+    assert f"cvtpm's {paths.state}" in done.stderr and "master" not in done.stdout

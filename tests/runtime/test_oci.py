@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from cvtpm.config import Paths
 from cvtpm.errors import ConfigError, ParseError
 from cvtpm.runtime import hook_main, install, oci
 from cvtpm.runtime.bundle import RunSpec, oci_config
+from cvtpm.runtime.hook import refuse_exposed_state
 
 STATE = {
     "ociVersion": "1.0.2",
@@ -161,3 +163,48 @@ def test_device_rules_and_nodes(tmp_path):
         (Path("/dev/tpmrm0"), 1, 5),
     ]
     assert expose.tcti_env("device")["TPM2TOOLS_TCTI"] == "device:/dev/tpmrm0"
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("fifo", "is not a regular file"),
+        ("empty", "is empty"),
+        ("binary", "is not UTF-8 text"),
+        ("directory", "is not a regular file"),
+    ],
+)
+def test_unfit_policy_files_are_refused_at_once(tmp_path, kind, message):
+    """A FIFO (which would block), an empty, binary or directory policy is refused."""
+    path = tmp_path / "policy"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "empty":
+        path.write_text("  \n")
+    elif kind == "binary":
+        path.write_bytes(b"measure \xff\xfe")
+    else:
+        path.mkdir()
+    with pytest.raises(ConfigError, match=message):
+        oci.request_from(
+            {"io.cvtpm.vtpm": "enabled", "io.cvtpm.policy": str(path)}, "i"
+        )
+
+
+def test_a_container_that_would_see_cvtpms_state_is_refused(tmp_path):
+    """A rootfs or bind mount holding (or inside) the state or run directory."""
+    paths = Paths(state=tmp_path / "state", run=tmp_path / "run")
+    rootfs = tmp_path / "rootfs"
+    for where in (paths.state / "ca", paths.run, rootfs):
+        where.mkdir(parents=True)
+    fine = {"mounts": [{"destination": "/x", "type": "bind", "source": "/usr/bin"}]}
+    refuse_exposed_state(fine, tmp_path, rootfs, paths)
+
+    for source in (str(paths.state / "ca"), str(tmp_path), "/"):
+        config = {
+            "mounts": [{"destination": "/s", "source": source, "options": ["rbind"]}]
+        }
+        with pytest.raises(ConfigError, match="would show the container"):
+            refuse_exposed_state(config, tmp_path, rootfs, paths)
+    with pytest.raises(ConfigError, match="the rootfs"):
+        refuse_exposed_state({}, tmp_path, tmp_path, paths)

@@ -57,3 +57,19 @@ def test_non_containers_are_refused(fields, message):
 
     with pytest.raises(UsageError, match=message):
         request.check_container()
+
+
+def test_a_listen_port_in_use_is_one_line_and_no_restarts(paths):
+    """`--listen` on a taken port: exit 1 at once, not a keeper restarting forever."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [*CVTPM, "--state-dir", str(paths.state), "--run-dir", str(paths.run),
+             "daemon", "--pool", "0", "--listen", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cvtpm.ima.entry import MEASUREMENT_GAP
 from cvtpm.ima.replay import replay
 from cvtpm.measure.journal import BINARY_NAME, read_list
 from tests.support.runc import Bundle, Runc, make_program, sha256_file
@@ -104,6 +105,8 @@ def test_daemon_sigkill_mid_burst(paths, short_tmp):
         _wait(agree, what="the list and PCR 10 to agree")
         entries = read_list(list_path.parent)
 
+        # The keeper held the group: nothing ran unmeasured, so no gap.
+        assert MEASUREMENT_GAP not in [e.path for e in entries]
         logged = {(e.path, e.file_digest) for e in entries}
         ran = [
             line.split()
@@ -125,3 +128,68 @@ def test_daemon_sigkill_mid_burst(paths, short_tmp):
         finally:
             runc.cleanup()
     assert keeper.returncode == 0, keeper.stderr.read()
+
+
+def _start_daemon(paths) -> subprocess.Popen:
+    keeper = subprocess.Popen(
+        [sys.executable, "-m", "cvtpm.cli.main", "--state-dir", str(paths.state),
+         "--run-dir", str(paths.run), "daemon", "--pool", "0"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    client = httpx.Client(
+        transport=httpx.HTTPTransport(uds=str(paths.run / "daemon.sock")), timeout=30
+    )
+    _wait(lambda: (paths.run / "daemon.sock").exists(), what="the daemon's socket")
+    _wait(lambda: client.get("http://cvtpm/v1/health").status_code == 200)
+    client.close()
+    return keeper
+
+
+def test_a_stopped_daemon_leaves_a_gap_in_the_list(paths, short_tmp):
+    """A container that ran on while the daemon was stopped (not crashed) gets a
+    measurement-gap violation in its list when the next daemon adopts it."""
+    runc = Runc(short_tmp / "runc-root")
+    keeper = _start_daemon(paths)
+    try:
+        bundle = Bundle(short_tmp / "b")
+        make_program(bundle.rootfs, "/opt/unseen", b"unseen")
+        bundle.set_script("trap 'exit 0' TERM; sleep 60 & wait")
+        cid, pid = runc.create(bundle)
+        with httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(paths.run / "daemon.sock")),
+            timeout=30,
+        ) as client:
+            answer = client.post(
+                "http://cvtpm/v1/containers",
+                json={"name": "gap", "pid": pid, "rootfs": str(bundle.rootfs)},
+            )
+        assert answer.status_code == 200, answer.text
+        tcti = answer.json()["vtpm"]["tcti"]
+        runc.start(cid)
+        list_dir = paths.lists / "gap"
+        _wait(lambda: len(read_list(list_dir)) >= 2, what="the shell's measurement")
+
+        # An orderly stop: the fanotify group closes and nothing is measured.
+        keeper.send_signal(signal.SIGTERM)
+        keeper.wait(timeout=60)
+        subprocess.run(
+            ["runc", "--root", str(runc.root), "exec", cid, "/opt/unseen/true"],
+            check=True,
+        )
+        keeper = _start_daemon(paths)
+
+        def gap_recorded() -> bool:
+            return read_list(list_dir)[-1].path == MEASUREMENT_GAP
+
+        _wait(gap_recorded, what="the gap entry")
+        entries = read_list(list_dir)
+        assert "/opt/unseen/true" not in [e.path for e in entries]
+        assert entries[-1].template_digest == bytes(20)
+        for bank in ("sha1", "sha256"):
+            assert _pcr10(tcti, bank) == replay(entries, bank)
+    finally:
+        keeper.send_signal(signal.SIGTERM)
+        try:
+            keeper.wait(timeout=30)
+        finally:
+            runc.cleanup()

@@ -259,3 +259,24 @@ def test_a_restart_before_the_exit_is_handled_is_served(host, runc, short_tmp):
         ContainerRequest(name="again", pid=pid, rootfs=str(bundle.rootfs))
     )
     assert [c["pid"] for c in host.containers() if c["name"] == "again"] == [pid]
+
+
+def test_a_vtpm_stopped_on_purpose_stays_stopped(host, runc, short_tmp):
+    """`vtpm stop --force` of a container's vTPM is not undone by the supervisor,
+    and the container's next measured exec fails closed."""
+    bundle = Bundle(short_tmp / "b")
+    make_program(bundle.rootfs, "/opt/late", b"late")
+    bundle.set_script("sleep 2; /opt/late/true; echo $? > /data/rc; sleep 30")
+    cid, pid = runc.create(bundle)
+    host.add_container(
+        ContainerRequest(name="held", pid=pid, rootfs=str(bundle.rootfs))
+    )
+    runc.start(cid)
+
+    host.manager.stop("held", force=True)
+    deadline = time.monotonic() + 20
+    while not (bundle.rootfs / "data" / "rc").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert not host.manager.is_running("held")
+    assert (bundle.rootfs / "data" / "rc").read_text().strip() != "0"

@@ -87,10 +87,24 @@ class TrustStore:
         store = cls()
         for path in map(Path, paths):
             files = sorted(path.glob("*.pem")) + sorted(path.glob("*.crt"))
+            if path.is_dir() and not files:
+                raise ConfigError(f"trust store directory {path} has no *.pem or *.crt")
             for file in files if path.is_dir() else [path]:
                 if not file.exists():
                     raise ConfigError(f"trust store file {file} does not exist")
-                store.add_pem(file.read_bytes())
+                try:
+                    store.add_pem(file.read_bytes())
+                except ParseError as exc:
+                    raise ParseError(f"trust store file {file}: {exc}") from None
+                except OSError as exc:
+                    raise ConfigError(
+                        f"cannot read trust store file {file}: {exc.strerror}"
+                    ) from None
+        if not store.roots:
+            raise ConfigError(
+                f"no root certificate (self-signed) in {', '.join(map(str, paths))}:"
+                " nothing could ever be trusted"
+            )
         return store
 
     def add_pem(self, data: bytes | str) -> None:

@@ -15,10 +15,26 @@ from cvtpm.attest.trust import TrustStore
 from cvtpm.attest.verifier import Registration
 from cvtpm.cli.output import emit, json_option
 from cvtpm.config import Paths
-from cvtpm.errors import ConfigError, CvtpmError, NotFoundError, ParseError
+from cvtpm.errors import (
+    ConfigError,
+    CvtpmError,
+    NotFoundError,
+    ParseError,
+    StateError,
+    UsageError,
+)
+from cvtpm.names import check_name
 from cvtpm.store import VerifierStore
 
 BINARY_LIST = "binary_runtime_measurements"
+
+
+def _checked_name(name: str) -> str:
+    try:
+        check_name(name)
+    except UsageError as exc:
+        raise click.BadParameter(exc.explain(), param_hint="NAME") from None
+    return name
 
 
 class NotTrusted(CvtpmError):
@@ -48,6 +64,11 @@ def _local_fetch(paths: Paths):
 
     def fetch(reg: Registration, nonce: bytes, since: int) -> Evidence:
         info = manager.get(reg.name)
+        if not manager.is_running(reg.name):
+            raise StateError(
+                f"the vTPM of {reg.name!r} is {info.state}: start it with"
+                f" `cvtpm vtpm start {reg.name}` (or run its container) to attest it"
+            )
         list_path = paths.lists / reg.name / BINARY_LIST
         with manager.client(reg.name) as tpm:
             return collect_evidence(tpm, info, nonce, list_path, since)
@@ -74,14 +95,34 @@ def _ensure_registered(service: VerifierService, name: str, daemon_url: str) -> 
         wanted.ak_public,
     ):
         return
+    if known is not None and not known.same_ek(wanted):
+        # This host's own vTPM of that name was made anew (an ephemeral
+        # container run again): the old registration describes a TPM that
+        # is gone. A remote verifier refuses this instead (409).
+        click.echo(
+            f"note: the vTPM of {name} has a new EK; its old registration is replaced",
+            err=True,
+        )
+        service.store.delete(name)
     outcome = service.register(wanted)
     if not outcome.accepted:
         reasons = ", ".join(f"{f.reason}: {f.message}" for f in outcome.failures)
         raise NotTrusted(f"{name} cannot be registered: {reasons}")
 
 
+def _read_policy(path: str) -> str:
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParseError(
+            f"runtime policy {path}: not UTF-8 text (byte {exc.start})"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+
+
 @click.command()
-@click.argument("name")
+@click.argument("name", callback=lambda _ctx, _param, value: _checked_name(value))
 @click.option(
     "--policy",
     type=click.Path(dir_okay=False, exists=True),
@@ -120,15 +161,18 @@ def attest(ctx, name, policy, daemon_url, trust, db_url, as_json):
     service = VerifierService(store, local_trust(paths, trust), fetch=fetch)
     try:
         _ensure_registered(service, name, daemon_url or "")
-        if policy is not None:
-            service.set_policy(name, Path(policy).read_text())
+        # The policy of this run only: without --policy no file is judged.
+        service.set_policy(name, None if policy is None else _read_policy(policy))
         result = service.attest(name)
     finally:
         store.close()
 
     emit(result.to_dict(), as_json, lambda _: explain(result))
     if not result.trusted:
-        raise NotTrusted(f"{name} is not trusted ({len(result.failures)} failures)")
+        count = len(result.failures)
+        raise NotTrusted(
+            f"{name} is not trusted ({count} failure{'' if count == 1 else 's'})"
+        )
 
 
 COMMANDS = [attest]

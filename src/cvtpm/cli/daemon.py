@@ -7,6 +7,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import sys
 
 import click
@@ -17,6 +18,7 @@ from cvtpm.measure.agent import DEFAULT_BUSY_POLL
 from cvtpm.server import keeper
 from cvtpm.server.daemon import control_app, evidence_app
 from cvtpm.server.host import Host
+from cvtpm.server.listen import bind_tcp
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +102,18 @@ def _parse_listen(value: str | None) -> tuple[str, int] | None:
     "at once (less CPU, slower execs).",
 )
 @click.option("--fanotify-fd", type=int, hidden=True)
+@click.option("--fanotify-continued", is_flag=True, hidden=True)
 @click.pass_context
-def daemon(ctx, listen, no_measure, pool_size, idle_timeout, busy_poll_us, fanotify_fd):
+def daemon(
+    ctx,
+    listen,
+    no_measure,
+    pool_size,
+    idle_timeout,
+    busy_poll_us,
+    fanotify_fd,
+    fanotify_continued,
+):
     """Run the cvtpm host daemon in the foreground (root).
 
     A small keeper process holds the fanotify group and restarts the daemon
@@ -113,8 +125,19 @@ def daemon(ctx, listen, no_measure, pool_size, idle_timeout, busy_poll_us, fanot
         # The keeper (or a daemon without measurement) holds this lock for its
         # life; its worker runs under it.
         _hold_daemon_lock(paths)
+    # Bound before anything starts: a port in use is a one-line error, and a
+    # keeper does not restart a worker that cannot serve.
+    try:
+        evidence_socket = None if tcp is None else bind_tcp(*tcp)
+    except ConfigError as exc:
+        if fanotify_fd is None:
+            raise
+        click.echo(f"cvtpm: error: {exc.explain()}", err=True)
+        sys.exit(keeper.EXIT_CONFIG)
     if fanotify_fd is None and not no_measure:
         # This is the keeper; the worker is this same command, run again.
+        if evidence_socket is not None:
+            evidence_socket.close()
         sys.exit(keeper.run([sys.executable, "-m", "cvtpm.cli.main", *sys.argv[1:]]))
 
     host = Host(
@@ -124,6 +147,7 @@ def daemon(ctx, listen, no_measure, pool_size, idle_timeout, busy_poll_us, fanot
         fanotify_fd=fanotify_fd,
         idle_timeout=idle_timeout,
         busy_poll=busy_poll_us / 1e6,
+        group_continued=fanotify_continued,
     )
     host.start()
     socket_path = paths.run / "daemon.sock"
@@ -134,17 +158,18 @@ def daemon(ctx, listen, no_measure, pool_size, idle_timeout, busy_poll_us, fanot
             uvicorn.Config(control_app(host), uds=str(socket_path), log_level="warning")
         )
     ]
-    if tcp is not None:
+    sockets: list[list[socket.socket] | None] = [None]
+    if evidence_socket is not None:
         servers.append(
-            uvicorn.Server(
-                uvicorn.Config(
-                    evidence_app(host), host=tcp[0], port=tcp[1], log_level="warning"
-                )
-            )
+            uvicorn.Server(uvicorn.Config(evidence_app(host), log_level="warning"))
         )
+        sockets.append([evidence_socket])
 
     async def serve():
-        tasks = [asyncio.create_task(s.serve()) for s in servers]
+        tasks = [
+            asyncio.create_task(s.serve(sockets=given))
+            for s, given in zip(servers, sockets, strict=True)
+        ]
         while not all(s.started for s in servers):
             if any(t.done() for t in tasks):
                 break

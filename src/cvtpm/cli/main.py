@@ -100,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (e.g. `cvtpm log x | head`); that is not an error.
         sys.stderr.close()
         return 0
+    except OSError as exc:
+        # The host said no (a full disk, a file that cannot be written): not
+        # a bug of cvtpm, so one line, with the traceback only under -vv.
+        logging.getLogger("cvtpm").debug("operating system error", exc_info=True)
+        where = f": {exc.filename}" if exc.filename else ""
+        click.echo(f"cvtpm: error: {exc.strerror or exc}{where}", err=True)
+        return 1
     except KeyboardInterrupt:
         return 130
     except Exception as exc:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from cvtpm.attest.policy import Digest, create_policy, dump
-from cvtpm.errors import UsageError
+from cvtpm.errors import ConfigError, UsageError
 from cvtpm.ima import entry as ima_entry
 from cvtpm.measure.agent import default_host_pcrs
 
@@ -26,7 +26,11 @@ def policy():
     help="Write here instead of stdout.",
 )
 @click.option(
-    "--alg", default="sha256", show_default=True, help="File digest algorithm."
+    "--alg",
+    type=click.Choice(["sha1", "sha256", "sha384", "sha512"]),
+    default="sha256",
+    show_default=True,
+    help="File digest algorithm: the one the containers' lists log (sha256).",
 )
 @click.option(
     "--all-files",
@@ -52,9 +56,15 @@ def create(rootfs, output, alg, all_files, boot_aggregate):
         entry = ima_entry.boot_aggregate(default_host_pcrs())
         policy = policy.allow(entry.path, Digest(entry.digest_alg, entry.file_digest))
 
+    if not policy.digests or list(policy.digests) == ["boot_aggregate"]:
+        click.echo(f"warning: no executable or library found under {rootfs}", err=True)
+
     text = dump(policy)
     if output:
-        Path(output).write_text(text)
+        try:
+            Path(output).write_text(text)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {output}: {exc.strerror}") from None
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import click
 
-from cvtpm.errors import UsageError
+from cvtpm.errors import ParseError, UsageError
+from cvtpm.ima.policy import parse_policy
 from cvtpm.names import check_name
 from cvtpm.runtime import runner
-from cvtpm.runtime.bundle import RunSpec
+from cvtpm.runtime.bundle import RunSpec, oci_config
 from cvtpm.runtime.expose import resolve_expose
+from cvtpm.runtime.hook import refuse_exposed_state
 from cvtpm.runtime.rootfs import tpm2_tools_binds
 
 
@@ -21,7 +23,29 @@ def _bind(value: str) -> tuple[Path, Path]:
     inside_path = Path(inside or host)
     if not host_path.is_absolute() or not inside_path.is_absolute():
         raise UsageError(f"--bind {value}: both paths must be absolute")
+    if not host_path.exists():
+        raise UsageError(f"--bind {value}: {host_path} does not exist")
     return host_path, inside_path
+
+
+def _check_policy(path: Path) -> str:
+    """The IMA policy's text, parsed here so that a mistake is named at once."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"--policy {path}: not a text file") from None
+    except OSError as exc:
+        raise UsageError(f"--policy {path}: {exc.strerror}") from None
+    if not text.strip():
+        raise UsageError(
+            f"--policy {path}: the file is empty (a policy of only comments"
+            " measures nothing; leave --policy out for the default)"
+        )
+    try:
+        parse_policy(text)
+    except ParseError as exc:
+        raise UsageError(f"--policy {path}: {exc}") from None
+    return text
 
 
 @click.command(context_settings={"ignore_unknown_options": False})
@@ -77,12 +101,16 @@ def run(
     environment = {}
     for item in env:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--env {item}: expected KEY=VALUE")
+        if not sep or not key or any(c in item for c in "\0\n"):
+            raise UsageError(f"--env {item!r}: expected KEY=VALUE on one line")
         environment[key] = value
+    if policy is not None:
+        _check_policy(policy)
 
     if name is not None:
         check_name(name)
+    if parent is not None:
+        check_name(parent)
     spec = RunSpec(
         rootfs=rootfs.absolute(),
         args=list(command),
@@ -94,6 +122,8 @@ def run(
         binds=[_bind(b) for b in binds] + (tpm2_tools_binds() if tpm2_tools else []),
         env=environment,
     )
+    # The daemon refuses these too, but from inside runc's hook error.
+    refuse_exposed_state(oci_config(spec, paths), Path("/"), spec.rootfs, paths)
     status = runner.run(spec, paths)
     # SystemExit, not click's Exit: main() runs click with standalone_mode=False,
     # where click turns Exit into a return value that main() does not pass on.

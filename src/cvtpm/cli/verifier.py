@@ -16,7 +16,7 @@ def verifier():
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Address to listen on."
 )
-@click.option("--port", default=8880, show_default=True, type=int)
+@click.option("--port", default=8880, show_default=True, type=click.IntRange(1, 65535))
 @click.option(
     "--db",
     "db_url",
@@ -40,16 +40,19 @@ def serve(ctx, host, port, db_url, token_file, trust):
 
     from cvtpm.attest.service import VerifierService
     from cvtpm.server._auth import load_token
+    from cvtpm.server.listen import bind_tcp
     from cvtpm.server.verifier import create_app
     from cvtpm.store import VerifierStore
 
     token = load_token(token_file)
+    listening = bind_tcp(host, port)
     store = VerifierStore(db_url or default_store_url(ctx.obj))
     app = create_app(VerifierService(store, local_trust(ctx.obj, trust)), token)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[listening])
     finally:
         store.close()
+        listening.close()
 
 
 COMMANDS = [verifier]

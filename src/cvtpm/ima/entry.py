@@ -168,6 +168,12 @@ def ima_legacy(path: str, file_digest: bytes, pcr: int = DEFAULT_PCR) -> Entry:
     return make_entry("ima", path, file_digest, "sha1", pcr=pcr)
 
 
+# The name of the violation entry cvtpm logs when a container went on running
+# while no agent measured it (the daemon was stopped, not crashed): whatever
+# ran then is missing from the list, and a verifier must be told.
+MEASUREMENT_GAP = "cvtpm:measurement-gap"
+
+
 def violation(
     path: str,
     template_name: str = "ima-ng",

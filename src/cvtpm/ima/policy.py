@@ -249,7 +249,7 @@ def parse_policy(text: str) -> ImaPolicy:
 
 def _parse_rule(line: str, number: int) -> Rule:
     def fail(message: str) -> ParseError:
-        return ParseError(f"policy line {number}: {message}", entry=number)
+        return ParseError(f"policy line {number}: {message}")
 
     # 1. Exactly one action, anywhere on the line (ima_parse_rule rejects two).
     action = None

@@ -199,6 +199,18 @@ class Agent:
             container.drop_tpm()
             container.tpm()
 
+    def record_gap(self, name: str) -> None:
+        """Log a measurement gap in a container's list (see MEASUREMENT_GAP)."""
+        with self._lock:
+            container = self._containers.get(name)
+        if container is None:
+            raise StateError(f"container {name!r} is not measured")
+        gap = ima_entry.violation(
+            ima_entry.MEASUREMENT_GAP, self.template, self.hash_algorithm
+        )
+        with container.mlist.lock:
+            container.record(gap)
+
     def containers(self) -> list[str]:
         """Names of the containers being measured."""
         with self._lock:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -83,6 +84,7 @@ def create_runtime(
     if state.pid is None:
         raise ConfigError("the OCI state has no pid; is this a createRuntime hook?")
     rootfs = rootfs_path(state.bundle, config)
+    refuse_exposed_state(config, state.bundle, rootfs, paths)
     expose = exposure.resolve_expose(request.expose)
 
     # 2. The vTPM made or restored, measurement and filtering started.
@@ -128,6 +130,44 @@ def release_rootfs(paths: Paths, name: str) -> None:
     record = _pop_record(paths, name)
     if record is not None:
         exposure.remove_created(Path(record["rootfs"]), record["created"])
+
+
+def refuse_exposed_state(
+    config: dict[str, Any], bundle: Path, rootfs: Path, paths: Paths
+) -> None:
+    """ConfigError if the container would see cvtpm's own state or run directory.
+
+    The state directory holds the master key every vTPM's state is encrypted
+    with; the run directory, every vTPM's unfiltered sockets. A rootfs or bind
+    mount that holds either, or lies inside either, would give them away.
+    """
+    guarded = [_real(paths.state), _real(paths.run)]
+    exposed = [("the rootfs", rootfs)]
+    for mount in config.get("mounts") or []:
+        if not isinstance(mount, dict):
+            continue
+        options = mount.get("options") or []
+        is_bind = mount.get("type") == "bind" or {"bind", "rbind"} & set(options)
+        source = mount.get("source")
+        if is_bind and isinstance(source, str) and source:
+            where = f"the bind mount at {mount.get('destination')}"
+            exposed.append((where, bundle / source))
+    for what, path in exposed:
+        real = _real(path)
+        for directory in guarded:
+            if (
+                real == directory
+                or directory in real.parents
+                or real in directory.parents
+            ):
+                raise ConfigError(
+                    f"{what} ({path}) would show the container cvtpm's {directory},"
+                    " where the keys of every vTPM are; mount something else"
+                )
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
 
 
 def _expose(

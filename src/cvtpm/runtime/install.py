@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ def hook_command(python: Path | None = None) -> tuple[str, list[str]]:
     the script needs only the standard library, so any Python 3 will do.
     """
     interpreter = Path(python or sys.executable).absolute()
-    if not interpreter.is_file():
+    if not interpreter.is_file() or not os.access(interpreter, os.X_OK):
         raise ConfigError(f"no Python interpreter at {interpreter}")
     script = Path(hook_main.__file__).resolve()
     # argv[0] is the full path: Python finds its standard library from it.
@@ -118,15 +119,18 @@ def install(
     """Write the hooks.d files (and the CDI spec); returns the files written."""
     documents = hooks_d_documents(paths, python)
     written = []
-    hooks_dir.mkdir(parents=True, exist_ok=True)
-    for name, document in documents.items():
-        written.append(_write_json(hooks_dir / name, document))
-    for stale in _STALE_HOOK_FILES:
-        (hooks_dir / stale).unlink(missing_ok=True)
-    if cdi_dir is not None:
-        cdi_dir.mkdir(parents=True, exist_ok=True)
-        # JSON is valid YAML; CDI reads both, by file extension.
-        written.append(_write_json(cdi_dir / "cvtpm.json", cdi_spec()))
+    try:
+        hooks_dir.mkdir(parents=True, exist_ok=True)
+        for name, document in documents.items():
+            written.append(_write_json(hooks_dir / name, document))
+        for stale in _STALE_HOOK_FILES:
+            (hooks_dir / stale).unlink(missing_ok=True)
+        if cdi_dir is not None:
+            cdi_dir.mkdir(parents=True, exist_ok=True)
+            # JSON is valid YAML; CDI reads both, by file extension.
+            written.append(_write_json(cdi_dir / "cvtpm.json", cdi_spec()))
+    except OSError as exc:
+        raise ConfigError(f"cannot write {exc.filename}: {exc.strerror}") from None
     return written
 
 

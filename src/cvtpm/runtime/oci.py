@@ -9,7 +9,9 @@ a vTPM with the annotation `io.cvtpm.vtpm=enabled`; the others refine the reques
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,16 +180,32 @@ def container_name(annotations: dict[str, str], container_id: str) -> str:
 
 
 def _read_policy(path: Path) -> str:
+    """The text of the IMA policy file an annotation names; ConfigError if unfit."""
     if not path.is_absolute():
         raise ConfigError(f"annotation {ANNOTATION_POLICY} must be an absolute path")
+    # Non-blocking, and then only a regular file: a FIFO or device named here
+    # would otherwise hold the daemon's thread until someone writes to it.
     try:
-        with path.open("rb") as policy:
-            data = policy.read(MAX_POLICY_SIZE + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise ConfigError(f"cannot read the IMA policy {path}: {exc}") from exc
+        raise ConfigError(
+            f"cannot read the IMA policy {path}: {exc.strerror}"
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"the IMA policy {path} is not a regular file")
+    with os.fdopen(fd, "rb") as policy:
+        data = policy.read(MAX_POLICY_SIZE + 1)
     if len(data) > MAX_POLICY_SIZE:
         raise ConfigError(f"the IMA policy {path} is larger than {MAX_POLICY_SIZE}")
-    return data.decode("utf-8", errors="strict")
+    if not data.strip():
+        raise ConfigError(f"the IMA policy {path} is empty")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"the IMA policy {path} is not UTF-8 text (byte {exc.start})"
+        ) from None
 
 
 def _field(data: dict, name: str, kind: type):

@@ -8,15 +8,18 @@ and SIGINT/SIGTERM go to runc, which forwards them to the container.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
 import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from cvtpm.config import Paths
-from cvtpm.errors import ConfigError, CvtpmError
+from cvtpm.errors import ConfigError, CvtpmError, StateError
 from cvtpm.runtime.bundle import RunSpec, oci_config, write_bundle
 from cvtpm.runtime.daemon_client import DaemonClient, daemon_socket
 
@@ -48,26 +51,69 @@ def run(spec: RunSpec, paths: Paths) -> int:
     runc = runc_binary()
     runc_root = paths.run / RUNC_ROOT
 
-    # 2. The bundle, then runc in the foreground with our stdio.
-    paths.run.mkdir(parents=True, exist_ok=True)
-    bundle = Path(tempfile.mkdtemp(prefix="bundle-", dir=paths.run))
-    try:
-        write_bundle(bundle, oci_config(spec, paths))
-        command = [runc, "--root", str(runc_root), "run", "--bundle", str(bundle)]
-        return _run_forwarding_signals([*command, spec.name])
+    # 2. The name is this run's alone: the clean-up below deletes whatever
+    # container has it, so one that exists already must not be touched.
+    with _name_lock(paths, spec.name):
+        _refuse_taken_name(runc, runc_root, paths, spec.name)
 
-    # 3. Whatever happened, no container state or bundle is left behind, and
-    # the daemon's teardown (which it starts when the container's process
-    # exits) is over before this returns.
+        # 3. The bundle, then runc in the foreground with our stdio.
+        bundle = Path(tempfile.mkdtemp(prefix="bundle-", dir=paths.run))
+        try:
+            write_bundle(bundle, oci_config(spec, paths))
+            command = [runc, "--root", str(runc_root), "run", "--bundle", str(bundle)]
+            return _run_forwarding_signals([*command, spec.name])
+
+        # 4. Whatever happened, no container state or bundle is left behind,
+        # and the daemon's teardown (which it starts when the container's
+        # process exits) is over before this returns.
+        finally:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(
+                    [runc, "--root", str(runc_root), "delete", "--force", spec.name],
+                    capture_output=True,
+                    timeout=60,
+                )
+            shutil.rmtree(bundle, ignore_errors=True)
+            _wait_for_teardown(paths, spec.name)
+
+
+@contextlib.contextmanager
+def _name_lock(paths: Paths, name: str) -> Iterator[None]:
+    """Hold the lock of `name` for one `cvtpm run`; StateError if another holds it."""
+    locks = paths.run / "runs"
+    locks.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(locks / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StateError(
+                f"another `cvtpm run --name {name}` is running; pick another --name"
+            ) from None
+        yield
     finally:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(
-                [runc, "--root", str(runc_root), "delete", "--force", spec.name],
-                capture_output=True,
-                timeout=60,
+        os.close(fd)
+
+
+def _refuse_taken_name(runc: str, runc_root: Path, paths: Paths, name: str) -> None:
+    """StateError if runc or the daemon already has a container called `name`."""
+    state = subprocess.run(
+        [runc, "--root", str(runc_root), "state", name],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    if state.returncode == 0:
+        raise StateError(
+            f"a container named {name!r} exists already (runc --root {runc_root}"
+            f" state {name}); stop and delete it first, or pick another --name"
+        )
+    with DaemonClient.for_paths(paths) as client:
+        if name in [c.get("name") for c in client.list_containers()]:
+            raise StateError(
+                f"the cvtpm daemon serves a container named {name!r} already;"
+                " pick another --name"
             )
-        shutil.rmtree(bundle, ignore_errors=True)
-        _wait_for_teardown(paths, spec.name)
 
 
 def _wait_for_teardown(paths: Paths, name: str) -> None:

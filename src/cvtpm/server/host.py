@@ -96,8 +96,12 @@ class Host:
         fanotify_fd: int | None = None,
         idle_timeout: float = 0,
         busy_poll: float = DEFAULT_BUSY_POLL,
+        group_continued: bool = False,
     ):
         self.paths = paths.ensure()
+        # True when the fanotify group held the marks of the previous worker
+        # (a keeper restarting a crashed worker): nothing went unmeasured.
+        self.group_continued = group_continued
         self.manager = VtpmManager(paths)
         self.pool = VtpmPool(self.manager, pool_size)
         self.supervisor = Supervisor(self.manager, on_restart=self._vtpm_restarted)
@@ -187,8 +191,11 @@ class Host:
 
             # 1. The vTPM: resumed if the container ran before, else from the
             # pool. Its paths are keyed by UUID and never change, so it is
-            # looked up once here.
+            # looked up once here. An ephemeral container deletes its vTPM and
+            # list when it stops, so it may not take a name that has either.
             had_list = (self.paths.lists / request.name).exists()
+            if request.ephemeral:
+                self._refuse_ephemeral_over(request.name, had_list)
             report, created, info = self._vtpm_up(request)
             self.supervisor.watch(request.name, info.pid)
 
@@ -201,10 +208,14 @@ class Host:
                 # devices whose commands the daemon filters the same way.
                 exposed = self._expose(request, Path(info.socket))
             except BaseException:
-                # A vTPM made for this container holds nothing worth keeping.
-                # A list from an earlier life of the name is never removed.
+                # A vTPM made for this container holds nothing worth keeping;
+                # one that ran before the attempt keeps running. A list from
+                # an earlier life of the name is never removed.
                 self._teardown(
-                    request, keep=not created, drop_list=created and not had_list
+                    request,
+                    keep=not created,
+                    drop_list=not had_list,
+                    stop=not report.was_running,
                 )
                 raise
 
@@ -274,9 +285,7 @@ class Host:
 
     # -- steps -------------------------------------------------------------------
 
-    def _vtpm_up(
-        self, request: ContainerRequest
-    ) -> tuple[StartReport, bool, VtpmInfo]:
+    def _vtpm_up(self, request: ContainerRequest) -> tuple[StartReport, bool, VtpmInfo]:
         """The container's vTPM running; True if it was made just now; its info."""
         try:
             self.manager.get(request.name)
@@ -329,11 +338,16 @@ class Host:
         )
 
     def _teardown(
-        self, request: ContainerRequest, keep: bool, drop_list: bool | None = None
+        self,
+        request: ContainerRequest,
+        keep: bool,
+        drop_list: bool | None = None,
+        stop: bool = True,
     ) -> None:
         """Undo a container's set-up; `keep` its vTPM (stopped) or delete it.
 
-        The list goes with a deleted vTPM unless `drop_list` says otherwise.
+        The list goes with a deleted vTPM unless `drop_list` says otherwise; a
+        kept vTPM is left running if not `stop`.
         """
         name = request.name
         if self.idle is not None:
@@ -344,11 +358,27 @@ class Host:
         self.supervisor.unwatch(name)
         shutil.rmtree(self._container_dir(name), ignore_errors=True)
         if keep:
-            self.manager.stop(name, force=True)
+            if stop:
+                self.manager.stop(name, force=True)
         else:
             self.manager.delete(name, force=True)
         if not keep if drop_list is None else drop_list:
             shutil.rmtree(self.paths.lists / name, ignore_errors=True)
+
+    def _refuse_ephemeral_over(self, name: str, had_list: bool) -> None:
+        """StateError if an ephemeral container would delete what it did not make."""
+        try:
+            self.manager.get(name)
+            what = "a vTPM"
+        except NotFoundError:
+            if not had_list:
+                return
+            what = "a measurement list"
+        raise StateError(
+            f"{what} named {name!r} exists, and an ephemeral container deletes its"
+            " vTPM and list when it stops; run it without ephemeral to continue"
+            " it, or under another name"
+        )
 
     def _container_dir(self, name: str) -> Path:
         return self.paths.run / "containers" / name
@@ -374,11 +404,18 @@ class Host:
                 except CvtpmError as exc:
                     log.warning("container %s: %s", request.name, exc.explain())
                 continue
-            # TODO: a container re-adopted after a daemon restart is measured
-            # again from here on, but accesses during the gap were not; say so.
             log.warning("re-adopting container %s (pid %d)", request.name, request.pid)
             try:
                 self.add_container(request)
+                if self.agent is not None and not self.group_continued:
+                    # No group held its marks while no daemon ran: what it did
+                    # then went unmeasured, and its list says so.
+                    self.agent.record_gap(request.name)
+                    log.warning(
+                        "container %s ran unmeasured while no daemon ran;"
+                        " its list records a measurement gap",
+                        request.name,
+                    )
             except CvtpmError as exc:
                 log.error("cannot re-adopt %s: %s", request.name, exc.explain())
 

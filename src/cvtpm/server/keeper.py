@@ -23,6 +23,9 @@ from cvtpm.vtpm.swtpm import become_subreaper
 
 log = logging.getLogger(__name__)
 
+# The worker's exit status for "cannot start as configured" (sysexits.h
+# EX_CONFIG): it said why, and starting it again would not help.
+EXIT_CONFIG = 78
 _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 5.0
 # A worker that ran this long before dying is not crash-looping.
@@ -48,16 +51,21 @@ def run(worker_argv: list[str]) -> int:
     signal.signal(signal.SIGINT, forward)
 
     backoff = _BACKOFF_FIRST
+    group_args = ["--fanotify-fd", str(group)]
     while True:
         started = time.monotonic()
-        worker = subprocess.Popen(
-            [*worker_argv, "--fanotify-fd", str(group)], pass_fds=(group,)
-        )
+        worker = subprocess.Popen([*worker_argv, *group_args], pass_fds=(group,))
+        # Every later worker inherits the marks, and blocked accesses, of the
+        # one before: its containers were never left unmeasured.
+        group_args = ["--fanotify-fd", str(group), "--fanotify-continued"]
         status = _wait_worker(worker.pid)
 
         if stopping or status == 0:
             os.close(group)
             return status
+        if status == EXIT_CONFIG:
+            os.close(group)
+            return 1
         if time.monotonic() - started > _STABLE_AFTER:
             backoff = _BACKOFF_FIRST
         log.error(

@@ -190,11 +190,17 @@ class VtpmManager:
         log.info("created vTPM %s (EK %s, AK %s)", name, ",".join(ek_types), ak_type)
         return self.get(name)
 
-    def start(self, name: str) -> StartReport:
-        """Run the vTPM from its saved state, and say what, if anything, was lost."""
+    def start(self, name: str, *, unless_stopped: bool = False) -> StartReport | None:
+        """Run the vTPM from its saved state, and say what, if anything, was lost.
+
+        With `unless_stopped` (a supervisor bringing back a swtpm that died),
+        a vTPM that someone stopped on purpose stays stopped: None.
+        """
         paths = self.swtpm_paths(name)
         with self._locked(paths.state_dir.name):
             record = self.registry.get(name)
+            if unless_stopped and record.state in ("stopped", "idle"):
+                return None
             if record.state == "corrupt" and not paths.permanent_state.exists():
                 raise StateError(
                     f"vTPM {name!r} has unreadable state, set aside in "

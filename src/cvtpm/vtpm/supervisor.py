@@ -50,11 +50,16 @@ class Supervisor:
 
     def _restart(self, name: str) -> None:
         try:
-            report = self.manager.start(name)
+            report = self.manager.start(name, unless_stopped=True)
         except CvtpmError as exc:
             # Corrupt or missing state: the manager refused, and that refusal
             # is the right outcome; it is logged, never papered over.
             log.error("vTPM %s died and cannot be restarted: %s", name, exc.explain())
+            return
+        if report is None:
+            # `cvtpm vtpm stop --force`: the measurements of its container now
+            # fail closed, as that command says, until it is started again.
+            log.warning("vTPM %s was stopped; it is not restarted", name)
             return
         log.warning("vTPM %s: swtpm died; %s", name, report.describe())
         self.watch(name)

@@ -423,3 +423,12 @@ def test_evaluator_throughput_counts_every_entry():
     )
 
     assert PolicyEvaluator(policy).evaluate_all(entries) == []
+
+
+def test_a_measurement_gap_has_its_own_reason():
+    """The gap cvtpm logs after running unmeasured is named as such."""
+    from cvtpm.ima.entry import MEASUREMENT_GAP, violation
+
+    evaluator = PolicyEvaluator(RuntimePolicy())
+    (failure,) = evaluator.evaluate(violation(MEASUREMENT_GAP), 7)
+    assert failure.reason == "policy.measurement_gap" and failure.index == 7

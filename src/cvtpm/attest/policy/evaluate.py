@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cvtpm.attest.policy.model import RuntimePolicy, compile_excludes
-from cvtpm.ima.entry import BANK_SIZES, Entry
+from cvtpm.ima.entry import BANK_SIZES, MEASUREMENT_GAP, Entry
 from cvtpm.ima.signature import Keyring, SignatureCheck, verify_signature
 
 # A violation's template digest is all zeros, in every bank's list.
@@ -109,6 +109,9 @@ class PolicyEvaluator:
     def _violation(self, entry: Entry, index: int) -> list[Failure]:
         if self._excluded(entry.path):
             return []
+        if entry.path == MEASUREMENT_GAP:
+            message = "the container ran while no cvtpm daemon measured it"
+            return [_failure("policy.measurement_gap", entry, index, message)]
         return [
             _failure(
                 "policy.violation",
