@@ -119,3 +119,20 @@ def test_bad_evidence_requests_are_refused(nonce, since):
     """A non-hex, too short or too long nonce, or a negative index, is refused."""
     with pytest.raises(ParseError):
         parse_request(nonce, since)
+
+
+def test_damage_before_the_tail_is_an_error_not_a_shorter_list(tmp_path):
+    """A broken length with entries after it names the entry; a torn tail does not."""
+    from cvtpm.errors import StateError
+
+    blobs = [encode_binary(ima_ng(f"/f{i}", bytes(32))) for i in range(4)]
+    path = tmp_path / "list"
+    path.write_bytes(b"".join(blobs) + blobs[0][:9])  # torn: left for later
+    assert list_slice(path, 0) == (0, b"".join(blobs))
+
+    damaged = bytearray(b"".join(blobs))
+    name_len = sum(map(len, blobs[:2])) + 4 + 20  # entry 2's template name length
+    damaged[name_len : name_len + 4] = (10**6).to_bytes(4, "little")
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(StateError, match="entry 2, at byte offset"):
+        list_slice(path, 0)

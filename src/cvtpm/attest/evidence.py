@@ -284,6 +284,13 @@ def list_slice(list_path: Path, since: int, digest_size: int = 20) -> tuple[int,
     data = list_path.read_bytes()
     start, first = _walk(data, since, digest_size)
     end, _ = _walk(data, None, digest_size, start)
+    if end != len(data) and digest_size == 20:
+        # Bytes that are no complete entry: a record being appended (or torn
+        # by a crash) is left for later, but damage with entries after it is
+        # an error that names the entry, not a shorter list.
+        from cvtpm.measure._scan import scan_journal
+
+        scan_journal(data, list_path)
     return first, data[start:end]
 
 
