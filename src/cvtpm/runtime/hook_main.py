@@ -79,6 +79,8 @@ def run(state, stage, run_dir=None, state_dir=None):
     # 1. A container that did not ask for a vTPM needs no daemon.
     if len(state) > MAX_STATE_SIZE:
         raise HookError(f"the OCI state on stdin is larger than {MAX_STATE_SIZE} bytes")
+    if not state.strip():
+        raise HookError("no OCI state on stdin (a runtime passes the container's)")
     if not asks(state):
         return b'{"action": "skipped", "name": null}'
 

@@ -21,7 +21,7 @@ from cvtpm.store import StoreError
 class RegistrationIn(BaseModel):
     """A container's vTPM, as its host's daemon or an operator presents it."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     ek_cert: str = Field(description="EK certificate, PEM")
     ak_public: str = Field(description="AK public area: marshaled TPMT_PUBLIC, base64")
     ak_cert: str = Field("", description="AK certificate from the cvtpm CA, PEM")
