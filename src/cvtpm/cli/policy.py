@@ -9,7 +9,7 @@ import click
 from cvtpm.attest.policy import Digest, create_policy, dump
 from cvtpm.errors import ConfigError, UsageError
 from cvtpm.ima import entry as ima_entry
-from cvtpm.measure.agent import default_host_pcrs
+from cvtpm.measure.hostpcrs import default_host_pcrs
 
 
 @click.group()

@@ -21,7 +21,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from cvtpm.errors import StateError
@@ -29,7 +28,7 @@ from cvtpm.ima import entry as ima_entry
 from cvtpm.ima.policy import Func
 from cvtpm.measure import fanotify, procinfo
 from cvtpm.measure.container import Container, ContainerSpec
-from cvtpm.measure.hashing import hash_fd
+from cvtpm.measure.eventfile import EventFile
 from cvtpm.measure.journal import MeasurementList
 
 log = logging.getLogger(__name__)
@@ -39,10 +38,8 @@ MARK_MASK = fanotify.FAN_OPEN_EXEC_PERM | fanotify.FAN_OPEN_PERM
 _MAX_ANCESTRY = 64
 # Execs allowed whose own open has not been seen yet; more means a leak.
 _MAX_PENDING_EXECS = 4096
-_XATTR_IMA = "security.ima"
 # Seconds the reader keeps polling after an event before it sleeps (see run).
 DEFAULT_BUSY_POLL = 0.002
-_EVM_IMA_XATTR_DIGSIG = 0x03  # include/linux/integrity.h, evm_ima_xattr_type
 
 
 class Agent:
@@ -341,7 +338,7 @@ class Agent:
         st = os.fstat(event.fd)
         if not stat.S_ISREG(st.st_mode):
             return None
-        file = _File(event.fd, st)
+        file = EventFile(event.fd, st)
 
         # 2. How: exec (BPRM_CHECK) or open (FILE_CHECK) with the open's mask.
         # An allowed exec opens its file next (fs/exec.c, do_open_execat),
@@ -395,7 +392,7 @@ class Agent:
         for node, decision in work.records:
             self._record(node, work.file, work.func, work.mask, decision)
 
-    def _check_tomtou(self, file: _File, flagged: set[Container]) -> None:
+    def _check_tomtou(self, file: EventFile, flagged: set[Container]) -> None:
         """Log ToMToU where a measured reader still has the file open."""
         # ima_rdwr_violation_check tests i_readcount; /proc/*/fd stands in.
         if not procinfo.open_for_read_elsewhere(*file.key):
@@ -410,7 +407,7 @@ class Agent:
                 )
 
     @staticmethod
-    def _decide(c: Container, file: _File, func, mask: int, task):
+    def _decide(c: Container, file: EventFile, func, mask: int, task):
         """The container's IMA policy on this access."""
         # The ids and the filesystem are read only if a rule asks for them.
         return c.policy.should_measure(
@@ -422,7 +419,7 @@ class Agent:
             fsmagic=file.fsmagic,
         )
 
-    def _record(self, c: Container, file: _File, func, mask: int, decision) -> None:
+    def _record(self, c: Container, file: EventFile, func, mask: int, decision) -> None:
         """Measure the file into one list as the policy `decision` said to."""
         # TODO: a rule's `pcr=` is ignored; every entry goes to PCR 10, the only
         # PCR the journal reconciles.  It matters once policies use pcr=.
@@ -445,7 +442,7 @@ class Agent:
                 c.record(self._entry(template, file))
                 c.measured[key] = version
 
-    def _open_writers(self, c: Container, file: _File) -> bool:
+    def _open_writers(self, c: Container, file: EventFile) -> bool:
         """The reader half of ima_rdwr_violation_check (ima_main.c)."""
         with self._lock:
             self._tomtou.setdefault(file.key, set()).add(c)
@@ -461,7 +458,7 @@ class Agent:
             c.emitted_open_writers.discard(file.key)
         return False
 
-    def _entry(self, template: str, file: _File) -> ima_entry.Entry:
+    def _entry(self, template: str, file: EventFile) -> ima_entry.Entry:
         alg = self.hash_algorithm
         digest = file.digest(alg)
         if template == "ima-sig":
@@ -502,7 +499,7 @@ class Agent:
 class _Work:
     """What one access needs done before it is allowed."""
 
-    file: _File
+    file: EventFile
     func: Func
     mask: int
     task: procinfo.Task
@@ -510,61 +507,3 @@ class _Work:
     records: list[tuple[Container, Any]]
     # The lists that measured the file for a reader, when this is a write.
     tomtou: set[Container]
-
-
-class _File:
-    """The file behind an event fd, with what IMA needs computed once."""
-
-    def __init__(self, fd: int, st: os.stat_result):
-        self.fd = fd
-        self.st = st
-        # i_version stand-in: ctime and mtime change with every content or
-        # metadata change that goes through the kernel.
-        self.version = (st.st_ctime_ns, st.st_mtime_ns)
-        self.key = (st.st_dev, st.st_ino)
-        self._digests: dict[str, bytes] = {}
-        self._path: str | None = None
-        self._fsmagic: int | None = None
-
-    def digest(self, alg: str) -> bytes:
-        """The file's digest, hashed through the fd once per algorithm."""
-        if alg not in self._digests:
-            self._digests[alg] = hash_fd(self.fd, alg)
-        return self._digests[alg]
-
-    def path(self) -> str:
-        """The path as the container sees it (d_path of the event's file)."""
-        if self._path is None:
-            self._path = os.readlink(f"/proc/self/fd/{self.fd}")
-        return self._path
-
-    def fsmagic(self) -> int:
-        """The filesystem's magic number, for `fsmagic=` policy rules."""
-        if self._fsmagic is None:
-            self._fsmagic = procinfo.fs_magic(self.fd)
-        return self._fsmagic
-
-    def signature(self) -> bytes:
-        """The file's security.ima signature (for ima-sig), or b"" if none."""
-        try:
-            value = os.getxattr(self.fd, _XATTR_IMA)
-        except OSError:
-            return b""
-        return value if value[:1] == bytes([_EVM_IMA_XATTR_DIGSIG]) else b""
-
-
-def default_host_pcrs(
-    device: str = "/dev/tpmrm0",
-) -> dict[str, dict[int, bytes]] | None:
-    """PCRs 0-9 of the host TPM in its sha1 and sha256 banks, or None without one."""
-    if not Path(device).exists():
-        return None
-    from cvtpm.tpm.client import TpmClient
-
-    with TpmClient(f"device:{device}") as tpm:
-        banks = [b for b in tpm.active_banks() if b in ("sha1", "sha256")]
-        values: dict[str, dict[int, bytes]] = {bank: {} for bank in banks}
-        for index in range(10):
-            for bank, value in tpm.pcr_read(index, banks).items():
-                values[bank][index] = value
-    return values

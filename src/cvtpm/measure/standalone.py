@@ -23,8 +23,9 @@ from pathlib import Path
 
 from cvtpm.errors import CvtpmError
 from cvtpm.ima.policy import DEFAULT_CONTAINER_POLICY, parse_policy
-from cvtpm.measure.agent import Agent, default_host_pcrs
+from cvtpm.measure.agent import Agent
 from cvtpm.measure.container import ContainerSpec
+from cvtpm.measure.hostpcrs import default_host_pcrs
 from cvtpm.tpm.client import TpmClient
 
 

@@ -22,8 +22,9 @@ from cvtpm.attest.evidence import collect_evidence
 from cvtpm.config import Paths
 from cvtpm.errors import CvtpmError, NotFoundError, StateError, UsageError
 from cvtpm.ima.policy import DEFAULT_CONTAINER_POLICY, parse_policy
-from cvtpm.measure.agent import DEFAULT_BUSY_POLL, Agent, default_host_pcrs
+from cvtpm.measure.agent import DEFAULT_BUSY_POLL, Agent
 from cvtpm.measure.container import ContainerSpec
+from cvtpm.measure.hostpcrs import default_host_pcrs
 from cvtpm.measure.journal import BINARY_NAME
 from cvtpm.names import check_name
 from cvtpm.pidwatch import PidWatcher
