@@ -120,3 +120,33 @@ def test_run_checks_its_options_first(tmp_path, capsys, option, message):
     code, err = run(tmp_path, capsys, "run", option, str(tmp_path / "rootfs"),
                     "--", "true")  # fmt: skip
     assert code == 2 and message in err
+
+
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero"])
+def test_special_files_are_refused_not_read(tmp_path, capsys, special):
+    """A FIFO (which would block) or /dev/zero (which never ends) as --policy."""
+    import os
+
+    path = tmp_path / "fifo"
+    if special == "fifo":
+        os.mkfifo(path)
+    else:
+        path = special
+    (tmp_path / "rootfs").mkdir()
+    code, err = run(tmp_path, capsys, "run", "--policy", str(path),
+                    str(tmp_path / "rootfs"), "--", "true")  # fmt: skip
+    assert code == 2 and "is not a regular file" in err
+
+
+def test_a_fifo_token_file_is_refused(tmp_path):
+    """verifier serve --token-file on a FIFO says so instead of waiting forever."""
+    import os
+
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo)
+    done = subprocess.run(
+        [*CVTPM, "--state-dir", str(tmp_path), "verifier", "serve",
+         "--token-file", str(fifo)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1 and "is not a regular file" in done.stderr

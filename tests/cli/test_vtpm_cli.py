@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +83,18 @@ def test_creating_a_taken_name_fails_and_keeps_the_first(cvtpm):
     assert code == 1 and "already exists" in err
     again = json.loads(cvtpm("vtpm", "show", "dup", "--json")[1])
     assert again["uuid"] == first["uuid"] and again["state"] == "running"
+
+
+def test_delete_keeps_the_list_aside(cvtpm, paths):
+    """`vtpm delete` moves the vTPM's list to lists/.retired, whole."""
+    assert cvtpm("vtpm", "create", "gone")[0] == 0
+    listed = paths.lists / "gone"
+    listed.mkdir(parents=True)
+    (listed / "binary_runtime_measurements").write_bytes(b"recorded")
+
+    code, out, _ = cvtpm("vtpm", "delete", "gone", "--json")
+    assert code == 0
+    kept = json.loads(out)["list_kept_in"]
+    assert not listed.exists()
+    assert (paths.lists / ".retired").is_dir()
+    assert (Path(kept) / "binary_runtime_measurements").read_bytes() == b"recorded"

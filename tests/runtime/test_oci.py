@@ -208,3 +208,29 @@ def test_a_container_that_would_see_cvtpms_state_is_refused(tmp_path):
             refuse_exposed_state(config, tmp_path, rootfs, paths)
     with pytest.raises(ConfigError, match="the rootfs"):
         refuse_exposed_state({}, tmp_path, tmp_path, paths)
+
+
+@pytest.mark.root
+def test_other_names_for_cvtpms_state_are_refused_too(tmp_path):
+    """A hard link to the master key, or the state directory mounted elsewhere."""
+    import subprocess
+
+    paths = Paths(state=tmp_path / "state", run=tmp_path / "run")
+    (paths.state / "ca").mkdir(parents=True)
+    paths.run.mkdir()
+    (paths.state / "master.key").write_bytes(b"k" * 32)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    os.link(paths.state / "master.key", outside / "key")
+    alias = tmp_path / "alias"
+    alias.mkdir()
+    subprocess.run(["mount", "--bind", str(paths.state), str(alias)], check=True)
+    try:
+        for source in (outside / "key", alias, alias / "ca"):
+            config = {
+                "mounts": [{"destination": "/x", "type": "bind", "source": str(source)}]
+            }
+            with pytest.raises(ConfigError, match="would show the container"):
+                refuse_exposed_state(config, tmp_path, tmp_path / "rootfs", paths)
+    finally:
+        subprocess.run(["umount", str(alias)], check=True)

@@ -283,3 +283,18 @@ def test_a_vtpm_stopped_on_purpose_stays_stopped(host, runc, short_tmp):
         time.sleep(0.05)
     assert not host.manager.is_running("held")
     assert (bundle.rootfs / "data" / "rc").read_text().strip() != "0"
+
+
+def test_a_new_vtpm_does_not_inherit_an_old_list(host, runc, short_tmp):
+    """A list left by a deleted vTPM is kept aside; the new vTPM starts afresh."""
+    bundle = Bundle(short_tmp / "b")
+    bundle.set_script("true")
+    run(host, runc, bundle, "heir")
+    old = entries(host, "heir")
+    host.manager.delete("heir")
+
+    run(host, runc, bundle, "heir")
+    fresh = entries(host, "heir")
+    assert fresh[0].path == "boot_aggregate" and len(fresh) == len(old)
+    (kept,) = (host.paths.lists / ".retired").iterdir()
+    assert kept.name.startswith("heir.")

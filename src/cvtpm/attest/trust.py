@@ -11,6 +11,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 
 from cvtpm.errors import ConfigError, ParseError
+from cvtpm.files import read_regular_file
 
 MAX_CHAIN = 8  # longer chains than this are a loop or an attack, not a PKI
 
@@ -92,14 +93,11 @@ class TrustStore:
             for file in files if path.is_dir() else [path]:
                 if not file.exists():
                     raise ConfigError(f"trust store file {file} does not exist")
+                data = read_regular_file(file, "trust store file")
                 try:
-                    store.add_pem(file.read_bytes())
+                    store.add_pem(data)
                 except ParseError as exc:
                     raise ParseError(f"trust store file {file}: {exc}") from None
-                except OSError as exc:
-                    raise ConfigError(
-                        f"cannot read trust store file {file}: {exc.strerror}"
-                    ) from None
         if not store.roots:
             raise ConfigError(
                 f"no root certificate (self-signed) in {', '.join(map(str, paths))}:"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import click
 
@@ -23,6 +22,7 @@ from cvtpm.errors import (
     StateError,
     UsageError,
 )
+from cvtpm.files import read_regular_file
 from cvtpm.names import check_name
 from cvtpm.store import VerifierStore
 
@@ -112,13 +112,11 @@ def _ensure_registered(service: VerifierService, name: str, daemon_url: str) -> 
 
 def _read_policy(path: str) -> str:
     try:
-        return Path(path).read_bytes().decode("utf-8")
+        return read_regular_file(path, "the runtime policy").decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ParseError(
             f"runtime policy {path}: not UTF-8 text (byte {exc.start})"
         ) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
 
 
 @click.command()

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from cvtpm.errors import ParseError, UsageError
+from cvtpm.errors import ConfigError, ParseError, UsageError
+from cvtpm.files import read_regular_file
 from cvtpm.ima.policy import parse_policy
 from cvtpm.names import check_name
 from cvtpm.runtime import runner
@@ -31,11 +32,11 @@ def _bind(value: str) -> tuple[Path, Path]:
 def _check_policy(path: Path) -> str:
     """The IMA policy's text, parsed here so that a mistake is named at once."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = read_regular_file(path, "--policy").decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"--policy {path}: not a text file") from None
-    except OSError as exc:
-        raise UsageError(f"--policy {path}: {exc.strerror}") from None
+    except ConfigError as exc:
+        raise UsageError(exc.explain()) from None
     if not text.strip():
         raise UsageError(
             f"--policy {path}: the file is empty (a policy of only comments"

@@ -6,6 +6,7 @@ import click
 
 from cvtpm.cli.output import emit, json_option
 from cvtpm.errors import CvtpmError, UsageError
+from cvtpm.measure.journal import retire_list
 from cvtpm.names import check_name
 from cvtpm.vtpm.manager import VtpmInfo, VtpmManager
 
@@ -162,9 +163,20 @@ def stop(ctx, name, force, as_json):
 @json_option
 @click.pass_context
 def delete(ctx, name, force, as_json):
-    """Delete a vTPM with its state and keys; this cannot be undone."""
+    """Delete a vTPM with its state and keys; this cannot be undone.
+
+    Its measurement list, if any, is kept aside in lists/.retired.
+    """
     _manager(ctx).delete(name, force=force)
-    emit({"name": name, "deleted": True}, as_json, lambda _: f"{name}: deleted")
+    retired = retire_list(ctx.obj.lists, name)
+    emit(
+        {"name": name, "deleted": True, "list_kept_in": retired and str(retired)},
+        as_json,
+        lambda _: (
+            f"{name}: deleted"
+            + (f" (its list is kept in {retired})" if retired else "")
+        ),
+    )
 
 
 COMMANDS = [vtpm]

@@ -26,6 +26,7 @@ import errno
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
@@ -281,6 +282,27 @@ def scan_list(directory: Path) -> Scan:
 def read_list(directory: Path) -> list[Entry]:
     """The entries of a list on disk, without touching it (a torn tail is left out)."""
     return scan_list(directory).entries
+
+
+RETIRED = ".retired"  # lists/.retired/NAME.TIME: lists of vTPMs that are gone
+
+
+def retire_list(lists: Path, name: str) -> Path | None:
+    """Move the list of `name` aside, kept whole; where it went (None: no list).
+
+    A list belongs to the vTPM its entries were extended into. Once that vTPM
+    is deleted, the list can never be replayed against a PCR again, and a new
+    vTPM of the same name must start a list of its own.
+    """
+    source = Path(lists) / name
+    if not source.exists():
+        return None
+    retired = Path(lists) / RETIRED
+    retired.mkdir(mode=0o700, exist_ok=True)
+    target = _free_path(retired / f"{name}.{time.strftime('%Y%m%dT%H%M%S')}")
+    source.rename(target)
+    _fsync_directory(Path(lists))
+    return target
 
 
 def _read(path: Path) -> bytes:

@@ -138,10 +138,12 @@ def refuse_exposed_state(
     """ConfigError if the container would see cvtpm's own state or run directory.
 
     The state directory holds the master key every vTPM's state is encrypted
-    with; the run directory, every vTPM's unfiltered sockets. A rootfs or bind
-    mount that holds either, or lies inside either, would give them away.
+    with and the CA's keys; the run directory, every vTPM's unfiltered
+    sockets. A rootfs or bind mount that holds either, lies inside either, or
+    is a hard link to one of the keys gives them away. Files are compared by
+    device and inode, so another name for them (a bind mount elsewhere, a
+    hard link) is caught as well as the path itself.
     """
-    guarded = [_real(paths.state), _real(paths.run)]
     exposed = [("the rootfs", rootfs)]
     for mount in config.get("mounts") or []:
         if not isinstance(mount, dict):
@@ -152,22 +154,54 @@ def refuse_exposed_state(
         if is_bind and isinstance(source, str) and source:
             where = f"the bind mount at {mount.get('destination')}"
             exposed.append((where, bundle / source))
+
+    guarded = _Guarded(paths)
     for what, path in exposed:
-        real = _real(path)
-        for directory in guarded:
-            if (
-                real == directory
-                or directory in real.parents
-                or real in directory.parents
-            ):
-                raise ConfigError(
-                    f"{what} ({path}) would show the container cvtpm's {directory},"
-                    " where the keys of every vTPM are; mount something else"
-                )
+        found = guarded.exposed_by(Path(os.path.realpath(path)))
+        if found is not None:
+            raise ConfigError(
+                f"{what} ({path}) would show the container cvtpm's {found},"
+                " where the keys of every vTPM are; mount something else"
+            )
 
 
-def _real(path: Path) -> Path:
-    return Path(os.path.realpath(path))
+class _Guarded:
+    """What no container may see: cvtpm's directories and keys, by inode."""
+
+    def __init__(self, paths: Paths):
+        self.directories = {}  # (dev, ino) of the state and run directories
+        self.ancestors = {}  # (dev, ino) of them and every directory above
+        self.secrets = {}  # (dev, ino) of the key files
+        for directory in (paths.state, paths.run):
+            if (key := _inode(directory)) is not None:
+                self.directories[key] = directory
+            for holder in (directory, *directory.parents):
+                if (key := _inode(holder)) is not None:
+                    self.ancestors.setdefault(key, directory)
+        for secret in [paths.state / "master.key", *sorted(paths.ca.glob("*.key"))]:
+            if (key := _inode(secret)) is not None:
+                self.secrets[key] = secret
+
+    def exposed_by(self, path: Path) -> Path | None:
+        """The guarded directory or key `path` would show, or None."""
+        key = _inode(path)
+        if key in self.secrets:
+            return self.secrets[key]
+        if key in self.ancestors:
+            return self.ancestors[key]  # it holds the directory
+        for holder in (path, *path.parents):
+            found = self.directories.get(_inode(holder))
+            if found is not None:
+                return found  # it lies inside the directory
+        return None
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def _expose(

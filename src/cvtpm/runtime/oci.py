@@ -9,14 +9,13 @@ a vTPM with the annotation `io.cvtpm.vtpm=enabled`; the others refine the reques
 from __future__ import annotations
 
 import json
-import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cvtpm.errors import ConfigError, ParseError
+from cvtpm.files import read_regular_file
 from cvtpm.runtime.annotations import (
     ANNOTATION_ENABLE,
     ANNOTATION_EPHEMERAL,
@@ -183,21 +182,7 @@ def _read_policy(path: Path) -> str:
     """The text of the IMA policy file an annotation names; ConfigError if unfit."""
     if not path.is_absolute():
         raise ConfigError(f"annotation {ANNOTATION_POLICY} must be an absolute path")
-    # Non-blocking, and then only a regular file: a FIFO or device named here
-    # would otherwise hold the daemon's thread until someone writes to it.
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read the IMA policy {path}: {exc.strerror}"
-        ) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ConfigError(f"the IMA policy {path} is not a regular file")
-    with os.fdopen(fd, "rb") as policy:
-        data = policy.read(MAX_POLICY_SIZE + 1)
-    if len(data) > MAX_POLICY_SIZE:
-        raise ConfigError(f"the IMA policy {path} is larger than {MAX_POLICY_SIZE}")
+    data = read_regular_file(path, "the IMA policy", MAX_POLICY_SIZE)
     if not data.strip():
         raise ConfigError(f"the IMA policy {path} is empty")
     try:

@@ -11,6 +11,7 @@ from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from cvtpm.errors import ConfigError
+from cvtpm.files import read_regular_file
 
 TOKEN_ENV = "CVTPM_VERIFIER_TOKEN"
 MIN_TOKEN_LENGTH = 16
@@ -23,10 +24,11 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
 def load_token(path: str | Path | None = None, env: str = TOKEN_ENV) -> str:
     """The service token from a file (first line) or else the environment."""
     if path is not None:
+        data = read_regular_file(path, "the token file", limit=4096)
         try:
-            token = Path(path).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the token file {path}: {exc}") from None
+            token = data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ConfigError(f"the token file {path} is not text") from None
     else:
         token = os.environ.get(env, "").strip()
     if len(token) < MIN_TOKEN_LENGTH:

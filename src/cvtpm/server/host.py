@@ -25,7 +25,7 @@ from cvtpm.ima.policy import DEFAULT_CONTAINER_POLICY, parse_policy
 from cvtpm.measure.agent import DEFAULT_BUSY_POLL, Agent
 from cvtpm.measure.container import ContainerSpec
 from cvtpm.measure.hostpcrs import default_host_pcrs
-from cvtpm.measure.journal import BINARY_NAME
+from cvtpm.measure.journal import BINARY_NAME, retire_list
 from cvtpm.names import check_name
 from cvtpm.pidwatch import PidWatcher
 from cvtpm.runtime.hook import release_rootfs
@@ -199,6 +199,16 @@ class Host:
                 self._refuse_ephemeral_over(request.name, had_list)
             report, created, info = self._vtpm_up(request)
             self.supervisor.watch(request.name, info.pid)
+            if created and had_list:
+                # The list of a vTPM that was deleted: its entries were never
+                # extended into this one. Kept aside, and a new list begins.
+                retired = retire_list(self.paths.lists, request.name)
+                had_list = False
+                log.warning(
+                    "container %s: a new vTPM; the list of the old one is kept in %s",
+                    request.name,
+                    retired,
+                )
 
             try:
                 # 2. Measurement: list, reconcile with PCR 10, fanotify marks.
