@@ -1,7 +1,7 @@
-"""cvtpm's host directories by default, importable without anything else.
+"""cvtpm's host directories by default, and how the environment overrides them.
 
-The OCI hook reads them at every container start and stop, where every
-module imported is start-up time (see cvtpm.runtime.hook_main).
+cvtpm.config builds its Paths from these; the OCI hook, which imports no part
+of cvtpm (cvtpm.runtime.hook_main), keeps copies that a test compares.
 """
 
 STATE_DIR = "/var/lib/cvtpm"

@@ -42,10 +42,10 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 
 class DaemonClient:
-    """The calls the runtime integration makes to `cvtpm daemon`.
+    """The calls `cvtpm run` and the tests make to `cvtpm daemon`.
 
-    Built on http.client rather than a richer HTTP library: the OCI hook runs it
-    at every container start and stop, where import time is start-up time.
+    Built on http.client rather than a richer HTTP library: `cvtpm run` is
+    started for every container it runs, where import time is start-up time.
     """
 
     def __init__(self, socket_path: Path, *, timeout: float = TIMEOUT):
@@ -65,10 +65,6 @@ class DaemonClient:
 
     def close(self) -> None:
         """Nothing to release: each request has its own connection."""
-
-    def create_container(self, body: dict[str, Any]) -> dict[str, Any]:
-        """POST /v1/containers: make or restore the vTPM and start measuring."""
-        return self._request("POST", "/v1/containers", body)
 
     def delete_container(self, name: str) -> bool:
         """DELETE /v1/containers/{name}; False if the daemon did not know it."""
