@@ -266,14 +266,17 @@ def test_a_vtpm_stopped_on_purpose_stays_stopped(host, runc, short_tmp):
     and the container's next measured exec fails closed."""
     bundle = Bundle(short_tmp / "b")
     make_program(bundle.rootfs, "/opt/late", b"late")
-    bundle.set_script("sleep 3; /opt/late/true; echo $? > /data/rc; sleep 30")
+    # `echo >` is the shell's own: /data/up exists once the shell runs.
+    bundle.set_script(
+        "echo up > /data/up; sleep 3; /opt/late/true; echo $? > /data/rc; sleep 30"
+    )
     cid, pid = runc.create(bundle)
     host.add_container(
         ContainerRequest(name="held", pid=pid, rootfs=str(bundle.rootfs))
     )
     runc.start(cid)
     deadline = time.monotonic() + 20
-    while len(entries(host, "held")) < 2:  # the shell itself is measured first
+    while not (bundle.rootfs / "data" / "up").exists():
         assert time.monotonic() < deadline
         time.sleep(0.02)
 
