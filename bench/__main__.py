@@ -80,6 +80,15 @@ def rows() -> list[tuple[str, str, str, str]]:
             f"bare swtpm {m['pss_per_bare_swtpm_bytes'] / mib:.2f} MiB",
             f"{m['ratio_vs_bare_swtpm']:.2f}x",
         ))  # fmt: skip
+        together = m.get(f"pss_{m.get('sample')}_vtpms_bytes")
+        if together is not None:
+            out.append((
+                f"{m['sample']} vTPMs running at once (total PSS)",
+                f"{together / mib:.0f} MiB",
+                f"{m['sample']} bare swtpm "
+                f"{m['sample'] * m['pss_per_bare_swtpm_bytes'] / mib:.0f} MiB",
+                f"{m['ratio_vs_bare_swtpm']:.2f}x",
+            ))  # fmt: skip
         out.append((
             f"{m['provisioned']} provisioned, {m['running']} running "
             "(the rest released when idle)",

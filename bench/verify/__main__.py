@@ -111,7 +111,7 @@ def ours_ascii(entries, policy_text: str, repeats: int) -> float:
         raws = split_ascii(text)
         replayed, failures = replay_raw(ReplayState(), raws, quoted)
         count = replayed.boundary
-        failures += check_templates(replayed, count, 0)
+        failures += check_templates(replayed, count, 0, policy)
         failures += check_policy(policy, replayed, count, 0)
         assert count == len(raws) and not failures, failures
 

@@ -133,3 +133,31 @@ def test_a_violation_is_judged_even_with_allowed_template_data():
     assert data in allowed
     raws = [(pcr, name, bytes(20), data), (pcr, name, b"\1" * 20, data)]
     assert _fastlist.needing_policy(raws, allowed) == [0]
+
+
+def test_known_template_digests_still_catch_a_wrong_digest():
+    """With the policy's own digests, an allowed entry with a bad digest is found.
+
+    The shortcut compares instead of hashing; it must report exactly what
+    hashing reports, for allowed and unknown entries and for violations.
+    """
+    entries = mixed_list()
+    policy = PolicyEvaluator(
+        RuntimePolicy(
+            digests={"/bin/a": frozenset({Digest("sha256", entries[1].file_digest)})}
+        )
+    )
+    known = _fastlist.allowed_templates(policy)
+    raws = as_raw(entries)
+    assert raws[1][3] in known  # /bin/a is allowed, so it takes the shortcut
+    assert known[raws[1][3]] == hashlib.sha1(raws[1][3]).digest()
+    assert _fastlist.bad_templates(raws, known) == _fastlist.bad_templates(raws) == []
+
+    pcr, name, digest, data = raws[1]
+    raws[1] = (pcr, name, b"\x01" * 20, data)  # allowed data, forged digest
+    pcr, name, digest, data = raws[3]
+    raws[3] = (pcr, name, digest, data.replace(b"/bin/b", b"/bin/z"))  # unknown data
+    raws.append((10, b"ima-ng", bytes(20), raws[1][3]))  # a violation: never bad
+    assert (
+        _fastlist.bad_templates(raws, known) == _fastlist.bad_templates(raws) == [1, 3]
+    )

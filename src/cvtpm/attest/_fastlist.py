@@ -147,9 +147,9 @@ def _replay_sha1(
     raws: list[Raw], value: bytes, target: bytes
 ) -> tuple[int | None, dict[str, bytes]]:
     sha1 = hashlib.sha1
-    ones = b"\xff" * 20
+    zeros, ones = bytes(20), b"\xff" * 20
     for count, (_, _, digest, data) in enumerate(raws, start=1):
-        if not any(digest):
+        if digest == zeros:
             extend = ones
         elif len(digest) == 20:
             extend = digest
@@ -161,21 +161,37 @@ def _replay_sha1(
     return None, {"sha1": value}
 
 
-def bad_templates(raws: list[Raw]) -> list[int]:
-    """Positions of entries whose SHA-1 template digest is not that of their data."""
+def bad_templates(
+    raws: list[Raw], known: dict[bytes, bytes] | None = None
+) -> list[int]:
+    """Positions of entries whose SHA-1 template digest is not that of their data.
+
+    `known` maps template data to its SHA-1 digest, computed beforehand (see
+    allowed_templates): an entry found there is checked by one comparison
+    instead of a hash, which halves the hashing of a list the policy allows.
+    """
     sha1 = hashlib.sha1
-    return [
-        i
-        for i, (_, _, digest, data) in enumerate(raws)
-        if any(digest) and sha1(data).digest() != digest
-    ]
+    get = (known or {}).get
+    zeros = bytes(20)
+    bad = []
+    for i, (_, _, digest, data) in enumerate(raws):
+        expected = get(data)
+        if expected is None:
+            if digest != zeros and sha1(data).digest() != digest:
+                bad.append(i)
+        elif expected != digest and digest != zeros:
+            bad.append(i)
+    return bad
 
 
 _ALLOWED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def allowed_templates(policy: Any) -> frozenset[bytes] | None:
+def allowed_templates(policy: Any) -> dict[bytes, bytes] | None:
     """The template data of every ima-ng entry a runtime policy allows outright.
+
+    Each maps to its SHA-1 template digest, worked out once per policy, so
+    that bad_templates need not hash the entries the policy allows.
 
     A policy evaluator exposing its RuntimePolicy as `.policy` allows an
     unsigned, non-violation ima-ng entry whose digest is listed for its path
@@ -192,29 +208,30 @@ def allowed_templates(policy: Any) -> frozenset[bytes] | None:
     with contextlib.suppress(KeyError, TypeError):  # TypeError: not weakly referable
         return _ALLOWED[policy]
     pack = _U32.pack
-    allowed = set()
+    allowed = {}
     for path, values in digests.items():
         name = path.encode("utf-8", "surrogateescape") + b"\0"
         n_field = pack(len(name)) + name
         for digest in values:
             d_field = digest.alg.encode() + b":\0" + digest.value
-            allowed.add(pack(len(d_field)) + d_field + n_field)
-    templates = frozenset(allowed)
+            data = pack(len(d_field)) + d_field + n_field
+            allowed[data] = hashlib.sha1(data).digest()
     with contextlib.suppress(TypeError):
-        _ALLOWED[policy] = templates
-    return templates
+        _ALLOWED[policy] = allowed
+    return allowed
 
 
-def needing_policy(raws: list[Raw], allowed: frozenset[bytes]) -> list[int]:
+def needing_policy(raws: list[Raw], allowed: dict[bytes, bytes]) -> list[int]:
     """Positions of entries the policy must judge: all but plainly allowed ima-ng ones.
 
     `allowed` is allowed_templates(policy); a violation (all-zero template
     digest) is never plainly allowed, whatever its data.
     """
+    zeros = bytes(len(raws[0][2])) if raws else b""
     return [
         i
         for i, (_, name, digest, data) in enumerate(raws)
-        if data not in allowed or name != b"ima-ng" or not any(digest)
+        if data not in allowed or name != b"ima-ng" or digest == zeros
     ]
 
 

@@ -320,10 +320,17 @@ def _check_counters(state: ReplayState, attest: Attest) -> tuple[list[Failure], 
 # -- step 3: the list (cvtpm.attest.listreplay) ------------------------------------
 
 
-def check_templates(replayed: ListReplay, count: int, start: int) -> list[Failure]:
-    """With only the sha1 bank quoted, template data must match its SHA-1 digest."""
+def check_templates(
+    replayed: ListReplay, count: int, start: int, policy: RuntimePolicy | None = None
+) -> list[Failure]:
+    """With only the sha1 bank quoted, template data must match its SHA-1 digest.
+
+    The `policy` that will judge the entries lends the digests of the template
+    data it allows, worked out once per policy, so those are not hashed here.
+    """
     if replayed.raw:
-        bad = _fastlist.bad_templates(replayed.entries[:count])
+        known = _fastlist.allowed_templates(policy) if policy is not None else None
+        bad = _fastlist.bad_templates(replayed.entries[:count], known)
     else:
         entries = replayed.entries[:count]
         bad = [i for i, e in enumerate(entries) if not e.template_digest_matches()]
@@ -422,7 +429,7 @@ def verify(
     result.verified_index = state.index + count
     result.pending = len(replayed.entries) - count
     if list(reg.banks) == ["sha1"]:
-        result.failures += check_templates(replayed, count, state.index)
+        result.failures += check_templates(replayed, count, state.index, policy)
     if policy is not None:
         result.failures += check_policy(policy, replayed, count, state.index)
 

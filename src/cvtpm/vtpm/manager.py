@@ -57,7 +57,7 @@ class VtpmInfo:
 
     @property
     def ek_handle(self) -> int:
-        """The handle of the EK the AK was activated with (ECC if there is one)."""
+        """The EK a verifier activates the AK with: the ECC one if there is one."""
         return self.ek_handles.get("ecc", next(iter(self.ek_handles.values())))
 
     @property
@@ -141,7 +141,7 @@ class VtpmManager:
         ephemeral: bool = False,
         pooled: bool = False,
     ) -> VtpmInfo:
-        """Manufacture a vTPM: EKs with CA certificates in NV, and an activated AK.
+        """Manufacture a vTPM: EKs with CA certificates in NV, and a certified AK.
 
         A `pooled` vTPM gets a placeholder name and waits, running, for
         `claim_pooled` to give it to a container.
