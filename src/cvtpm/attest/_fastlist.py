@@ -42,22 +42,26 @@ def split(data: bytes, digest_size: int) -> list[Raw] | None:
     out of range or a truncated entry, all of which it reports precisely.
     """
     head = struct.Struct(f"<I{digest_size}sI")
+    unpack_head, unpack_u32, head_size = head.unpack_from, _U32.unpack_from, head.size
+    fast = _FAST_TEMPLATES
     out: list[Raw] = []
     append = out.append
     pos, end = 0, len(data)
-    while pos < end:
-        if pos + head.size > end:
-            return None
-        pcr, digest, name_len = head.unpack_from(data, pos)
-        name_end = pos + head.size + name_len
-        name = data[pos + head.size : name_end]
-        if pcr >= 24 or name not in _FAST_TEMPLATES or name_end + 4 > end:
-            return None
-        data_end = name_end + 4 + _U32.unpack_from(data, name_end)[0]
-        if data_end > end:
-            return None
-        append((pcr, name, digest, data[name_end + 4 : data_end]))
-        pos = data_end
+    try:
+        while pos < end:
+            pcr, digest, name_len = unpack_head(data, pos)
+            name_end = pos + head_size + name_len
+            # A name cut short by the end of the data is no fast template.
+            name = data[pos + head_size : name_end]
+            if pcr >= 24 or name not in fast:
+                return None
+            data_end = name_end + 4 + unpack_u32(data, name_end)[0]
+            if data_end > end:
+                return None
+            append((pcr, name, digest, data[name_end + 4 : data_end]))
+            pos = data_end
+    except struct.error:  # a header or length field cut short
+        return None
     return out
 
 
