@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 
 import pytest
@@ -301,3 +302,57 @@ def test_a_new_vtpm_does_not_inherit_an_old_list(host, runc, short_tmp):
     assert fresh[0].path == "boot_aggregate" and len(fresh) == len(old)
     (kept,) = (host.paths.lists / ".retired").iterdir()
     assert kept.name.startswith("heir.")
+
+
+def test_a_teardown_holds_up_only_a_start_of_the_same_name(host, runc, short_tmp):
+    """While a container is torn down, others start; the same name waits for it."""
+    gate = threading.Event()
+    tearing = threading.Event()
+    teardown = host._teardown
+
+    def slow_teardown(request, *args, **kwargs):
+        if request.name == "slow":
+            tearing.set()
+            assert gate.wait(30)
+        return teardown(request, *args, **kwargs)
+
+    host._teardown = slow_teardown
+    bundle = Bundle(short_tmp / "b")
+    bundle.set_script("true")
+    cid, pid = runc.create(bundle)
+    host.add_container(
+        ContainerRequest(name="slow", pid=pid, rootfs=str(bundle.rootfs))
+    )
+    first = host.manager.get("slow")
+    runc.start(cid)
+    runc.wait(cid)
+    assert tearing.wait(20)
+
+    # Another container is set up while "slow" is still being torn down.
+    other = Bundle(short_tmp / "o")
+    other.set_script("sleep 30")
+    _, other_pid = runc.create(other)
+    host.add_container(
+        ContainerRequest(name="other", pid=other_pid, rootfs=str(other.rootfs))
+    )
+    assert not gate.is_set()
+
+    # "slow" again: its start waits until the teardown has stopped its vTPM.
+    bundle.set_script("sleep 30")
+    _, again_pid = runc.create(bundle)
+    outcome = []
+    starter = threading.Thread(
+        target=lambda: outcome.append(
+            host.add_container(
+                ContainerRequest(name="slow", pid=again_pid, rootfs=str(bundle.rootfs))
+            )
+        )
+    )
+    starter.start()
+    starter.join(0.5)
+    assert starter.is_alive() and not outcome
+    gate.set()
+    starter.join(30)
+    assert outcome and outcome[0]["name"] == "slow"
+    assert host.manager.get("slow").uuid == first.uuid
+    assert host.manager.get("slow").state == "running"

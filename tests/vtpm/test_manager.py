@@ -96,7 +96,7 @@ def test_ek_certificate_matches_the_tpm_ek(manager, short_tmp):
     assert in_tpm.public_numbers() == in_cert.public_numbers()
 
 
-def test_ak_certificate_names_the_activated_ak(manager, short_tmp):
+def test_ak_certificate_names_the_ak_in_the_tpm(manager, short_tmp):
     """The AK certificate chains to the CA and certifies the TPM's AK."""
     info = manager.create("ak")
     pem = short_tmp / "ak.pem"

@@ -130,6 +130,10 @@ class Host:
         )
         self._containers: dict[str, ContainerRequest] = {}
         self._lock = threading.RLock()
+        # Containers being torn down, outside the lock (see remove_container);
+        # a start of the same name waits on `_left` until its teardown ends.
+        self._leaving: set[str] = set()
+        self._left = threading.Condition(self._lock)
         self._supervisor_thread: threading.Thread | None = None
         # A container is torn down when its process exits: no poststop hook
         # (a process per container stop) is needed, and none is missed when a
@@ -183,6 +187,8 @@ class Host:
         request.validate()
         request.check_container()
         with self._lock:
+            while request.name in self._leaving:
+                self._left.wait()
             previous = self._containers.get(request.name)
             if previous is not None and not _alive(previous.pid):
                 # Its exit is not handled yet; a restart must not wait for it.
@@ -258,8 +264,19 @@ class Host:
             if request is None:
                 raise NotFoundError(f"container {name!r} is not set up on this host")
             self._exits.unwatch(name)
+            self._leaving.add(name)
+
+        # Outside the lock: killing a swtpm and removing its files takes
+        # milliseconds that other containers' starts need not wait for. Every
+        # part torn down is this container's own, and the components shared
+        # (agent, filters, registry) guard themselves.
+        try:
             self._teardown(request, keep=not request.ephemeral)
             release_rootfs(self.paths, name)
+        finally:
+            with self._lock:
+                self._leaving.discard(name)
+                self._left.notify_all()
         return {"name": name, "vtpm": "deleted" if request.ephemeral else "kept"}
 
     def _container_exited(self, name: str) -> None:

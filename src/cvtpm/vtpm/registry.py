@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Integer, String, Text, func, select, update
+from sqlalchemy import Integer, String, Text, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -140,6 +140,4 @@ class Registry:
     def remove(self, name: str) -> None:
         """Forget a vTPM (its files are the manager's business)."""
         with self.session() as session:
-            record = session.get(VtpmRecord, name)
-            if record is not None:
-                session.delete(record)
+            session.execute(delete(VtpmRecord).where(VtpmRecord.name == name))

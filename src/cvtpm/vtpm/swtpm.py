@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import select
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,11 +192,19 @@ def kill(pid: int | None) -> None:
 
 
 def _wait_exit(pid: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while is_running(pid):
-        if time.monotonic() > deadline:
+    """Wait for swtpm to exit, woken by its pidfd rather than polling."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        # The pidfd turns readable once the process has exited (a zombie
+        # counts); is_running then reaps it if it is our adopted child.
+        if not select.select([pidfd], [], [], timeout)[0] and is_running(pid):
             raise StateError(f"swtpm (pid {pid}) did not exit within {timeout:.0f} s")
-        time.sleep(0.002)
+    finally:
+        os.close(pidfd)
+    is_running(pid)
 
 
 def _read_log(paths: SwtpmPaths) -> str:
