@@ -337,6 +337,20 @@ def test_a_teardown_holds_up_only_a_start_of_the_same_name(host, runc, short_tmp
     )
     assert not gate.is_set()
 
+    # Until its teardown ends, "slow" is listed, and a request to tear it
+    # down waits for that teardown (`cvtpm run` relies on both).
+    assert "slow" in [c["name"] for c in host.containers()]
+    removal = []
+
+    def remove():
+        try:
+            host.remove_container("slow")
+        except NotFoundError as exc:
+            removal.append(exc)
+
+    remover = threading.Thread(target=remove)
+    remover.start()
+
     # "slow" again: its start waits until the teardown has stopped its vTPM.
     bundle.set_script("sleep 30")
     _, again_pid = runc.create(bundle)
@@ -351,8 +365,11 @@ def test_a_teardown_holds_up_only_a_start_of_the_same_name(host, runc, short_tmp
     starter.start()
     starter.join(0.5)
     assert starter.is_alive() and not outcome
+    assert remover.is_alive() and not removal
     gate.set()
     starter.join(30)
+    remover.join(30)
+    assert len(removal) == 1  # found nothing left to tear down
     assert outcome and outcome[0]["name"] == "slow"
     assert host.manager.get("slow").uuid == first.uuid
     assert host.manager.get("slow").state == "running"

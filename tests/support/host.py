@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Iterator
 
 from cvtpm.config import Paths
+from cvtpm.errors import NotFoundError
 from cvtpm.server.host import Host
 
 
@@ -18,7 +19,9 @@ def running_host(paths: Paths, **options) -> Iterator[Host]:
         yield host
     finally:
         for container in host.containers():
-            host.remove_container(container["name"])
+            # One whose exit the host was handling is gone by now.
+            with contextlib.suppress(NotFoundError):
+                host.remove_container(container["name"])
         host.stop()
         host.pool.drain()
         for info in host.manager.list():

@@ -132,7 +132,7 @@ class Host:
         self._lock = threading.RLock()
         # Containers being torn down, outside the lock (see remove_container);
         # a start of the same name waits on `_left` until its teardown ends.
-        self._leaving: set[str] = set()
+        self._leaving: dict[str, ContainerRequest] = {}
         self._left = threading.Condition(self._lock)
         self._supervisor_thread: threading.Thread | None = None
         # A container is torn down when its process exits: no poststop hook
@@ -201,9 +201,10 @@ class Host:
             # looked up once here. An ephemeral container deletes its vTPM and
             # list when it stops, so it may not take a name that has either.
             had_list = (self.paths.lists / request.name).exists()
+            existing = self._vtpm_named(request.name)
             if request.ephemeral:
-                self._refuse_ephemeral_over(request.name, had_list)
-            report, created, info = self._vtpm_up(request)
+                self._refuse_ephemeral_over(request.name, had_list, existing)
+            report, created, info = self._vtpm_up(request, existing)
             self.supervisor.watch(request.name, info.pid)
             if created and had_list:
                 # The list of a vTPM that was deleted: its entries were never
@@ -260,11 +261,18 @@ class Host:
         point) is removed too.
         """
         with self._lock:
+            # A teardown under way (the container's exit seen first) is waited
+            # for, so that whoever asked finds it done; the request was for
+            # that container, not for one started under its name since.
+            if name in self._leaving:
+                while name in self._leaving:
+                    self._left.wait()
+                raise NotFoundError(f"container {name!r} was torn down already")
             request = self._containers.pop(name, None)
             if request is None:
                 raise NotFoundError(f"container {name!r} is not set up on this host")
             self._exits.unwatch(name)
-            self._leaving.add(name)
+            self._leaving[name] = request
 
         # Outside the lock: killing a swtpm and removing its files takes
         # milliseconds that other containers' starts need not wait for. Every
@@ -275,7 +283,7 @@ class Host:
             release_rootfs(self.paths, name)
         finally:
             with self._lock:
-                self._leaving.discard(name)
+                del self._leaving[name]
                 self._left.notify_all()
         return {"name": name, "vtpm": "deleted" if request.ephemeral else "kept"}
 
@@ -291,9 +299,11 @@ class Host:
         log.info("container %s exited; torn down", name)
 
     def containers(self) -> list[dict]:
-        """The containers set up now, as the hook described them."""
+        """The containers set up now, and those being torn down, as the hook
+        described them (`cvtpm run` waits until its container is not listed)."""
         with self._lock:
-            return [asdict(r) for r in self._containers.values()]
+            requests = [*self._containers.values(), *self._leaving.values()]
+            return [asdict(r) for r in requests]
 
     def evidence(self, name: str, nonce: bytes, since: int = 0) -> dict:
         """A fresh quote of the container's PCR 10, its list from `since`, and certs."""
@@ -313,11 +323,21 @@ class Host:
 
     # -- steps -------------------------------------------------------------------
 
-    def _vtpm_up(self, request: ContainerRequest) -> tuple[StartReport, bool, VtpmInfo]:
-        """The container's vTPM running; True if it was made just now; its info."""
+    def _vtpm_named(self, name: str) -> VtpmInfo | None:
+        """The vTPM of that name, or None if there is none."""
         try:
-            self.manager.get(request.name)
+            return self.manager.get(name)
         except NotFoundError:
+            return None
+
+    def _vtpm_up(
+        self, request: ContainerRequest, existing: VtpmInfo | None
+    ) -> tuple[StartReport, bool, VtpmInfo]:
+        """The container's vTPM running; True if it was made just now; its info.
+
+        `existing` is the vTPM of the container's name, if it has one.
+        """
+        if existing is None:
             info = self.pool.take(request.name, ephemeral=request.ephemeral)
             return StartReport(request.name, info.pid, resumed=False), True, info
         report = self.manager.start(request.name)
@@ -393,15 +413,16 @@ class Host:
         if not keep if drop_list is None else drop_list:
             shutil.rmtree(self.paths.lists / name, ignore_errors=True)
 
-    def _refuse_ephemeral_over(self, name: str, had_list: bool) -> None:
+    def _refuse_ephemeral_over(
+        self, name: str, had_list: bool, existing: VtpmInfo | None
+    ) -> None:
         """StateError if an ephemeral container would delete what it did not make."""
-        try:
-            self.manager.get(name)
+        if existing is not None:
             what = "a vTPM"
-        except NotFoundError:
-            if not had_list:
-                return
+        elif had_list:
             what = "a measurement list"
+        else:
+            return
         raise StateError(
             f"{what} named {name!r} exists, and an ephemeral container deletes its"
             " vTPM and list when it stops; run it without ephemeral to continue"

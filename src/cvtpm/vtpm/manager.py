@@ -175,7 +175,7 @@ class VtpmManager:
                         self._allocate_banks(tpm, paths, wanted_banks)
                     fields = manufacture(tpm, self.ca, record.uuid, ek_types, ak_type)
                     tpm.disable_platform_hierarchy()
-            self.registry.update(
+            record = self.registry.update(
                 name, state="running", pid=pid, orderly=False, **fields
             )
         except BaseException:
@@ -185,10 +185,11 @@ class VtpmManager:
             self.registry.remove(name)
             raise
 
+        log.info("created vTPM %s (EK %s, AK %s)", name, ",".join(ek_types), ak_type)
         if not start:
             self.stop(name)
-        log.info("created vTPM %s (EK %s, AK %s)", name, ",".join(ek_types), ak_type)
-        return self.get(name)
+            return self.get(name)
+        return self._info(record)
 
     def start(self, name: str, *, unless_stopped: bool = False) -> StartReport | None:
         """Run the vTPM from its saved state, and say what, if anything, was lost.
