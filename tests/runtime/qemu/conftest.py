@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 
-from .guest import TIMED_OUT, CheckResult, GuestRun, parse_checks, run_guest
+from .guest import (
+    TIMED_OUT,
+    CheckResult,
+    GuestLockup,
+    GuestRun,
+    parse_checks,
+    run_guest,
+)
 from .guest_checks import all_checks
 
 # The boots of this session, for the timing line in the terminal summary.
@@ -30,8 +38,15 @@ def guest_session(tmp_path_factory: pytest.TempPathFactory) -> GuestSession:
     failure or interrupt alike; a boot that fails is reported to every test
     that asks for this fixture (pytest keeps the error for the session).
     """
-    workdir = tmp_path_factory.mktemp("qemu-guest")
-    run = run_guest(all_checks(), workdir)
+    try:
+        run = run_guest(all_checks(), tmp_path_factory.mktemp("qemu-guest"))
+    except GuestLockup as exc:
+        # The emulated guest's kernel, not a check, failed (see GuestLockup);
+        # a second lockup fails the session like any other guest error.
+        warnings.warn(
+            f"the QEMU guest locked up; booting it again:\n{exc}", stacklevel=1
+        )
+        run = run_guest(all_checks(), tmp_path_factory.mktemp("qemu-guest"))
     session = GuestSession(run=run, checks=parse_checks(run.output))
     _SESSIONS.append(session)
     return session

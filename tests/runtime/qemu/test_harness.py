@@ -12,11 +12,13 @@ from .guest import (
     INITRAMFS_MODULES,
     GuestChecks,
     GuestError,
+    GuestLockup,
     build_initramfs,
     find_kernel,
     module_closure,
     parse_checks,
     run_guest,
+    unfinished,
 )
 
 
@@ -104,3 +106,23 @@ def test_a_guest_that_does_not_come_up_fails_clearly_and_is_killed(tmp_path):
         ["pgrep", "-f", str(tmp_path)], capture_output=True, text=True
     ).stdout.split()
     assert pid_lines == []
+
+
+def test_a_guest_kernel_lockup_is_told_apart(tmp_path):
+    """A console with a soft lockup makes a GuestLockup (booted again once);
+    any other unfinished run stays a plain GuestError."""
+    done = subprocess.Popen(["true"])
+    done.wait()
+    console = tmp_path / "console.log"
+
+    console.write_text("cvtpm-guest: running /cvtpm-qemu/script\n")
+    error = unfinished(done, tmp_path)
+    assert type(error) is GuestError and "did not finish" in str(error)
+
+    console.write_text(
+        "[   76.791360] watchdog: BUG: soft lockup - CPU#0 stuck for 26s! [exe:439]\n"
+        "[   76.791400] Kernel panic - not syncing: softlockup: hung tasks\n"
+    )
+    error = unfinished(done, tmp_path)
+    assert isinstance(error, GuestLockup) and "locked up" in str(error)
+    assert "soft lockup - CPU#0" in str(error)  # the console tail comes with it
