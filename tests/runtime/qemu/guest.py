@@ -57,10 +57,10 @@ class GuestLockup(GuestError):
     """The guest's kernel reported a soft lockup and panicked (softlockup_panic).
 
     Under TCG with two vCPUs the guest now and then locks up with both CPUs
-    spinning in the kernel (runc on one, runc init on the other), in about one
-    boot out of five on the machines this runs on, and never on the host's
-    own kernel; the console then has the backtraces. The session boots again
-    once when it sees this (conftest.guest_session).
+    spinning in the kernel (runc on one, runc init on the other): twice in
+    about a dozen boots on the 2-core test machines, never on the host's own
+    kernel. The console then has the backtraces, and the session boots the
+    guest again once (conftest.guest_session).
     """
 
 
