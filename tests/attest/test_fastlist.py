@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from cvtpm.attest import _fastlist
 from cvtpm.attest.policy import Digest, PolicyEvaluator, RuntimePolicy
 from cvtpm.errors import ParseError
 from cvtpm.ima.ascii import parse_ascii
-from cvtpm.ima.binary import dump_binary, parse_binary
+from cvtpm.ima.binary import dump_binary, encode_binary, parse_binary
 from cvtpm.ima.entry import boot_aggregate, ima_legacy, ima_ng, ima_sig, violation
 from cvtpm.ima.replay import replay
 
@@ -161,3 +162,30 @@ def test_known_template_digests_still_catch_a_wrong_digest():
     assert (
         _fastlist.bad_templates(raws, known) == _fastlist.bad_templates(raws) == [1, 3]
     )
+
+
+def test_violations_are_found_in_lists_of_longer_template_digests():
+    """With 32-byte template digests, an all-zero one is still a violation: it
+    extends 0xFF.., as cvtpm.ima replays it, and is never a bad template."""
+    entries = mixed_list()
+    data = b"".join(
+        encode_binary(
+            replace(
+                e,
+                template_digest=bytes(32)
+                if not any(e.template_digest)
+                else hashlib.sha256(e.template_data).digest(),
+            )
+        )
+        for e in entries
+    )
+    raws = _fastlist.split(data, 32)
+    expected = replay(parse_binary(data, 32), "sha1")
+
+    assert _fastlist.replay(raws, {}, {"sha1": expected}) == (
+        len(entries),
+        {"sha1": expected},
+    )
+    violation = next(i for i, e in enumerate(entries) if not any(e.template_digest))
+    assert violation not in _fastlist.bad_templates(raws)
+    assert violation in _fastlist.needing_policy(raws, {})

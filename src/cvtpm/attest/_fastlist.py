@@ -151,7 +151,8 @@ def _replay_sha1(
     raws: list[Raw], value: bytes, target: bytes
 ) -> tuple[int | None, dict[str, bytes]]:
     sha1 = hashlib.sha1
-    zeros, ones = bytes(20), b"\xff" * 20
+    ones = b"\xff" * 20
+    zeros = _zeros(raws)
     for count, (_, _, digest, data) in enumerate(raws, start=1):
         if digest == zeros:
             extend = ones
@@ -176,7 +177,7 @@ def bad_templates(
     """
     sha1 = hashlib.sha1
     get = (known or {}).get
-    zeros = bytes(20)
+    zeros = _zeros(raws)
     bad = []
     for i, (_, _, digest, data) in enumerate(raws):
         expected = get(data)
@@ -231,12 +232,21 @@ def needing_policy(raws: list[Raw], allowed: dict[bytes, bytes]) -> list[int]:
     `allowed` is allowed_templates(policy); a violation (all-zero template
     digest) is never plainly allowed, whatever its data.
     """
-    zeros = bytes(len(raws[0][2])) if raws else b""
+    zeros = _zeros(raws)
     return [
         i
         for i, (_, name, digest, data) in enumerate(raws)
         if data not in allowed or name != b"ima-ng" or digest == zeros
     ]
+
+
+def _zeros(raws: list[Raw]) -> bytes:
+    """The all-zero template digest of a violation, at the size of this list's.
+
+    One list has one digest size (split reads them all with one), and
+    comparing with it is cheaper per entry than `not any(digest)`.
+    """
+    return bytes(len(raws[0][2])) if raws else b""
 
 
 def entry(raw: Raw, digest_size: int) -> Any:
