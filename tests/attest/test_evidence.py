@@ -63,6 +63,7 @@ def test_malformed_fields_are_parse_errors(field, value):
         ({"pcrs": {"sha256": {"10": 1}}}, "'pcrs.sha256.10' must be a string"),
         ({"pcrs": {"sha256": {"10": "x"}}}, "field 'pcrs.sha256.10' is not hex"),
         ({"banks": ["md5"]}, "field 'banks' has 'md5', not a PCR bank"),
+        ({"banks": []}, "field 'banks' is empty; a vTPM has a PCR bank"),
         ({"entries": None}, "field 'entries' is missing"),
     ],
 )

@@ -11,6 +11,7 @@ import pytest
 from cvtpm.attest.evidence import Evidence, collect_evidence
 from cvtpm.attest.trust import TrustStore
 from cvtpm.attest.verifier import Registration, ReplayState, verify
+from cvtpm.ima.binary import dump_binary, parse_binary
 from cvtpm.ima.entry import ima_legacy, violation
 from cvtpm.tpm.templates import ak_template
 from tests.attest.conftest import files, make_vtpm
@@ -164,6 +165,22 @@ def test_ak_certificate_for_another_key_is_not_bound(vtpm, local_ca):
     attestor = Attestor(vtpm, local_ca)
     attestor.reg.ak_cert_pem = vtpm.ek_cert_pem
     assert "ak.not_bound" in reasons(attestor.attest())
+
+
+def test_a_registration_without_banks_is_never_trusted(vtpm, local_ca):
+    """With no bank to replay in, no list is checked, so none may be trusted:
+    not even a tampered one whose quote is otherwise genuine."""
+    vtpm.measure(files(3))
+    attestor = Attestor(vtpm, local_ca)
+    attestor.reg.banks = []
+    evidence = attestor.evidence()
+    entries = parse_binary(evidence.entries)
+    dropped = dump_binary([entries[0], entries[2]])  # one entry taken out
+    evidence = dataclasses.replace(evidence, entries=dropped)
+
+    result = attestor.check(evidence)
+    assert not result.trusted and "registration.no_banks" in reasons(result)
+    assert result.verified_index == 0
 
 
 def test_lagging_pcr_is_accepted_at_a_boundary(vtpm, local_ca):

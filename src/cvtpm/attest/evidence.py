@@ -166,6 +166,9 @@ def _pcrs(raw: dict[str, Any]) -> dict[str, dict[int, bytes]]:
 
 
 def _banks(raw: list[Any]) -> list[str]:
+    # An empty list would leave PCR 10 of no bank to check the list against.
+    if not raw:
+        raise ParseError("evidence: field 'banks' is empty; a vTPM has a PCR bank")
     for bank in raw:
         if bank not in BANK_SIZES:
             known = ", ".join(BANK_SIZES)

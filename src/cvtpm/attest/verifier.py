@@ -187,6 +187,9 @@ class ReplayState:
 def check_registration(reg: Registration, store: trust.TrustStore) -> list[Failure]:
     """Step 1: the EK certificate chains to a trusted CA and the AK is bound to it."""
     failures: list[Failure] = []
+    if not reg.banks:
+        # Nothing would be replayed: no list could fail, none would be proven.
+        failures.append(Failure("registration.no_banks", "no PCR bank to check"))
     try:
         extra = trust.load_certificates(reg.ca_chain_pem)
         ek_cert = trust.load_certificate(reg.ek_cert_pem)
@@ -211,8 +214,9 @@ def check_registration(reg: Registration, store: trust.TrustStore) -> list[Failu
         return failures
     # TODO: an AK certificate is accepted when it names this AK's key, is for an
     # AK and chains to a trusted CA; nothing in it names the EK, so the binding
-    # rests on the cvtpm CA issuing AK certificates only after activation. An
-    # EK reference in the certificate would close that when CAs are shared.
+    # rests on the cvtpm CA certifying only AKs it made itself, in a vTPM just
+    # after that vTPM's EKs (cvtpm.vtpm.manufacture). An EK reference in the
+    # certificate would close that when CAs are shared.
     if not reg.ak_cert_pem:
         failures.append(Failure("ak.not_bound", "no AK certificate, no activation"))
         return failures
