@@ -83,8 +83,10 @@ class PidWatcher:
 
     def _exited(self, key: str, pidfd: int) -> None:
         with self._lock:
-            if self._pidfds.get(key) != pidfd:
-                return  # unwatched or replaced meanwhile
+            if self._pidfds.get(key) != pidfd or not _readable(pidfd):
+                # Unwatched or replaced meanwhile; or the event was for a
+                # pidfd closed since, whose number a live process's now has.
+                return
             del self._pidfds[key]
         os.close(pidfd)
         try:
@@ -92,6 +94,11 @@ class PidWatcher:
         except Exception:
             # A failing callback must not end the watch of every other process.
             log.exception("handling the exit of %s failed", key)
+
+
+def _readable(pidfd: int) -> bool:
+    """True if the process of `pidfd` has exited (its pidfd polls readable)."""
+    return bool(select.select([pidfd], [], [], 0)[0])
 
 
 def _drain(fd: int) -> None:

@@ -262,6 +262,23 @@ def test_a_restart_before_the_exit_is_handled_is_served(host, runc, short_tmp):
     assert [c["pid"] for c in host.containers() if c["name"] == "again"] == [pid]
 
 
+def test_an_exit_seen_late_leaves_a_newer_container_alone(host, runc, short_tmp):
+    """An exit handled after a container of the same name started again (its
+    process alive) does not tear that newer container down."""
+    bundle = Bundle(short_tmp / "b")
+    bundle.set_script("sleep 30")
+    cid, pid = runc.create(bundle)
+    host.add_container(
+        ContainerRequest(name="late", pid=pid, rootfs=str(bundle.rootfs))
+    )
+
+    host._container_exited("late")  # the old process's exit, handled only now
+
+    assert [c["pid"] for c in host.containers() if c["name"] == "late"] == [pid]
+    assert host.manager.get("late").state == "running"
+    subprocess.run(["runc", "--root", str(runc.root), "kill", cid, "KILL"])
+
+
 def test_a_vtpm_stopped_on_purpose_stays_stopped(host, runc, short_tmp):
     """`vtpm stop --force` of a container's vTPM is not undone by the supervisor,
     and the container's next measured exec fails closed."""

@@ -254,11 +254,13 @@ class Host:
             "vtpm": _public(info.to_dict()),
         }
 
-    def remove_container(self, name: str) -> dict:
+    def remove_container(self, name: str, exited: bool = False) -> dict | None:
         """Tear a stopped container down; keep its vTPM and list unless ephemeral.
 
         What the hook made in the container's rootfs (the /run/tpm mount
-        point) is removed too.
+        point) is removed too. With `exited` (the caller saw the container's
+        process exit), a container of the name whose process runs is a newer
+        one, started meanwhile, and is left alone: None.
         """
         with self._lock:
             # A teardown under way (the container's exit seen first) is waited
@@ -268,9 +270,12 @@ class Host:
                 while name in self._leaving:
                     self._left.wait()
                 raise NotFoundError(f"container {name!r} was torn down already")
-            request = self._containers.pop(name, None)
+            request = self._containers.get(name)
             if request is None:
                 raise NotFoundError(f"container {name!r} is not set up on this host")
+            if exited and _alive(request.pid):
+                return None
+            del self._containers[name]
             self._exits.unwatch(name)
             self._leaving[name] = request
 
@@ -290,13 +295,14 @@ class Host:
     def _container_exited(self, name: str) -> None:
         """A container's process is gone: tear it down as poststop would."""
         try:
-            self.remove_container(name)
+            removed = self.remove_container(name, exited=True)
         except NotFoundError:
             return  # a poststop hook was quicker
         except CvtpmError as exc:
             log.error("tearing down exited container %s: %s", name, exc.explain())
             return
-        log.info("container %s exited; torn down", name)
+        if removed is not None:
+            log.info("container %s exited; torn down", name)
 
     def containers(self) -> list[dict]:
         """The containers set up now, and those being torn down, as the hook
