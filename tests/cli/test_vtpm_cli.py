@@ -61,6 +61,8 @@ def test_create_show_stop_start_delete(cvtpm):
         (("vtpm", "create", "a/b"), 2, "invalid vTPM name"),
         (("vtpm", "create", "x", "--ek", "dsa"), 2, "Invalid value for '--ek'"),
         (("vtpm", "create", "x", "--banks", "sha3"), 2, "unknown PCR bank sha3"),
+        (("vtpm", "create", "x", "--banks", ""), 2, "has an empty bank name"),
+        (("vtpm", "create", "x", "--banks", "sha1,,sha256"), 2, "empty bank name"),
         (("vtpm", "frobnicate"), 2, "No such command"),
     ],
 )

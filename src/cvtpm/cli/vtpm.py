@@ -65,11 +65,14 @@ def _describe(info: VtpmInfo) -> str:
 def create(ctx, name, ek, banks, ak, no_start, as_json):
     """Manufacture a vTPM: EK, EK certificate in NV, and a certified AK."""
     ek_types = ["ecc", "rsa"] if ek == "both" else [ek]
-    if banks is not None and not banks.strip(", "):
-        raise click.BadParameter(
-            "name at least one bank, e.g. sha256", param_hint="--banks"
-        )
-    bank_list = [b.strip() for b in banks.split(",") if b.strip()] if banks else None
+    bank_list = None
+    if banks is not None:
+        bank_list = [b.strip() for b in banks.split(",")]
+        if not all(bank_list):
+            raise click.BadParameter(
+                f"{banks!r} has an empty bank name; name banks like sha1,sha256",
+                param_hint="--banks",
+            )
     info = _manager(ctx).create(
         name, ek_types=ek_types, banks=bank_list, ak_type=ak, start=not no_start
     )
