@@ -112,6 +112,10 @@ def test_keylime_policy_allows_its_keyring_entry():
         ({"excludes": ["("]}, "exclude 0"),
         ({"ima": {"log_hash_alg": "crc32"}}, "log_hash_alg"),
         ({"verification-keys": "not json"}, "verification-keys"),
+        (
+            {"verification-keys": "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END"},
+            r"verification-keys\[0\]",
+        ),
     ],
 )
 def test_keylime_policy_errors(change, message):
@@ -185,6 +189,19 @@ def test_native_minimal_document():
         ({"cvtpm_runtime_policy": 1, "file": {}}, "unknown keys"),
         ({"cvtpm_runtime_policy": 1, "files": {"/a": ["md9:00"]}}, "files"),
         ({"cvtpm_runtime_policy": 1, "keys": "pem"}, "keys"),
+        (
+            {"cvtpm_runtime_policy": 1, "keys": ["garbage"]},
+            r"keys\[0\]: holds no PEM public key or certificate",
+        ),
+        (
+            {
+                "cvtpm_runtime_policy": 1,
+                "keys": [
+                    "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"
+                ],
+            },
+            r"keys\[0\]: not a PEM public key or certificate",
+        ),
     ],
 )
 def test_native_errors(doc, message):

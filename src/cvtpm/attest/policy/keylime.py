@@ -15,7 +15,12 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from cvtpm.attest.policy.model import RuntimePolicy, digest_map, json_object
+from cvtpm.attest.policy.model import (
+    RuntimePolicy,
+    digest_map,
+    json_object,
+    pem_keys,
+)
 from cvtpm.errors import ParseError
 from cvtpm.ima.hashes import DIGEST_SIZES
 
@@ -75,7 +80,7 @@ def _verification_keys(raw: Any) -> tuple[str, ...]:
     if not isinstance(raw, str):
         raise ParseError("verification-keys: expected a string")
     if "-----BEGIN" in raw:
-        return (raw,)
+        return pem_keys([raw], "verification-keys")
     try:
         obj = json.loads(raw)
         if isinstance(obj, str):

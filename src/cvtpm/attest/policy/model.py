@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 from cvtpm.errors import ParseError
 from cvtpm.ima.hashes import DIGEST_SIZES, guess_algorithm
+from cvtpm.ima.signature import Keyring
 
 
 class Digest(NamedTuple):
@@ -102,6 +103,27 @@ def digest_map(raw: Mapping[str, Iterable[str]], where: str) -> dict:
             Digest.parse(v, where=f"{where}[{name!r}]") for v in values
         )
     return parsed
+
+
+def pem_keys(texts: Iterable[str], where: str) -> tuple[str, ...]:
+    """PEM texts of IMA verification keys, each checked to hold a key that loads.
+
+    A key that does not load would not vouch for any signature, and the files
+    it was meant for would fail far from the cause; the policy is refused here.
+    """
+    checked = []
+    for number, text in enumerate(texts):
+        try:
+            loaded = len(Keyring.from_pem(text))
+        except ValueError as exc:
+            message = f"{where}[{number}]: not a PEM public key or certificate: {exc}"
+            raise ParseError(message) from None
+        if not loaded:
+            raise ParseError(
+                f"{where}[{number}]: holds no PEM public key or certificate"
+            )
+        checked.append(text)
+    return tuple(checked)
 
 
 def json_object(data: str | bytes | dict, what: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from cvtpm.attest.policy.model import (
     RuntimePolicy,
     digest_map,
     json_object,
+    pem_keys,
 )
 from cvtpm.errors import ParseError
 from cvtpm.ima.hashes import DIGEST_SIZES
@@ -79,7 +80,7 @@ def load(data: str | bytes | dict) -> RuntimePolicy:
         keyrings=digest_map(doc.get("keyrings", {}), "keyrings"),
         buffers=digest_map(doc.get("buffers", {}), "buffers"),
         ignored_keyrings=_strings(doc, "ignored_keyrings"),
-        verification_keys=_strings(doc, "keys"),
+        verification_keys=pem_keys(_strings(doc, "keys"), "keys"),
         log_hash_alg=log_hash_alg,
     )
 
