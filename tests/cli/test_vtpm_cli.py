@@ -67,12 +67,14 @@ def test_create_show_stop_start_delete(cvtpm):
     ],
 )
 def test_bad_input_gives_a_clear_error_and_exit_code(cvtpm, args, code, message):
-    """Unknown names fail (1), bad arguments are usage errors (2); no traceback."""
+    """Unknown names fail (1), bad arguments are usage errors (2); no traceback,
+    and the error is one line."""
     got, out, err = cvtpm(*args)
 
     assert got == code
     assert message in err
     assert "Traceback" not in out + err
+    assert err.startswith("cvtpm: error: ") and len(err.strip().splitlines()) == 1
 
 
 def test_creating_a_taken_name_fails_and_keeps_the_first(cvtpm):

@@ -78,6 +78,10 @@ def cli(ctx: click.Context, verbose: int, state_dir: str | None, run_dir: str | 
     )
 
 
+# click 8.2 shows a group's help for it alone through this UsageError.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code: 0 ok, 1 failure or no, 2 usage."""
     try:
@@ -87,8 +91,15 @@ def main(argv: list[str] | None = None) -> int:
             return code
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except _NO_ARGS_IS_HELP as exc:
+        exc.show()  # a group called alone: its help, as a usage error
+        return USAGE_ERROR
     except click.ClickException as exc:
-        exc.show()
+        # One line, like every other error (click's own form takes three).
+        hint = ""
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            hint = f" (see `{exc.ctx.command_path} --help`)"
+        click.echo(f"cvtpm: error: {exc.format_message()}{hint}", err=True)
         return USAGE_ERROR if isinstance(exc, click.UsageError) else exc.exit_code
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
