@@ -187,8 +187,7 @@ class Host:
         request.validate()
         request.check_container()
         with self._lock:
-            while request.name in self._leaving:
-                self._left.wait()
+            self._left.wait_for(lambda: request.name not in self._leaving)
             previous = self._containers.get(request.name)
             if previous is not None and not _alive(previous.pid):
                 # Its exit is not handled yet; a restart must not wait for it.
@@ -267,8 +266,7 @@ class Host:
             # for, so that whoever asked finds it done; the request was for
             # that container, not for one started under its name since.
             if name in self._leaving:
-                while name in self._leaving:
-                    self._left.wait()
+                self._left.wait_for(lambda: name not in self._leaving)
                 raise NotFoundError(f"container {name!r} was torn down already")
             request = self._containers.get(name)
             if request is None:
