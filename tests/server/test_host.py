@@ -15,7 +15,7 @@ from cvtpm.ima.binary import parse_binary
 from cvtpm.ima.replay import replay
 from cvtpm.measure.journal import read_list
 from cvtpm.server.host import ContainerRequest, Host
-from tests.support.host import running_host
+from tests.support.host import hand_over, running_host
 from tests.support.runc import Bundle, Runc, make_program, sha256_file
 
 pytestmark = [pytest.mark.root, pytest.mark.runc, pytest.mark.swtpm]
@@ -31,10 +31,7 @@ def host(paths):
 def run(host: Host, runc: Runc, bundle: Bundle, name: str, **kw) -> None:
     """Create the container, hand it to the host as a hook would, start, wait
     until it exited and the host, seeing it exit, tore it down."""
-    cid, pid = runc.create(bundle)
-    host.add_container(
-        ContainerRequest(name=name, pid=pid, rootfs=str(bundle.rootfs), **kw)
-    )
+    cid, pid = hand_over(host, runc, bundle, name, **kw)
     runc.start(cid)
     runc.wait(cid)
     wait_torn_down(host, name)
@@ -100,8 +97,7 @@ def test_evidence_quotes_pcr10_and_returns_the_list(host, runc, short_tmp):
     """Evidence carries a quote over the nonce, PCR 10 in every bank, and the list."""
     bundle = Bundle(short_tmp / "b")
     bundle.set_script("sleep 30")
-    cid, pid = runc.create(bundle)
-    host.add_container(ContainerRequest(name="ev", pid=pid, rootfs=str(bundle.rootfs)))
+    cid, pid = hand_over(host, runc, bundle, "ev")
     runc.start(cid)
     deadline = time.monotonic() + 20
     while len(entries(host, "ev")) < 2:  # boot_aggregate, then sh itself
@@ -129,8 +125,7 @@ def test_restart_continues_the_same_vtpm_and_list(host, runc, short_tmp):
 
     make_program(bundle.rootfs, "/opt/b", b"b")
     bundle.set_script("/opt/b/true; sleep 30")
-    cid, pid = runc.create(bundle)
-    host.add_container(ContainerRequest(name="app", pid=pid, rootfs=str(bundle.rootfs)))
+    cid, pid = hand_over(host, runc, bundle, "app")
     runc.start(cid)
     deadline = time.monotonic() + 20
     while "/opt/b/true" not in [e.path for e in entries(host, "app")]:
@@ -150,10 +145,7 @@ def test_ephemeral_container_leaves_nothing(host, runc, short_tmp):
     exits, without a poststop hook."""
     bundle = Bundle(short_tmp / "b")
     bundle.set_script("true")
-    cid, pid = runc.create(bundle)
-    host.add_container(
-        ContainerRequest(name="tmp", pid=pid, rootfs=str(bundle.rootfs), ephemeral=True)
-    )
+    cid, pid = hand_over(host, runc, bundle, "tmp", ephemeral=True)
     state_dir = host.manager.swtpm_paths("tmp").state_dir
     swtpm_pid = host.manager.get("tmp").pid
 
@@ -177,10 +169,7 @@ def test_killed_swtpm_is_restarted_and_pcr10_replayed(host, runc, short_tmp):
     bundle = Bundle(short_tmp / "b")
     make_program(bundle.rootfs, "/opt/a", b"a")
     bundle.set_script("/opt/a/true; sleep 30")
-    cid, pid = runc.create(bundle)
-    host.add_container(
-        ContainerRequest(name="hurt", pid=pid, rootfs=str(bundle.rootfs))
-    )
+    cid, pid = hand_over(host, runc, bundle, "hurt")
     runc.start(cid)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -245,20 +234,14 @@ def test_a_restart_before_the_exit_is_handled_is_served(host, runc, short_tmp):
     handled the old process's exit gets its vTPM: the old one is torn down first."""
     bundle = Bundle(short_tmp / "b")
     bundle.set_script("true")
-    cid, pid = runc.create(bundle)
-    host.add_container(
-        ContainerRequest(name="again", pid=pid, rootfs=str(bundle.rootfs))
-    )
+    cid, pid = hand_over(host, runc, bundle, "again")
     host._exits.unwatch("again")  # as if its exit were still in the queue
     runc.start(cid)
     runc.wait(cid)
     assert "again" in [c["name"] for c in host.containers()]
 
     bundle.set_script("sleep 30")
-    cid, pid = runc.create(bundle)
-    host.add_container(
-        ContainerRequest(name="again", pid=pid, rootfs=str(bundle.rootfs))
-    )
+    cid, pid = hand_over(host, runc, bundle, "again")
     assert [c["pid"] for c in host.containers() if c["name"] == "again"] == [pid]
 
 
@@ -267,10 +250,7 @@ def test_an_exit_seen_late_leaves_a_newer_container_alone(host, runc, short_tmp)
     process alive) does not tear that newer container down."""
     bundle = Bundle(short_tmp / "b")
     bundle.set_script("sleep 30")
-    cid, pid = runc.create(bundle)
-    host.add_container(
-        ContainerRequest(name="late", pid=pid, rootfs=str(bundle.rootfs))
-    )
+    cid, pid = hand_over(host, runc, bundle, "late")
 
     host._container_exited("late")  # the old process's exit, handled only now
 
@@ -288,10 +268,7 @@ def test_a_vtpm_stopped_on_purpose_stays_stopped(host, runc, short_tmp):
     bundle.set_script(
         "echo up > /data/up; sleep 3; /opt/late/true; echo $? > /data/rc; sleep 30"
     )
-    cid, pid = runc.create(bundle)
-    host.add_container(
-        ContainerRequest(name="held", pid=pid, rootfs=str(bundle.rootfs))
-    )
+    cid, pid = hand_over(host, runc, bundle, "held")
     runc.start(cid)
     deadline = time.monotonic() + 20
     while not (bundle.rootfs / "data" / "up").exists():
@@ -336,10 +313,7 @@ def test_a_teardown_holds_up_only_a_start_of_the_same_name(host, runc, short_tmp
     host._teardown = slow_teardown
     bundle = Bundle(short_tmp / "b")
     bundle.set_script("true")
-    cid, pid = runc.create(bundle)
-    host.add_container(
-        ContainerRequest(name="slow", pid=pid, rootfs=str(bundle.rootfs))
-    )
+    cid, pid = hand_over(host, runc, bundle, "slow")
     first = host.manager.get("slow")
     runc.start(cid)
     runc.wait(cid)

@@ -10,8 +10,8 @@ import pytest
 from cvtpm.attest.evidence import Evidence
 from cvtpm.ima.replay import replay
 from cvtpm.measure.journal import read_list
-from cvtpm.server.host import ContainerRequest, Host
-from tests.support.host import running_host
+from cvtpm.server.host import Host
+from tests.support.host import hand_over, running_host
 from tests.support.runc import Bundle, make_program, sha256_file
 
 pytestmark = [pytest.mark.root, pytest.mark.runc, pytest.mark.swtpm]
@@ -65,10 +65,7 @@ def test_released_vtpm_serves_socket_measurement_and_evidence(host, runc, short_
     bundle.set_script(
         "/opt/p0/true; while [ ! -e /go ]; do sleep 0.05; done; /opt/p1/true; sleep 30"
     )
-    cid, pid = runc.create(bundle)
-    host.add_container(
-        ContainerRequest(name="quiet", pid=pid, rootfs=str(bundle.rootfs))
-    )
+    cid, pid = hand_over(host, runc, bundle, "quiet")
     runc.start(cid)
     try:
         listed = wait_for(host, "quiet", "/opt/p0/true")

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from cvtpm.config import Paths
 from cvtpm.errors import NotFoundError
-from cvtpm.server.host import Host
+from cvtpm.server.host import ContainerRequest, Host
 
 
 @contextlib.contextmanager
@@ -26,3 +26,13 @@ def running_host(paths: Paths, **options) -> Iterator[Host]:
         host.pool.drain()
         for info in host.manager.list():
             host.manager.delete(info.name)
+
+
+def hand_over(host: Host, runc, bundle, name: str, **request) -> tuple[str, int]:
+    """`runc create` the bundle and set the container up as its hook would:
+    (container id, pid); the container still waits for `runc start`."""
+    cid, pid = runc.create(bundle)
+    host.add_container(
+        ContainerRequest(name=name, pid=pid, rootfs=str(bundle.rootfs), **request)
+    )
+    return cid, pid
