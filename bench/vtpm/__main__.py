@@ -3,8 +3,8 @@
     python -m bench.vtpm [--count N] [--cli-count N]
 
 Each cvtpm sample is a vTPM ready for a container: swtpm running on encrypted
-state, an ECC EK with a CA-signed certificate in NV, and an AK activated
-against the EK and certified. Each swtpm_setup sample is
+state, an ECC EK with a CA-signed certificate in NV, and an AK made in the
+same vTPM and certified. Each swtpm_setup sample is
 `swtpm_setup --tpm2 --create-ek-cert` into a fresh directory (Debian's
 swtpm-localca signs the certificate), which leaves the vTPM stopped and has
 no AK. Samples alternate between the two so that machine noise hits both.

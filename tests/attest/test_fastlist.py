@@ -189,3 +189,82 @@ def test_violations_are_found_in_lists_of_longer_template_digests():
     violation = next(i for i, e in enumerate(entries) if not any(e.template_digest))
     assert violation not in _fastlist.bad_templates(raws)
     assert violation in _fastlist.needing_policy(raws, {})
+
+
+def test_pcr_out_of_range_and_other_templates_take_the_careful_path():
+    """An entry for PCR 24 or with an unknown template name is not split."""
+    data = bytearray(dump_binary(mixed_list()))
+    for offset, value in ((0, b"\x18\x00\x00\x00"), (28, b"ima-nx")):
+        changed = bytearray(data)
+        changed[offset : offset + len(value)] = value
+        assert _fastlist.split(bytes(changed), 20) is None
+
+
+def test_extend_all_equals_the_replayer_in_every_bank():
+    """Every bank extended through every entry is what cvtpm.ima replays."""
+    entries = mixed_list()
+    values = _fastlist.extend_all(as_raw(entries), BANKS)
+    assert values == {bank: replay(entries, bank) for bank in BANKS}
+    assert _fastlist.extend_all([], ["sha256"]) == {"sha256": bytes(32)}
+
+
+def framed(data: bytes, digest_size: int = 20):
+    """The framing rule split follows, as plainly as it can be written."""
+    import struct
+
+    out, pos = [], 0
+    while pos < len(data):
+        head = data[pos : pos + 4 + digest_size + 4]
+        if len(head) < 4 + digest_size + 4:
+            return None
+        pcr, digest, name_len = struct.unpack(f"<I{digest_size}sI", head)
+        pos += len(head)
+        name = data[pos : pos + name_len]
+        pos += name_len
+        size = data[pos : pos + 4]
+        if pcr >= 24 or name not in (b"ima-ng", b"ima-sig", b"ima-buf"):
+            return None
+        if len(size) < 4 or pos + 4 + int.from_bytes(size, "little") > len(data):
+            return None
+        end = pos + 4 + int.from_bytes(size, "little")
+        out.append((pcr, name, digest, data[pos + 4 : end]))
+        pos = end
+    return out
+
+
+def test_mutated_lists_split_by_the_framing_rule():
+    """Whatever bytes change, split gives what the framing rule gives (or None).
+
+    Where cvtpm.ima also parses the changed list, its entries are the same.
+    """
+    import random
+
+    data = dump_binary(mixed_list())
+    rng = random.Random(7)
+    parsed = 0
+    for _ in range(3000):
+        changed = bytearray(data)
+        for _ in range(rng.randint(1, 3)):
+            changed[rng.randrange(len(changed))] = rng.choice((0, 1, 6, 0xFF))
+        changed = bytes(changed)
+        raws = _fastlist.split(changed, 20)
+        assert raws == framed(changed)
+        try:
+            entries = parse_binary(changed)
+        except ParseError:
+            continue
+        parsed += 1
+        assert raws is None or raws == as_raw(entries)
+    assert parsed > 100
+
+
+def test_loops_refuse_entries_that_are_not_raw_tuples():
+    """A wrong shape is a TypeError, never a crash or a silent pass."""
+    good = as_raw(mixed_list())
+    for bad in ([(10, b"ima-ng", "digest", b"")], [(10, b"ima-ng")], [None]):
+        with pytest.raises(TypeError):
+            _fastlist.bad_templates(good + bad)
+        with pytest.raises(TypeError):
+            _fastlist.needing_policy(good + bad, {})
+        with pytest.raises(TypeError):
+            _fastlist.extend_all(good + bad, ["sha1"])

@@ -1,8 +1,10 @@
 """The verifier's hot loop over a binary list: split, replay, check, without objects.
 
-Verifying a list is dominated by per-entry Python overhead, so the common case
+Verifying a list is dominated by per-entry overhead, so the common case
 (templates ima-ng, ima-sig and ima-buf, whose binary template data is exactly
-what the kernel hashes) is handled on raw slices here. Anything else, and any
+what the kernel hashes; ima_fs.c writes the legacy "ima" template differently)
+is handled on raw slices here, its loops in C (_rawlist.c), where a step
+costs a fraction of what a Python statement does. Anything else, and any
 entry the policy does not allow at a glance, goes through cvtpm.ima's parser
 and the runtime policy's own evaluator, so every verdict and error message is
 theirs. The extend rules are those of cvtpm.ima.entry.Entry.pcr_extend_digest.
@@ -14,22 +16,13 @@ import contextlib
 import hashlib
 import struct
 import weakref
-from collections.abc import Callable
 from typing import Any
 
+from cvtpm.attest import _rawlist
 from cvtpm.ima.binary import parse_binary
 from cvtpm.ima.entry import BANK_SIZES
 
-# Templates whose binary template data is hashed as it stands (ima_fs.c writes
-# the legacy "ima" template differently, so it takes the careful path).
-_FAST_TEMPLATES = frozenset({b"ima-ng", b"ima-sig", b"ima-buf"})
 _U32 = struct.Struct("<I")
-_HASHES: dict[str, Callable[..., Any]] = {
-    "sha1": hashlib.sha1,
-    "sha256": hashlib.sha256,
-    "sha384": hashlib.sha384,
-    "sha512": hashlib.sha512,
-}
 
 # (PCR, template name, template digest, template data) of one entry.
 Raw = tuple[int, bytes, bytes, bytes]
@@ -41,28 +34,7 @@ def split(data: bytes, digest_size: int) -> list[Raw] | None:
     None means "use cvtpm.ima.binary": a legacy template, an unknown one, a PCR
     out of range or a truncated entry, all of which it reports precisely.
     """
-    head = struct.Struct(f"<I{digest_size}sI")
-    unpack_head, unpack_u32, head_size = head.unpack_from, _U32.unpack_from, head.size
-    fast = _FAST_TEMPLATES
-    out: list[Raw] = []
-    append = out.append
-    pos, end = 0, len(data)
-    try:
-        while pos < end:
-            pcr, digest, name_len = unpack_head(data, pos)
-            name_end = pos + head_size + name_len
-            # A name cut short by the end of the data is no fast template.
-            name = data[pos + head_size : name_end]
-            if pcr >= 24 or name not in fast:
-                return None
-            data_end = name_end + 4 + unpack_u32(data, name_end)[0]
-            if data_end > end:
-                return None
-            append((pcr, name, digest, data[name_end + 4 : data_end]))
-            pos = data_end
-    except struct.error:  # a header or length field cut short
-        return None
-    return out
+    return _rawlist.split(data, digest_size)
 
 
 def split_ascii(text: str) -> list[Raw]:
@@ -107,63 +79,21 @@ def replay(
     Per entry and bank, as Entry.pcr_extend_digest: sha1 gets the logged SHA-1
     template digest, other banks H_bank(template data), violations 0xFF.
     """
-    values = {bank: start.get(bank, bytes(BANK_SIZES[bank])) for bank in quoted}
-    if values == quoted:
-        return 0, values
-    if list(quoted) == ["sha1"]:  # the common single-bank case, unrolled
-        return _replay_sha1(raws, values["sha1"], quoted["sha1"])
-    banks = _banks(quoted)
-    for count, (_, _, digest, data) in enumerate(raws, start=1):
-        _extend(values, banks, digest, data)
-        if values == quoted:
-            return count, values
-    return None, values
+    if not quoted:
+        return 0, {}
+    banks = list(quoted)
+    values = [start.get(bank, bytes(BANK_SIZES[bank])) for bank in banks]
+    count, values = _rawlist.replay(raws, banks, values, list(quoted.values()))
+    return count, dict(zip(banks, values, strict=True))
 
 
 def extend_all(raws: list[Raw], banks: list[str]) -> dict[str, bytes]:
     """PCR 10 of each bank after every entry of `raws`, extended from zeros."""
-    values = {bank: bytes(BANK_SIZES[bank]) for bank in banks}
-    chosen = _banks(values)
-    for _, _, digest, data in raws:
-        _extend(values, chosen, digest, data)
-    return values
-
-
-def _banks(banks) -> list[tuple[str, Callable[..., Any], bytes]]:
-    """(bank, its hash, its violation digest) for each bank."""
-    return [(bank, _HASHES[bank], b"\xff" * BANK_SIZES[bank]) for bank in banks]
-
-
-def _extend(values: dict[str, bytes], banks, digest: bytes, data: bytes) -> None:
-    """Extend one entry into every bank of `values`."""
-    violation = not any(digest)
-    for bank, hash_, ones in banks:
-        if violation:
-            extend = ones
-        elif bank == "sha1" and len(digest) == 20:
-            extend = digest
-        else:
-            extend = hash_(data).digest()
-        values[bank] = hash_(values[bank] + extend).digest()
-
-
-def _replay_sha1(
-    raws: list[Raw], value: bytes, target: bytes
-) -> tuple[int | None, dict[str, bytes]]:
-    sha1 = hashlib.sha1
-    ones = b"\xff" * 20
-    zeros = _zeros(raws)
-    for count, (_, _, digest, data) in enumerate(raws, start=1):
-        if digest == zeros:
-            extend = ones
-        elif len(digest) == 20:
-            extend = digest
-        else:
-            extend = sha1(data).digest()
-        value = sha1(value + extend).digest()
-        if value == target:
-            return count, {"sha1": value}
-    return None, {"sha1": value}
+    if not banks:
+        return {}
+    zeros = [bytes(BANK_SIZES[bank]) for bank in banks]
+    _, values = _rawlist.replay(raws, list(banks), zeros, None)
+    return dict(zip(banks, values, strict=True))
 
 
 def bad_templates(
@@ -174,19 +104,9 @@ def bad_templates(
     `known` maps template data to its SHA-1 digest, computed beforehand (see
     allowed_templates): an entry found there is checked by one comparison
     instead of a hash, which halves the hashing of a list the policy allows.
+    A violation's all-zero digest is never bad.
     """
-    sha1 = hashlib.sha1
-    get = (known or {}).get
-    zeros = _zeros(raws)
-    bad = []
-    for i, (_, _, digest, data) in enumerate(raws):
-        expected = get(data)
-        if expected is None:
-            if digest != zeros and sha1(data).digest() != digest:
-                bad.append(i)
-        elif expected != digest and digest != zeros:
-            bad.append(i)
-    return bad
+    return _rawlist.bad_templates(raws, known)
 
 
 _ALLOWED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -232,21 +152,7 @@ def needing_policy(raws: list[Raw], allowed: dict[bytes, bytes]) -> list[int]:
     `allowed` is allowed_templates(policy); a violation (all-zero template
     digest) is never plainly allowed, whatever its data.
     """
-    zeros = _zeros(raws)
-    return [
-        i
-        for i, (_, name, digest, data) in enumerate(raws)
-        if data not in allowed or name != b"ima-ng" or digest == zeros
-    ]
-
-
-def _zeros(raws: list[Raw]) -> bytes:
-    """The all-zero template digest of a violation, at the size of this list's.
-
-    One list has one digest size (split reads them all with one), and
-    comparing with it is cheaper per entry than `not any(digest)`.
-    """
-    return bytes(len(raws[0][2])) if raws else b""
+    return _rawlist.needing_policy(raws, allowed)
 
 
 def entry(raw: Raw, digest_size: int) -> Any:

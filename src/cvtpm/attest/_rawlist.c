@@ -1,0 +1,426 @@
+/*
+ * cvtpm.attest._rawlist: the verifier's per-entry loops over raw list entries.
+ *
+ * A verifier walks every entry of every list it is sent, so these loops are
+ * its cost per entry; in Python each step of them (a slice, a tuple, a hash
+ * object) costs more than the work itself. They take and give what
+ * cvtpm.attest._fastlist documents ("Raw" tuples: PCR, template name,
+ * template digest, template data) and follow it rule for rule; the hashes
+ * are OpenSSL's (libcrypto), as they are hashlib's.
+ *
+ * Byte layouts: the binary list is what ima_fs.c writes (little-endian
+ * fields on x86 and arm64), the extend rule that of
+ * cvtpm.ima.entry.Entry.pcr_extend_digest.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <openssl/evp.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_BANKS 8
+
+/* The templates whose binary template data is hashed as it stands. */
+static PyObject *name_ima_ng, *name_ima_sig, *name_ima_buf;
+static EVP_MD *sha1_md;
+
+static uint32_t
+le32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+           (uint32_t)p[3] << 24;
+}
+
+static int
+all_zero(const char *p, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (p[i])
+            return 0;
+    return 1;
+}
+
+/* The name object for a fast template's name, or NULL for any other. */
+static PyObject *
+fast_name(const unsigned char *p, uint32_t len)
+{
+    if (len == 6 && memcmp(p, "ima-ng", 6) == 0)
+        return name_ima_ng;
+    if (len == 7 && memcmp(p, "ima-sig", 7) == 0)
+        return name_ima_sig;
+    if (len == 7 && memcmp(p, "ima-buf", 7) == 0)
+        return name_ima_buf;
+    return NULL;
+}
+
+/* The digest (item 2) and data (item 3) of raws[i], checked; 0 on error. */
+static int
+raw_fields(PyObject *raws, Py_ssize_t i, PyObject **name, PyObject **digest,
+           PyObject **data)
+{
+    PyObject *raw = PyList_GET_ITEM(raws, i);
+    if (!PyTuple_Check(raw) || PyTuple_GET_SIZE(raw) != 4) {
+        PyErr_Format(PyExc_TypeError, "entry %zd is not a 4-tuple", i);
+        return 0;
+    }
+    *name = PyTuple_GET_ITEM(raw, 1);
+    *digest = PyTuple_GET_ITEM(raw, 2);
+    *data = PyTuple_GET_ITEM(raw, 3);
+    if (!PyBytes_Check(*name) || !PyBytes_Check(*digest) || !PyBytes_Check(*data)) {
+        PyErr_Format(PyExc_TypeError, "entry %zd holds a non-bytes field", i);
+        return 0;
+    }
+    return 1;
+}
+
+static int
+bytes_equal(PyObject *a, PyObject *b)
+{
+    Py_ssize_t n = PyBytes_GET_SIZE(a);
+    return n == PyBytes_GET_SIZE(b) &&
+           memcmp(PyBytes_AS_STRING(a), PyBytes_AS_STRING(b), n) == 0;
+}
+
+/* split(data, digest_size) -> list[Raw] | None */
+static PyObject *
+split(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t digest_size;
+    if (!PyArg_ParseTuple(args, "y*n", &view, &digest_size))
+        return NULL;
+    if (digest_size <= 0 || digest_size > 64) {
+        PyBuffer_Release(&view);
+        return PyErr_Format(PyExc_ValueError, "digest size %zd", digest_size);
+    }
+
+    const unsigned char *p = view.buf;
+    size_t end = (size_t)view.len, pos = 0;
+    size_t head = 4 + (size_t)digest_size + 4;
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        goto error;
+
+    while (pos < end) {
+        /* Each exit with None is a case cvtpm.ima.binary reports precisely:
+         * a header cut short, a PCR out of range, another template, a name
+         * or data field running past the end. */
+        if (end - pos < head)
+            goto not_simple;
+        uint32_t pcr = le32(p + pos);
+        uint32_t name_len = le32(p + pos + 4 + digest_size);
+        size_t name_at = pos + head;
+        if (pcr >= 24 || name_len > end - name_at)
+            goto not_simple;
+        PyObject *name = fast_name(p + name_at, name_len);
+        size_t len_at = name_at + name_len;
+        if (name == NULL || end - len_at < 4)
+            goto not_simple;
+        uint32_t data_len = le32(p + len_at);
+        size_t data_at = len_at + 4;
+        if (data_len > end - data_at)
+            goto not_simple;
+
+        PyObject *raw = Py_BuildValue(
+            "(IOy#y#)", pcr, name, (const char *)p + pos + 4, digest_size,
+            (const char *)p + data_at, (Py_ssize_t)data_len);
+        if (raw == NULL)
+            goto error;
+        int failed = PyList_Append(out, raw);
+        Py_DECREF(raw);
+        if (failed)
+            goto error;
+        pos = data_at + data_len;
+    }
+    PyBuffer_Release(&view);
+    return out;
+
+not_simple:
+    PyBuffer_Release(&view);
+    Py_DECREF(out);
+    Py_RETURN_NONE;
+error:
+    PyBuffer_Release(&view);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+/* One PCR bank being replayed. */
+struct bank {
+    EVP_MD *md;
+    EVP_MD_CTX *ctx;
+    int size;
+    int is_sha1;
+    unsigned char value[EVP_MAX_MD_SIZE];
+    const char *target; /* NULL: no target */
+};
+
+static int
+hash_into(struct bank *b, const void *one, size_t one_len, const void *two,
+          size_t two_len, unsigned char *out)
+{
+    return EVP_DigestInit_ex2(b->ctx, b->md, NULL) &&
+           EVP_DigestUpdate(b->ctx, one, one_len) &&
+           (two_len == 0 || EVP_DigestUpdate(b->ctx, two, two_len)) &&
+           EVP_DigestFinal_ex(b->ctx, out, NULL);
+}
+
+static int
+at_targets(struct bank *banks, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (banks[i].target == NULL ||
+            memcmp(banks[i].value, banks[i].target, banks[i].size) != 0)
+            return 0;
+    return 1;
+}
+
+/*
+ * replay(raws, banks, start, targets) -> (count | None, values)
+ *
+ * banks: bank names; start: each bank's value to extend from; targets: each
+ * bank's value to stop at, or None to extend every entry.
+ */
+static PyObject *
+replay(PyObject *self, PyObject *args)
+{
+    PyObject *raws, *names, *start, *targets;
+    if (!PyArg_ParseTuple(args, "O!O!O!O", &PyList_Type, &raws, &PyList_Type,
+                          &names, &PyList_Type, &start, &targets))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(names);
+    if (n < 1 || n > MAX_BANKS || PyList_GET_SIZE(start) != n ||
+        (targets != Py_None &&
+         (!PyList_Check(targets) || PyList_GET_SIZE(targets) != n)))
+        return PyErr_Format(PyExc_ValueError, "1 to %d banks, each with a start "
+                            "value and a target", MAX_BANKS);
+
+    struct bank banks[MAX_BANKS];
+    unsigned char ones[EVP_MAX_MD_SIZE], extend[EVP_MAX_MD_SIZE];
+    PyObject *result = NULL, *values = NULL;
+    Py_ssize_t count = 0;
+    int reached = 0;
+    memset(banks, 0, sizeof banks);
+    memset(ones, 0xff, sizeof ones);
+
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const char *name = PyUnicode_AsUTF8(PyList_GET_ITEM(names, i));
+        if (name == NULL)
+            goto done;
+        struct bank *b = &banks[i];
+        b->md = EVP_MD_fetch(NULL, name, NULL);
+        b->ctx = EVP_MD_CTX_new();
+        if (b->md == NULL || b->ctx == NULL) {
+            PyErr_Format(PyExc_ValueError, "no hash %s in libcrypto", name);
+            goto done;
+        }
+        b->size = EVP_MD_get_size(b->md);
+        b->is_sha1 = strcmp(name, "sha1") == 0;
+        PyObject *value = PyList_GET_ITEM(start, i);
+        if (!PyBytes_Check(value) || PyBytes_GET_SIZE(value) != b->size) {
+            PyErr_Format(PyExc_ValueError, "start value of %s is not %d bytes",
+                         name, b->size);
+            goto done;
+        }
+        memcpy(b->value, PyBytes_AS_STRING(value), b->size);
+        if (targets != Py_None) {
+            PyObject *target = PyList_GET_ITEM(targets, i);
+            if (!PyBytes_Check(target) || PyBytes_GET_SIZE(target) != b->size) {
+                PyErr_Format(PyExc_ValueError, "quoted %s value is not %d bytes",
+                             name, b->size);
+                goto done;
+            }
+            b->target = PyBytes_AS_STRING(target);
+        }
+    }
+
+    reached = at_targets(banks, (int)n);
+    Py_ssize_t total = PyList_GET_SIZE(raws);
+    while (!reached && count < total) {
+        PyObject *name, *digest, *data;
+        if (!raw_fields(raws, count, &name, &digest, &data))
+            goto done;
+        const char *d = PyBytes_AS_STRING(digest);
+        Py_ssize_t d_len = PyBytes_GET_SIZE(digest);
+        int violation = all_zero(d, d_len);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            struct bank *b = &banks[i];
+            const unsigned char *with = extend;
+            if (violation)
+                with = ones;
+            else if (b->is_sha1 && d_len == 20)
+                with = (const unsigned char *)d;
+            else if (!hash_into(b, PyBytes_AS_STRING(data),
+                                PyBytes_GET_SIZE(data), NULL, 0, extend))
+                goto hash_failed;
+            if (!hash_into(b, b->value, b->size, with, b->size, b->value))
+                goto hash_failed;
+        }
+        count++;
+        reached = at_targets(banks, (int)n);
+    }
+
+    values = PyList_New(n);
+    if (values == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *value =
+            PyBytes_FromStringAndSize((const char *)banks[i].value, banks[i].size);
+        if (value == NULL) {
+            Py_DECREF(values);
+            goto done;
+        }
+        PyList_SET_ITEM(values, i, value);
+    }
+    if (reached)
+        result = Py_BuildValue("(nN)", count, values);
+    else
+        result = Py_BuildValue("(ON)", Py_None, values);
+    goto done;
+
+hash_failed:
+    PyErr_SetString(PyExc_RuntimeError, "libcrypto failed to hash");
+done:
+    for (Py_ssize_t i = 0; i < n; i++) {
+        EVP_MD_CTX_free(banks[i].ctx);
+        EVP_MD_free(banks[i].md);
+    }
+    return result;
+}
+
+/* bad_templates(raws, known) -> list[int]; known: dict data -> SHA-1, or None */
+static PyObject *
+bad_templates(PyObject *self, PyObject *args)
+{
+    PyObject *raws, *known;
+    if (!PyArg_ParseTuple(args, "O!O", &PyList_Type, &raws, &known))
+        return NULL;
+    if (known != Py_None && !PyDict_Check(known))
+        return PyErr_Format(PyExc_TypeError, "known must be a dict or None");
+
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    PyObject *bad = PyList_New(0);
+    if (ctx == NULL || bad == NULL)
+        goto error;
+    unsigned char sha1[20];
+    Py_ssize_t total = PyList_GET_SIZE(raws);
+    for (Py_ssize_t i = 0; i < total; i++) {
+        PyObject *name, *digest, *data;
+        if (!raw_fields(raws, i, &name, &digest, &data))
+            goto error;
+        if (all_zero(PyBytes_AS_STRING(digest), PyBytes_GET_SIZE(digest)))
+            continue; /* a violation: its digest is zeros whatever its data */
+        PyObject *expected = NULL;
+        if (known != Py_None) {
+            expected = PyDict_GetItemWithError(known, data);
+            if (expected == NULL && PyErr_Occurred())
+                goto error;
+        }
+        int matches;
+        if (expected != NULL && PyBytes_Check(expected)) {
+            matches = bytes_equal(expected, digest);
+        } else {
+            if (!EVP_DigestInit_ex2(ctx, sha1_md, NULL) ||
+                !EVP_DigestUpdate(ctx, PyBytes_AS_STRING(data),
+                                  PyBytes_GET_SIZE(data)) ||
+                !EVP_DigestFinal_ex(ctx, sha1, NULL)) {
+                PyErr_SetString(PyExc_RuntimeError, "libcrypto failed to hash");
+                goto error;
+            }
+            matches = PyBytes_GET_SIZE(digest) == 20 &&
+                      memcmp(sha1, PyBytes_AS_STRING(digest), 20) == 0;
+        }
+        if (!matches) {
+            PyObject *index = PyLong_FromSsize_t(i);
+            if (index == NULL || PyList_Append(bad, index)) {
+                Py_XDECREF(index);
+                goto error;
+            }
+            Py_DECREF(index);
+        }
+    }
+    EVP_MD_CTX_free(ctx);
+    return bad;
+
+error:
+    EVP_MD_CTX_free(ctx);
+    Py_XDECREF(bad);
+    return NULL;
+}
+
+/* needing_policy(raws, allowed) -> list[int] */
+static PyObject *
+needing_policy(PyObject *self, PyObject *args)
+{
+    PyObject *raws, *allowed;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &raws, &PyDict_Type,
+                          &allowed))
+        return NULL;
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    Py_ssize_t total = PyList_GET_SIZE(raws);
+    for (Py_ssize_t i = 0; i < total; i++) {
+        PyObject *name, *digest, *data;
+        if (!raw_fields(raws, i, &name, &digest, &data))
+            goto error;
+        int known = PyDict_Contains(allowed, data);
+        if (known < 0)
+            goto error;
+        if (known && bytes_equal(name, name_ima_ng) &&
+            !all_zero(PyBytes_AS_STRING(digest), PyBytes_GET_SIZE(digest)))
+            continue;
+        PyObject *index = PyLong_FromSsize_t(i);
+        if (index == NULL || PyList_Append(out, index)) {
+            Py_XDECREF(index);
+            goto error;
+        }
+        Py_DECREF(index);
+    }
+    return out;
+
+error:
+    Py_DECREF(out);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"split", split, METH_VARARGS,
+     "split(data, digest_size): the entries of a binary list as Raw tuples, "
+     "or None unless all are ima-ng, ima-sig or ima-buf and well formed."},
+    {"replay", replay, METH_VARARGS,
+     "replay(raws, banks, start, targets): extend from start until every bank "
+     "equals its target (None: through every entry); (entries used or None, "
+     "values)."},
+    {"bad_templates", bad_templates, METH_VARARGS,
+     "bad_templates(raws, known): positions of entries whose SHA-1 template "
+     "digest is not that of their data; known maps data to its digest."},
+    {"needing_policy", needing_policy, METH_VARARGS,
+     "needing_policy(raws, allowed): positions of entries that are not "
+     "non-violation ima-ng entries whose data `allowed` holds."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    .m_base = PyModuleDef_HEAD_INIT,
+    .m_name = "cvtpm.attest._rawlist",
+    .m_doc = "The verifier's per-entry loops over raw list entries (_rawlist.c).",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC
+PyInit__rawlist(void)
+{
+    name_ima_ng = PyBytes_FromString("ima-ng");
+    name_ima_sig = PyBytes_FromString("ima-sig");
+    name_ima_buf = PyBytes_FromString("ima-buf");
+    if (name_ima_ng == NULL || name_ima_sig == NULL || name_ima_buf == NULL)
+        return NULL;
+    sha1_md = EVP_MD_fetch(NULL, "SHA1", NULL);
+    if (sha1_md == NULL)
+        return PyErr_Format(PyExc_ImportError, "libcrypto has no SHA-1");
+    return PyModule_Create(&module);
+}
