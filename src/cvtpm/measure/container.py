@@ -12,6 +12,7 @@ from typing import Any
 
 from cvtpm.errors import TpmError
 from cvtpm.ima.entry import Entry
+from cvtpm.measure import procinfo
 from cvtpm.measure.journal import Extender, MeasurementList, extend
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class ContainerSpec:
             return self.mnt_ns
         if self.pid is None:
             raise ValueError(f"container {self.name!r} needs a pid or a mnt_ns")
-        return os.stat(f"/proc/{self.pid}/ns/mnt").st_ino
+        return procinfo.mnt_ns_of(self.pid)
 
     def resolved_mounts(self) -> list[str]:
         """The paths to mark: as given, else the root of the container's init."""
@@ -124,7 +125,7 @@ class Container:
         tpm = extender if hasattr(extender, "pcr_extend") else extender()
         try:
             self._banks = list(tpm.active_banks())
-            self.mlist.reconcile(tpm)
+            self.mlist.reconcile(tpm, self._banks)
         except Exception:
             self._close(tpm)
             raise

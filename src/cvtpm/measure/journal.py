@@ -148,14 +148,15 @@ class MeasurementList:
         # 3. The ascii copy is derived data: its failures do not undo the entry.
         self._update_ascii(entry)
 
-    def reconcile(self, tpm: Extender) -> int:
+    def reconcile(self, tpm: Extender, banks: list[str] | None = None) -> int:
         """Bring the TPM's PCR up to the list; returns how many entries were extended.
 
         The PCR must equal the replay of the first n entries for some n (n = 0
         is a reset TPM); entries n.. are then extended.  Any other value means
         the list and the TPM disagree about history, and nothing is touched.
+        `banks` are the TPM's active banks, if the caller has just read them.
         """
-        banks = list(tpm.active_banks())
+        banks = list(tpm.active_banks()) if banks is None else banks
         current = tpm.pcr_read(self.pcr, banks)
 
         # 1. Find the longest prefix of the list whose replay is the PCR.

@@ -75,12 +75,20 @@ class Task:
 
 def task(tid: int) -> Task:
     """The thread `tid`, as far as an event needs it (see Task)."""
-    return Task(tid=tid, mnt_ns=os.stat(f"/proc/{tid}/ns/mnt").st_ino)
+    return Task(tid=tid, mnt_ns=mnt_ns_of(tid))
 
 
 def mnt_ns_of(pid: int) -> int:
-    """The inode number of a process's mount namespace (/proc/PID/ns/mnt)."""
-    return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+    """The inode number of a process's mount namespace (/proc/PID/ns/mnt).
+
+    Read from the link's text, "mnt:[INODE]" (fs/nsfs.c, ns_get_name), which
+    names the inode a stat() of the link would reach, without the nsfs
+    lookup the stat adds (every exec event asks this of a new process).
+    """
+    link = os.readlink(f"/proc/{pid}/ns/mnt")
+    if not (link.startswith("mnt:[") and link.endswith("]")):
+        raise OSError(errno.EPROTO, f"/proc/{pid}/ns/mnt links to {link!r}")
+    return int(link[5:-1])
 
 
 def open_mask(tid: int) -> int | None:

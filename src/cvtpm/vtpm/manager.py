@@ -318,8 +318,9 @@ class VtpmManager:
                 if not swtpm.is_running(pid):
                     # The pool's refill restarts it or drops it; not now.
                     continue
-                if self.registry.claim(placeholder, name, ephemeral):
-                    return self.get(name)
+                record = self.registry.claim(placeholder, name, ephemeral)
+                if record is not None:
+                    return self._info(record)
             if all(not swtpm.is_running(pid) for _, pid in candidates):
                 return None
         return None

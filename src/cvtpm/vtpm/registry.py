@@ -112,20 +112,22 @@ class Registry:
         with self.session() as session:
             return session.scalar(query.select_from(VtpmRecord)) or 0
 
-    def claim(self, placeholder: str, name: str, ephemeral: bool) -> bool:
-        """Give the pooled vTPM `placeholder` the name `name`; False if taken first."""
+    def claim(self, placeholder: str, name: str, ephemeral: bool) -> VtpmRecord | None:
+        """Give the pooled vTPM `placeholder` the name `name`: its record, or None
+        if another taker claimed it first."""
         try:
             with self.session() as session:
                 # The WHERE makes two claimers of one vTPM safe: one updates a
-                # row, the other none.
-                claimed = session.execute(
+                # row, the other none. RETURNING saves reading the row again
+                # (SQLite 3.35 and PostgreSQL have it).
+                return session.scalars(
                     update(VtpmRecord)
                     .where(VtpmRecord.name == placeholder, VtpmRecord.pooled.is_(True))
                     .values(name=name, pooled=False, ephemeral=ephemeral)
-                ).rowcount
+                    .returning(VtpmRecord)
+                ).one_or_none()
         except IntegrityError as exc:
             raise StateError(f"a vTPM named {name!r} already exists") from exc
-        return claimed == 1
 
     def update(self, name: str, **fields) -> VtpmRecord:
         """Change some fields of one vTPM."""
