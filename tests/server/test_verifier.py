@@ -40,12 +40,12 @@ def direct_fetch(vtpm):
     return fetch
 
 
-def make_client(tmp_path, ca, fetch=None) -> TestClient:
+def make_client(tmp_path, ca, fetch=None, **options) -> TestClient:
     trust = TrustStore()
     trust.add_pem(ca.root_pem)
     store = VerifierStore(f"sqlite:///{tmp_path / 'verifier.db'}")
     service = VerifierService(store, trust, fetch=fetch or fetch_from_daemon)
-    return TestClient(create_app(service, TOKEN))
+    return TestClient(create_app(service, TOKEN, **options))
 
 
 def registration(vtpm, **extra) -> dict:
@@ -86,6 +86,23 @@ def test_register_attest_and_read_the_result(tmp_path, local_ca, vtpm):
     assert client.get("/v1/containers/web/result", headers=AUTH).json() == result
     shown = client.get("/v1/containers/web", headers=AUTH).json()
     assert shown["state"]["index"] == 11
+
+
+@pytest.mark.swtpm
+def test_a_body_over_the_limit_is_refused_unread(tmp_path, local_ca, vtpm):
+    """Evidence larger than the limit is 413, and the container's state is kept."""
+    client = make_client(tmp_path, local_ca, max_body_size=4096)
+    client.post("/v1/containers", json=registration(vtpm), headers=AUTH)
+    url = "/v1/containers/web/evidence"
+    big = {"padding": "x" * 5000}
+    assert client.post(url, json=big, headers=AUTH).status_code == 413
+
+    def chunks():  # no Content-Length: the limit holds while the body streams
+        for _ in range(10):
+            yield b"x" * 1000
+
+    assert client.post(url, content=chunks(), headers=AUTH).status_code == 413
+    assert client.get("/v1/containers/web", headers=AUTH).json()["state"]["index"] == 0
 
 
 @pytest.mark.swtpm

@@ -77,12 +77,25 @@ class ResultOut(BaseModel):
     time: float
 
 
-def create_app(service: VerifierService, token: str) -> FastAPI:
-    """The verifier's FastAPI application over `service`, guarded by `token`."""
+# The largest request the verifier reads. Evidence is the biggest: a binary
+# list of a million ima-ng entries is about 100 MB, base64 in JSON a third
+# more; lists that long are rare, so the default leaves room for 500,000.
+MAX_BODY_SIZE = 64 << 20
+
+
+def create_app(
+    service: VerifierService, token: str, max_body_size: int = MAX_BODY_SIZE
+) -> FastAPI:
+    """The verifier's FastAPI application over `service`, guarded by `token`.
+
+    A request body over `max_body_size` bytes is refused (413) while it is
+    read, before any of it is parsed: evidence comes from the network.
+    """
     app = FastAPI(
         title="cvtpm verifier",
         version=__version__,
         description="Registers containers' vTPMs and attests them incrementally.",
+        max_body_size=max_body_size,
     )
     app.state.service = service
     app.add_exception_handler(CvtpmError, _error_response)
