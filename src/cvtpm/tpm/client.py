@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -38,6 +40,9 @@ BANK_ALGS = {
     "sha512": TPM2_ALG.SHA512,
 }
 ALG_BANKS = {int(alg): bank for bank, alg in BANK_ALGS.items()}
+
+# The TCTI libraries held loaded, by TCTI name (see _hold_tcti_library).
+_TCTI_LIBRARIES: dict[str, ctypes.CDLL | None] = {}
 
 # TPM 2.0 Part 2, section 6.13 (TPM_PT): the fixed properties an EK
 # certificate's subject alternative name is built from.
@@ -99,6 +104,7 @@ class TpmClient:
 
     def __init__(self, tcti: str):
         self.tcti = tcti
+        _hold_tcti_library(tcti)
         try:
             self.esys = ESAPI(tcti)
         except TSS2_Exception as exc:
@@ -365,3 +371,22 @@ class TpmClient:
             return method(*args, **kwargs)
         except TSS2_Exception as exc:
             raise TpmError(f"{command} failed: {exc}", rc=int(exc.rc)) from exc
+
+
+def _hold_tcti_library(tcti: str) -> None:
+    """Keep the TCTI library of `tcti` ("swtpm:path=...") loaded in this process.
+
+    tss2-tctildr loads the library (libtss2-tcti-NAME.so.0) for every
+    connection and unloads it when the connection closes, so each one would
+    load and relocate it again: half the CPU of opening a connection, which
+    the daemon does several times per container. A handle held here keeps
+    the library loaded and makes the loader's dlopen a reference count.
+    """
+    name = tcti.partition(":")[0]
+    if name in _TCTI_LIBRARIES:
+        return
+    library = None
+    # A TCTI this cannot find is tctildr's to report (or to find elsewhere).
+    with contextlib.suppress(OSError):
+        library = ctypes.CDLL(f"libtss2-tcti-{name}.so.0")
+    _TCTI_LIBRARIES[name] = library
