@@ -268,3 +268,66 @@ def test_loops_refuse_entries_that_are_not_raw_tuples():
             _fastlist.needing_policy(good + bad, {})
         with pytest.raises(TypeError):
             _fastlist.extend_all(good + bad, ["sha1"])
+
+
+def test_a_dict_key_that_changes_the_list_cannot_crash_the_loops():
+    """Python code a lookup runs (a key's __eq__) may empty the list meanwhile:
+    the loops keep what they read alive and stop at the list's new end."""
+    from cvtpm.attest import _rawlist
+
+    data = b"x" * 100
+    raws = [(10, b"ima-ng", b"\1" * 20, data)] * 1000
+
+    class Clearing:
+        def __hash__(self):
+            return hash(data)
+
+        def __eq__(self, other):
+            raws.clear()
+            return False
+
+    for loop, table in (
+        (_rawlist.needing_policy, {Clearing(): 1}),
+        (_rawlist.bad_templates, {Clearing(): b"a"}),
+    ):
+        raws[:] = [(10, b"ima-ng", b"\1" * 20, data)] * 1000
+        assert loop(raws, table) == [0]
+
+    class Hashing(bytes):
+        def __hash__(self):
+            raws.clear()
+            return 1
+
+    raws[:] = [(10, b"ima-ng", b"\1" * 20, Hashing(b"y" * 1000))]
+    with pytest.raises(TypeError):
+        _rawlist.needing_policy(raws, {})
+
+
+def test_sizes_and_banks_the_parser_does_not_know_are_refused():
+    """Digest sizes other than 20, 32, 48 and 64, and banks other than the four."""
+    from cvtpm.attest import _rawlist
+
+    raws = as_raw(mixed_list())
+    with pytest.raises(ValueError, match="digest size 7"):
+        _rawlist.split(b"\x0a\0\0\0" + b"\1" * 7 + b"\x06\0\0\0ima-ng\0\0\0\0", 7)
+    for bank in ("md5", "SHA1", "sha1\0junk", "sm3"):
+        with pytest.raises(ValueError, match="no PCR bank"):
+            _rawlist.replay(raws, [bank], [bytes(20)], None)
+
+
+def test_longer_template_digests_are_checked_with_their_own_hash():
+    """A 32-byte template digest is SHA-256 of the data, as the parser checks it."""
+    entries = [
+        replace(e, template_digest=hashlib.sha256(e.template_data).digest())
+        if any(e.template_digest)
+        else replace(e, template_digest=bytes(32))
+        for e in mixed_list()
+    ]
+    raws = as_raw(entries)
+    assert _fastlist.bad_templates(raws) == []
+    assert all(e.template_digest_matches() for e in entries)
+
+    pcr, name, digest, data = raws[1]
+    raws[1] = (pcr, name, digest, data.replace(b"/bin/a", b"/bin/z"))
+    raws[3] = (10, b"ima-ng", b"\1" * 10, raws[3][3])  # no bank has 10 bytes
+    assert _fastlist.bad_templates(raws) == [1, 3]

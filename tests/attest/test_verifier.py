@@ -283,3 +283,44 @@ def test_sha1_only_quote_catches_changed_template_data(vtpm, local_ca):
     result = attestor.attest()
     assert reasons(result) == ["list.template_mismatch"]
     assert result.failures[0].index == 2
+
+
+def undecodable_entries() -> list:
+    """ima-ng entries framed right whose fields do not parse, digests correct."""
+    import hashlib
+
+    from cvtpm.ima.entry import Entry
+
+    bad_data = [
+        b"\x28\0\0\0sha999:\0" + bytes(32) + b"\x05\0\0\0/evil",  # unknown hash
+        b"\x28\0\0\0sha256:\0" + bytes(32) + b"\x04\0\0\0/bad",  # name without NUL
+        b"\x28\0\0\0sha256:\0" + bytes(32) + b"\x05\0\0\0/ok!\0tail",  # left over
+    ]
+    return [
+        Entry(10, "ima-ng", d, hashlib.sha1(d).digest(), "sha256", bytes(32), "?")
+        for d in bad_data
+    ]
+
+
+@pytest.mark.parametrize("banks", [["sha1"], None])
+def test_entries_that_do_not_decode_are_malformed_without_a_policy(
+    vtpm, local_ca, banks
+):
+    """The PCR covers them, but a list whose entries do not parse is not trusted.
+
+    With no runtime policy nothing else decodes the entries the fast path
+    split by their lengths, in either kind of registration.
+    """
+    if banks is not None:
+        vtpm.banks = banks
+    vtpm.measure(files(2))
+    first = len(vtpm.entries)
+    vtpm.measure(undecodable_entries())
+    result = Attestor(vtpm, local_ca).attest()
+    assert not result.trusted
+    assert [(f.reason, f.index) for f in result.failures] == [
+        ("list.malformed", first),
+        ("list.malformed", first + 1),
+        ("list.malformed", first + 2),
+    ]
+    assert "sha999" in result.failures[0].message

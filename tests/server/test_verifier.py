@@ -88,6 +88,29 @@ def test_register_attest_and_read_the_result(tmp_path, local_ca, vtpm):
     assert shown["state"]["index"] == 11
 
 
+def test_a_request_without_the_token_is_refused_before_its_body_is_read(
+    tmp_path, local_ca
+):
+    """No token, a wrong one or another scheme: 401, not the body's 400 or 422.
+
+    (A body over the size limit is refused by its Content-Length first, 413.)
+    """
+    client = make_client(tmp_path, local_ca, max_body_size=1 << 20)
+    url = "/v1/containers/web/evidence"
+    nested = b"[" * 3000 + b"]" * 3000
+    json_type = {"Content-Type": "application/json"}
+    for headers in (
+        {},
+        {"Authorization": "Bearer not-the-token-at-all"},
+        {"Authorization": f"Basic {TOKEN}"},
+    ):
+        for body in (nested, b"x" * 10_000):
+            answer = client.post(url, content=body, headers=headers | json_type)
+            assert answer.status_code == 401, answer.text
+            assert answer.headers["www-authenticate"] == "Bearer"
+    assert client.post(url, content=nested, headers=AUTH | json_type).status_code == 400
+
+
 @pytest.mark.swtpm
 def test_a_body_over_the_limit_is_refused_unread(tmp_path, local_ca, vtpm):
     """Evidence larger than the limit is 413, and the container's state is kept."""

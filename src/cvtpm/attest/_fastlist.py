@@ -99,12 +99,14 @@ def extend_all(raws: list[Raw], banks: list[str]) -> dict[str, bytes]:
 def bad_templates(
     raws: list[Raw], known: dict[bytes, bytes] | None = None
 ) -> list[int]:
-    """Positions of entries whose SHA-1 template digest is not that of their data.
+    """Positions of entries whose template digest is not that of their data.
 
+    As Entry.template_digest_matches: the data is hashed with the bank hash
+    of the digest's size, and a violation's all-zero digest is never bad.
     `known` maps template data to its SHA-1 digest, computed beforehand (see
-    allowed_templates): an entry found there is checked by one comparison
-    instead of a hash, which halves the hashing of a list the policy allows.
-    A violation's all-zero digest is never bad.
+    allowed_templates): a 20-byte digest found there is checked by one
+    comparison instead of a hash, which halves the hashing of a list the
+    policy allows.
     """
     return _rawlist.bad_templates(raws, known)
 

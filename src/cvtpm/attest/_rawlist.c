@@ -24,7 +24,21 @@
 
 /* The templates whose binary template data is hashed as it stands. */
 static PyObject *name_ima_ng, *name_ima_sig, *name_ima_buf;
-static EVP_MD *sha1_md;
+
+/* The PCR banks, by cvtpm's names, with libcrypto's hashes. */
+static const char *bank_names[] = {"sha1", "sha256", "sha384", "sha512"};
+#define BANK_COUNT 4
+static EVP_MD *bank_mds[BANK_COUNT];
+
+/* The bank hash whose digest is `size` bytes (a template digest's), or NULL. */
+static EVP_MD *
+md_of_size(Py_ssize_t size)
+{
+    for (int i = 0; i < BANK_COUNT; i++)
+        if (EVP_MD_get_size(bank_mds[i]) == size)
+            return bank_mds[i];
+    return NULL;
+}
 
 static uint32_t
 le32(const unsigned char *p)
@@ -55,24 +69,35 @@ fast_name(const unsigned char *p, uint32_t len)
     return NULL;
 }
 
-/* The digest (item 2) and data (item 3) of raws[i], checked; 0 on error. */
-static int
+/*
+ * The entry raws[i], with its name (item 1), digest (2) and data (3) checked
+ * to be bytes; a new reference the caller releases, or NULL on error.
+ *
+ * The reference keeps the fields alive even if a dict lookup ends up running
+ * Python code (a key's __eq__) that changes the list, which is why the loops
+ * read the list's length again for every entry; exact bytes, because a
+ * subclass could do the same from its __hash__. i must be in range.
+ */
+static PyObject *
 raw_fields(PyObject *raws, Py_ssize_t i, PyObject **name, PyObject **digest,
            PyObject **data)
 {
     PyObject *raw = PyList_GET_ITEM(raws, i);
     if (!PyTuple_Check(raw) || PyTuple_GET_SIZE(raw) != 4) {
         PyErr_Format(PyExc_TypeError, "entry %zd is not a 4-tuple", i);
-        return 0;
+        return NULL;
     }
     *name = PyTuple_GET_ITEM(raw, 1);
     *digest = PyTuple_GET_ITEM(raw, 2);
     *data = PyTuple_GET_ITEM(raw, 3);
-    if (!PyBytes_Check(*name) || !PyBytes_Check(*digest) || !PyBytes_Check(*data)) {
-        PyErr_Format(PyExc_TypeError, "entry %zd holds a non-bytes field", i);
-        return 0;
+    if (!PyBytes_CheckExact(*name) || !PyBytes_CheckExact(*digest) ||
+        !PyBytes_CheckExact(*data)) {
+        PyErr_Format(PyExc_TypeError, "entry %zd holds a field that is not bytes",
+                     i);
+        return NULL;
     }
-    return 1;
+    Py_INCREF(raw);
+    return raw;
 }
 
 static int
@@ -91,9 +116,12 @@ split(PyObject *self, PyObject *args)
     Py_ssize_t digest_size;
     if (!PyArg_ParseTuple(args, "y*n", &view, &digest_size))
         return NULL;
-    if (digest_size <= 0 || digest_size > 64) {
+    if (digest_size != 20 && digest_size != 32 && digest_size != 48 &&
+        digest_size != 64) {
         PyBuffer_Release(&view);
-        return PyErr_Format(PyExc_ValueError, "digest size %zd", digest_size);
+        return PyErr_Format(PyExc_ValueError,
+                            "template digest size %zd is none of 20, 32, 48, 64",
+                            digest_size);
     }
 
     const unsigned char *p = view.buf;
@@ -206,18 +234,28 @@ replay(PyObject *self, PyObject *args)
     memset(ones, 0xff, sizeof ones);
 
     for (Py_ssize_t i = 0; i < n; i++) {
-        const char *name = PyUnicode_AsUTF8(PyList_GET_ITEM(names, i));
+        Py_ssize_t name_len;
+        const char *name = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(names, i),
+                                                   &name_len);
         if (name == NULL)
             goto done;
         struct bank *b = &banks[i];
-        b->md = EVP_MD_fetch(NULL, name, NULL);
+        for (int k = 0; k < BANK_COUNT; k++)
+            if ((size_t)name_len == strlen(bank_names[k]) &&
+                strcmp(name, bank_names[k]) == 0)
+                b->md = bank_mds[k];
+        if (b->md == NULL) {
+            PyErr_Format(PyExc_ValueError, "no PCR bank %R (sha1, sha256, sha384 "
+                         "or sha512)", PyList_GET_ITEM(names, i));
+            goto done;
+        }
         b->ctx = EVP_MD_CTX_new();
-        if (b->md == NULL || b->ctx == NULL) {
-            PyErr_Format(PyExc_ValueError, "no hash %s in libcrypto", name);
+        if (b->ctx == NULL) {
+            PyErr_NoMemory();
             goto done;
         }
         b->size = EVP_MD_get_size(b->md);
-        b->is_sha1 = strcmp(name, "sha1") == 0;
+        b->is_sha1 = b->md == bank_mds[0];
         PyObject *value = PyList_GET_ITEM(start, i);
         if (!PyBytes_Check(value) || PyBytes_GET_SIZE(value) != b->size) {
             PyErr_Format(PyExc_ValueError, "start value of %s is not %d bytes",
@@ -237,10 +275,10 @@ replay(PyObject *self, PyObject *args)
     }
 
     reached = at_targets(banks, (int)n);
-    Py_ssize_t total = PyList_GET_SIZE(raws);
-    while (!reached && count < total) {
+    while (!reached && count < PyList_GET_SIZE(raws)) {
         PyObject *name, *digest, *data;
-        if (!raw_fields(raws, count, &name, &digest, &data))
+        PyObject *raw = raw_fields(raws, count, &name, &digest, &data);
+        if (raw == NULL)
             goto done;
         const char *d = PyBytes_AS_STRING(digest);
         Py_ssize_t d_len = PyBytes_GET_SIZE(digest);
@@ -253,11 +291,16 @@ replay(PyObject *self, PyObject *args)
             else if (b->is_sha1 && d_len == 20)
                 with = (const unsigned char *)d;
             else if (!hash_into(b, PyBytes_AS_STRING(data),
-                                PyBytes_GET_SIZE(data), NULL, 0, extend))
+                                PyBytes_GET_SIZE(data), NULL, 0, extend)) {
+                Py_DECREF(raw);
                 goto hash_failed;
-            if (!hash_into(b, b->value, b->size, with, b->size, b->value))
+            }
+            if (!hash_into(b, b->value, b->size, with, b->size, b->value)) {
+                Py_DECREF(raw);
                 goto hash_failed;
+            }
         }
+        Py_DECREF(raw);
         count++;
         reached = at_targets(banks, (int)n);
     }
@@ -283,11 +326,51 @@ replay(PyObject *self, PyObject *args)
 hash_failed:
     PyErr_SetString(PyExc_RuntimeError, "libcrypto failed to hash");
 done:
-    for (Py_ssize_t i = 0; i < n; i++) {
+    for (Py_ssize_t i = 0; i < n; i++)
         EVP_MD_CTX_free(banks[i].ctx);
-        EVP_MD_free(banks[i].md);
-    }
     return result;
+}
+
+static int
+append_index(PyObject *list, Py_ssize_t i)
+{
+    PyObject *index = PyLong_FromSsize_t(i);
+    int failed = index == NULL || PyList_Append(list, index);
+    Py_XDECREF(index);
+    return failed;
+}
+
+/*
+ * Whether one entry's template digest is that of its data, as
+ * Entry.template_digest_matches: hashed with the bank hash of the digest's
+ * size, a violation's zeros always matching. `known` (or None) maps template
+ * data to its SHA-1 digest, worked out beforehand. 1, 0, or -1 on error.
+ */
+static int
+template_matches(EVP_MD_CTX *ctx, PyObject *known, PyObject *digest,
+                 PyObject *data)
+{
+    Py_ssize_t size = PyBytes_GET_SIZE(digest);
+    EVP_MD *md = md_of_size(size);
+    if (md == NULL)
+        return 0;
+    if (all_zero(PyBytes_AS_STRING(digest), size))
+        return 1;
+    if (size == 20 && known != Py_None) {
+        PyObject *expected = PyDict_GetItemWithError(known, data);
+        if (expected == NULL && PyErr_Occurred())
+            return -1;
+        if (expected != NULL && PyBytes_Check(expected))
+            return bytes_equal(expected, digest);
+    }
+    unsigned char out[EVP_MAX_MD_SIZE];
+    if (!EVP_DigestInit_ex2(ctx, md, NULL) ||
+        !EVP_DigestUpdate(ctx, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)) ||
+        !EVP_DigestFinal_ex(ctx, out, NULL)) {
+        PyErr_SetString(PyExc_RuntimeError, "libcrypto failed to hash");
+        return -1;
+    }
+    return memcmp(out, PyBytes_AS_STRING(digest), size) == 0;
 }
 
 /* bad_templates(raws, known) -> list[int]; known: dict data -> SHA-1, or None */
@@ -304,42 +387,15 @@ bad_templates(PyObject *self, PyObject *args)
     PyObject *bad = PyList_New(0);
     if (ctx == NULL || bad == NULL)
         goto error;
-    unsigned char sha1[20];
-    Py_ssize_t total = PyList_GET_SIZE(raws);
-    for (Py_ssize_t i = 0; i < total; i++) {
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(raws); i++) {
         PyObject *name, *digest, *data;
-        if (!raw_fields(raws, i, &name, &digest, &data))
+        PyObject *raw = raw_fields(raws, i, &name, &digest, &data);
+        if (raw == NULL)
             goto error;
-        if (all_zero(PyBytes_AS_STRING(digest), PyBytes_GET_SIZE(digest)))
-            continue; /* a violation: its digest is zeros whatever its data */
-        PyObject *expected = NULL;
-        if (known != Py_None) {
-            expected = PyDict_GetItemWithError(known, data);
-            if (expected == NULL && PyErr_Occurred())
-                goto error;
-        }
-        int matches;
-        if (expected != NULL && PyBytes_Check(expected)) {
-            matches = bytes_equal(expected, digest);
-        } else {
-            if (!EVP_DigestInit_ex2(ctx, sha1_md, NULL) ||
-                !EVP_DigestUpdate(ctx, PyBytes_AS_STRING(data),
-                                  PyBytes_GET_SIZE(data)) ||
-                !EVP_DigestFinal_ex(ctx, sha1, NULL)) {
-                PyErr_SetString(PyExc_RuntimeError, "libcrypto failed to hash");
-                goto error;
-            }
-            matches = PyBytes_GET_SIZE(digest) == 20 &&
-                      memcmp(sha1, PyBytes_AS_STRING(digest), 20) == 0;
-        }
-        if (!matches) {
-            PyObject *index = PyLong_FromSsize_t(i);
-            if (index == NULL || PyList_Append(bad, index)) {
-                Py_XDECREF(index);
-                goto error;
-            }
-            Py_DECREF(index);
-        }
+        int matches = template_matches(ctx, known, digest, data);
+        Py_DECREF(raw);
+        if (matches < 0 || (!matches && append_index(bad, i)))
+            goto error;
     }
     EVP_MD_CTX_free(ctx);
     return bad;
@@ -361,23 +417,17 @@ needing_policy(PyObject *self, PyObject *args)
     PyObject *out = PyList_New(0);
     if (out == NULL)
         return NULL;
-    Py_ssize_t total = PyList_GET_SIZE(raws);
-    for (Py_ssize_t i = 0; i < total; i++) {
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(raws); i++) {
         PyObject *name, *digest, *data;
-        if (!raw_fields(raws, i, &name, &digest, &data))
+        PyObject *raw = raw_fields(raws, i, &name, &digest, &data);
+        if (raw == NULL)
             goto error;
         int known = PyDict_Contains(allowed, data);
-        if (known < 0)
+        int plain = known > 0 && bytes_equal(name, name_ima_ng) &&
+                    !all_zero(PyBytes_AS_STRING(digest), PyBytes_GET_SIZE(digest));
+        Py_DECREF(raw);
+        if (known < 0 || (!plain && append_index(out, i)))
             goto error;
-        if (known && bytes_equal(name, name_ima_ng) &&
-            !all_zero(PyBytes_AS_STRING(digest), PyBytes_GET_SIZE(digest)))
-            continue;
-        PyObject *index = PyLong_FromSsize_t(i);
-        if (index == NULL || PyList_Append(out, index)) {
-            Py_XDECREF(index);
-            goto error;
-        }
-        Py_DECREF(index);
     }
     return out;
 
@@ -395,8 +445,8 @@ static PyMethodDef methods[] = {
      "equals its target (None: through every entry); (entries used or None, "
      "values)."},
     {"bad_templates", bad_templates, METH_VARARGS,
-     "bad_templates(raws, known): positions of entries whose SHA-1 template "
-     "digest is not that of their data; known maps data to its digest."},
+     "bad_templates(raws, known): positions of entries whose template digest "
+     "is not that of their data; known maps data to its SHA-1 digest."},
     {"needing_policy", needing_policy, METH_VARARGS,
      "needing_policy(raws, allowed): positions of entries that are not "
      "non-violation ima-ng entries whose data `allowed` holds."},
@@ -419,8 +469,11 @@ PyInit__rawlist(void)
     name_ima_buf = PyBytes_FromString("ima-buf");
     if (name_ima_ng == NULL || name_ima_sig == NULL || name_ima_buf == NULL)
         return NULL;
-    sha1_md = EVP_MD_fetch(NULL, "SHA1", NULL);
-    if (sha1_md == NULL)
-        return PyErr_Format(PyExc_ImportError, "libcrypto has no SHA-1");
+    for (int i = 0; i < BANK_COUNT; i++) {
+        bank_mds[i] = EVP_MD_fetch(NULL, bank_names[i], NULL);
+        if (bank_mds[i] == NULL)
+            return PyErr_Format(PyExc_ImportError, "libcrypto has no %s",
+                                bank_names[i]);
+    }
     return PyModule_Create(&module);
 }

@@ -327,7 +327,7 @@ def _check_counters(state: ReplayState, attest: Attest) -> tuple[list[Failure], 
 def check_templates(
     replayed: ListReplay, count: int, start: int, policy: RuntimePolicy | None = None
 ) -> list[Failure]:
-    """With only the sha1 bank quoted, template data must match its SHA-1 digest.
+    """With only the sha1 bank quoted, template data must match its template digest.
 
     The `policy` that will judge the entries lends the digests of the template
     data it allows, worked out once per policy, so those are not hashed here.
@@ -346,6 +346,24 @@ def check_templates(
             index = start + position
             failure = Failure("list.template_mismatch", message, index, entry.path)
         failures.append(failure)
+    return failures
+
+
+def check_decodable(replayed: ListReplay, count: int, start: int) -> list[Failure]:
+    """Without a policy, every newly verified entry must still decode.
+
+    The fast path splits a binary list by its length fields only; a policy
+    then decodes every entry it does not allow outright (check_policy). With
+    no policy, nothing else would: an entry the PCR covers but whose fields
+    do not parse (an unknown hash, a name without its NUL) is list.malformed.
+    """
+    if not replayed.raw:
+        return []  # decoded when the list was parsed
+    failures = []
+    for position in range(count):
+        _, failure = _decoded(replayed, position, start)
+        if failure is not None:
+            failures.append(failure)
     return failures
 
 
@@ -436,6 +454,13 @@ def verify(
         result.failures += check_templates(replayed, count, state.index, policy)
     if policy is not None:
         result.failures += check_policy(policy, replayed, count, state.index)
+    else:
+        found = {(f.reason, f.index) for f in result.failures}
+        result.failures += [
+            f
+            for f in check_decodable(replayed, count, state.index)
+            if (f.reason, f.index) not in found
+        ]
 
     if not result.trusted:
         result.verified_index = state.index

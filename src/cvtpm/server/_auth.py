@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, status
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cvtpm.errors import ConfigError
 from cvtpm.files import read_regular_file
@@ -39,20 +42,59 @@ def load_token(path: str | Path | None = None, env: str = TOKEN_ENV) -> str:
     return token
 
 
+_REFUSAL = "a valid bearer token is required"
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
 def bearer_auth(token: str):
-    """A FastAPI dependency that admits only requests bearing `token`."""
+    """A FastAPI dependency that admits only requests bearing `token`.
+
+    It also puts the bearer scheme in the OpenAPI document; BearerGate makes
+    the same check before a request's body is read.
+    """
     expected = token.encode()
 
     def check(
         credentials: Credentials,
     ) -> None:
-        given = credentials.credentials.encode() if credentials else b""
-        # Constant-time comparison: the time taken says nothing about the token.
-        if not hmac.compare_digest(given, expected):
+        given = credentials.credentials if credentials else ""
+        if not _token_matches(given, expected):
             raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                "a valid bearer token is required",
-                headers={"WWW-Authenticate": "Bearer"},
+                status.HTTP_401_UNAUTHORIZED, _REFUSAL, headers=_CHALLENGE
             )
 
     return check
+
+
+class BearerGate:
+    """ASGI middleware: a request under `prefix` without the token gets 401 at once.
+
+    FastAPI reads and parses a request's body before it runs the route's
+    dependencies, so without this anyone could make the service read and
+    parse bodies up to its size limit, however many at once.
+    """
+
+    def __init__(self, app: ASGIApp, token: str, prefix: str):
+        self.app = app
+        self.expected = token.encode()
+        self.prefix = prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(self.prefix):
+            scheme, _, given = (
+                Headers(scope=scope).get("authorization", "").partition(" ")
+            )
+            if scheme.lower() != "bearer" or not _token_matches(
+                given.strip(), self.expected
+            ):
+                refusal = JSONResponse(
+                    {"detail": _REFUSAL}, status.HTTP_401_UNAUTHORIZED, _CHALLENGE
+                )
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _token_matches(given: str, expected: bytes) -> bool:
+    # Constant-time comparison: the time taken says nothing about the token.
+    return hmac.compare_digest(given.encode("utf-8", "replace"), expected)

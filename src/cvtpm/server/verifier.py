@@ -14,7 +14,7 @@ from cvtpm import __version__
 from cvtpm.attest.evidence import Evidence
 from cvtpm.attest.service import VerifierService, registration_from_json
 from cvtpm.errors import CvtpmError, NotFoundError, ParseError
-from cvtpm.server._auth import bearer_auth
+from cvtpm.server._auth import BearerGate, bearer_auth
 from cvtpm.store import StoreError
 
 
@@ -81,6 +81,8 @@ class ResultOut(BaseModel):
 # list of a million ima-ng entries is about 100 MB, base64 in JSON a third
 # more; lists that long are rare, so the default leaves room for 500,000.
 MAX_BODY_SIZE = 64 << 20
+# Every route under it needs the token.
+CONTAINERS = "/v1/containers"
 
 
 def create_app(
@@ -106,11 +108,12 @@ def create_app(
         return {"status": "ok"}
 
     app.include_router(_routes(service), dependencies=[Depends(bearer_auth(token))])
+    app.add_middleware(BearerGate, token=token, prefix=CONTAINERS)
     return app
 
 
 def _routes(service: VerifierService) -> APIRouter:
-    router = APIRouter(prefix="/v1/containers", tags=["containers"])
+    router = APIRouter(prefix=CONTAINERS, tags=["containers"])
 
     @router.post("", response_model=RegistrationOut, status_code=201)
     def register(body: RegistrationIn) -> Any:
