@@ -116,6 +116,27 @@ def test_zeros_after_the_last_record_are_a_torn_tail(tmp_path):
     assert path.read_bytes() == data
 
 
+def test_a_whole_last_record_that_does_not_decode_is_refused(tmp_path):
+    """A last record with the SHA-1 of its own data was written so, not torn:
+    it is refused like damage, and nothing is set aside."""
+    import hashlib
+
+    from cvtpm.ima.entry import Entry
+
+    data = b"\x28\0\0\0sha999:\0" + bytes(32) + b"\x05\0\0\0/evil"
+    bad = Entry(10, "ima-ng", data, hashlib.sha1(data).digest(), "sha256", b"", "?")
+    write_list(tmp_path, sample_entries()).close()
+    path = tmp_path / BINARY_NAME
+    damaged = path.read_bytes() + encode_binary(bad)
+    path.write_bytes(damaged)
+
+    with pytest.raises(CorruptJournalError, match="sha999") as info:
+        MeasurementList(tmp_path)
+    assert info.value.index == len(sample_entries())
+    assert "not torn by a crash" in str(info.value)
+    assert path.read_bytes() == damaged
+
+
 def corrupt_cases():
     """(name, damaged journal, offset of the damaged record) for sample_entries()."""
     entries = sample_entries()

@@ -4,11 +4,13 @@ The journal is a kernel binary list (SHA-1 template digests) written one
 record at a time, each fsync'ed before it is extended.  A crash can therefore
 damage only the end of the file: a record cut short, or a size that grew
 before its data reached the disk (zeros).  Such a torn tail is reported, never
-removed here; damage with valid records after it is not a crash and is refused.
+removed here; damage with valid records after it, or a whole record that
+does not decode, is not a crash and is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +65,14 @@ def scan_journal(data: bytes, path: Path) -> Scan:
         else:
             entry, reason = _decode(data[offset:end])
         if entry is None:
+            if end is not None and _written_whole(data[offset:end]):
+                raise CorruptJournalError(
+                    path,
+                    offset,
+                    len(entries),
+                    f"{reason}; its template digest is that of its data, so it "
+                    "was written so, not torn by a crash",
+                )
             if _valid_record_after(data, offset):
                 raise CorruptJournalError(path, offset, len(entries), reason)
             return Scan(entries, offset, len(data) - offset)
@@ -106,6 +116,21 @@ def _decode(record: bytes) -> tuple[Entry | None, str]:
     if not entry.template_digest_matches():
         return None, "its template digest does not match its data"
     return entry, ""
+
+
+def _written_whole(record: bytes) -> bool:
+    """True if a record that does not decode has the SHA-1 of its own data.
+
+    A crash leaves a record cut short or blocks of zeros, never bytes whose
+    template digest matches: such a record was written as it is. (The legacy
+    `ima` template hashes other bytes than it stores; it is left out.)
+    """
+    (name_len,) = _U32LE.unpack_from(record, 4 + _SHA1_SIZE)
+    name_end = 8 + _SHA1_SIZE + name_len
+    if record[8 + _SHA1_SIZE : name_end] == b"ima":
+        return False
+    digest = record[4 : 4 + _SHA1_SIZE]
+    return any(digest) and hashlib.sha1(record[name_end + 4 :]).digest() == digest
 
 
 def _valid_record_after(data: bytes, offset: int) -> bool:
