@@ -331,3 +331,50 @@ def test_longer_template_digests_are_checked_with_their_own_hash():
     raws[1] = (pcr, name, digest, data.replace(b"/bin/a", b"/bin/z"))
     raws[3] = (10, b"ima-ng", b"\1" * 10, raws[3][3])  # no bank has 10 bytes
     assert _fastlist.bad_templates(raws) == [1, 3]
+
+
+def test_malformed_flags_exactly_what_the_parser_cannot_decode():
+    """Template data the C check passes decodes; what it flags does not, or is
+    left to the parser. Fields are mutated one byte at a time, and cut."""
+    import random
+
+    from cvtpm.ima.template import unpack, unpack_fast
+
+    raws = as_raw(mixed_list())
+    rng = random.Random(11)
+    cases = []
+    for _ in range(4000):
+        pcr, name, digest, data = raws[rng.randrange(len(raws))]
+        changed = bytearray(data)
+        if rng.random() < 0.2:
+            changed = changed[: rng.randrange(len(changed))]
+        else:
+            changed[rng.randrange(len(changed))] = rng.choice((0, 0x3A, 1, 0xFF))
+        cases.append((pcr, name, digest, bytes(changed)))
+    flagged = set(_fastlist.malformed(cases))
+    assert 0 < len(flagged) < len(cases)
+    for i, (_, name, _, data) in enumerate(cases):
+        assert (i in flagged) == (unpack_fast(name.decode(), data) is None)
+        if i not in flagged:
+            unpack(name.decode(), data)  # raises ParseError if it does not decode
+    assert _fastlist.malformed(raws) == []
+    d_field_only = raws[1][3][: -(4 + len(b"/bin/a\0"))]
+    empty_name = (10, b"ima-ng", b"\1" * 20, d_field_only + bytes(4))
+    assert _fastlist.malformed([empty_name]) == [0]
+    assert unpack_fast("ima-ng", empty_name[3]) is None
+    with pytest.raises(ParseError, match="not NUL-terminated"):
+        unpack("ima-ng", empty_name[3])
+
+
+def test_a_policy_path_with_a_nul_allows_nothing_outright():
+    """An entry named "/bin/ok" NUL "/evil" does not decode, so a policy path
+    holding a NUL must not let it skip the parser."""
+    evil = hashlib.sha256(b"evil").digest()
+    policy = PolicyEvaluator(
+        RuntimePolicy(digests={"/bin/ok\0/evil": frozenset({Digest("sha256", evil)})})
+    )
+    allowed = _fastlist.allowed_templates(policy)
+    raw = as_raw([ima_ng("/bin/ok", evil)])[0]
+    data = raw[3].replace(b"\x08\0\0\0/bin/ok\0", b"\x0e\0\0\0/bin/ok\0/evil\0")
+    assert allowed == {}
+    assert _fastlist.needing_policy([(10, b"ima-ng", raw[2], data)], allowed) == [0]

@@ -324,3 +324,17 @@ def test_entries_that_do_not_decode_are_malformed_without_a_policy(
         ("list.malformed", first + 2),
     ]
     assert "sha999" in result.failures[0].message
+
+
+def test_an_entry_that_does_not_decode_is_reported_once_with_a_policy(vtpm, local_ca):
+    """Found by the template check and by the policy, it is one failure."""
+    from cvtpm.attest.policy import PolicyEvaluator, RuntimePolicy
+
+    vtpm.banks = ["sha1"]
+    vtpm.measure(files(2))
+    bad = dataclasses.replace(undecodable_entries()[0], template_digest=b"\1" * 20)
+    vtpm.measure([bad])
+    policy = PolicyEvaluator(RuntimePolicy(digests={}))
+    result = Attestor(vtpm, local_ca, policy=policy).attest()
+    malformed = [f.index for f in result.failures if f.reason == "list.malformed"]
+    assert malformed == [len(vtpm.entries) - 1]

@@ -134,6 +134,7 @@ def test_a_whole_last_record_that_does_not_decode_is_refused(tmp_path):
         MeasurementList(tmp_path)
     assert info.value.index == len(sample_entries())
     assert "not torn by a crash" in str(info.value)
+    assert "no valid entry follows" in str(info.value)
     assert path.read_bytes() == damaged
 
 

@@ -111,6 +111,36 @@ def test_a_request_without_the_token_is_refused_before_its_body_is_read(
     assert client.post(url, content=nested, headers=AUTH | json_type).status_code == 400
 
 
+def test_the_gate_holds_under_a_root_path(tmp_path, local_ca):
+    """Behind a proxy that mounts the API under a prefix, the gate still applies."""
+    trust = TrustStore()
+    trust.add_pem(local_ca.root_pem)
+    store = VerifierStore(f"sqlite:///{tmp_path / 'verifier.db'}")
+    app = create_app(VerifierService(store, trust), TOKEN)
+    client = TestClient(app, root_path="/api")
+    url = "/api/v1/containers/web/evidence"
+    body = b"[" * 3000 + b"]" * 3000
+    json_type = {"Content-Type": "application/json"}
+    assert client.post(url, content=body, headers=json_type).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["s3cret-token-\u00e9-1234567", "sixteen chars ok", "tab\tinside-a-long-token"],
+)
+def test_tokens_a_client_cannot_send_are_refused(tmp_path, token):
+    """Only RFC 6750 token characters: a header carries nothing else as it is."""
+    from cvtpm.errors import ConfigError
+    from cvtpm.server._auth import load_token
+
+    path = tmp_path / "token"
+    path.write_text(token + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="RFC 6750"):
+        load_token(path)
+    path.write_text("Abc-._~+/0123456789==\n")
+    assert load_token(path) == "Abc-._~+/0123456789=="
+
+
 @pytest.mark.swtpm
 def test_a_body_over_the_limit_is_refused_unread(tmp_path, local_ca, vtpm):
     """Evidence larger than the limit is 413, and the container's state is kept."""

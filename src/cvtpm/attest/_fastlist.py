@@ -21,6 +21,7 @@ from typing import Any
 from cvtpm.attest import _rawlist
 from cvtpm.ima.binary import parse_binary
 from cvtpm.ima.entry import BANK_SIZES
+from cvtpm.ima.hashes import DIGEST_SIZES
 
 _U32 = struct.Struct("<I")
 
@@ -137,6 +138,8 @@ def allowed_templates(policy: Any) -> dict[bytes, bytes] | None:
     pack = _U32.pack
     allowed = {}
     for path, values in digests.items():
+        if "\0" in path:
+            continue  # no n-ng name holds a NUL: such entries must be decoded
         name = path.encode("utf-8", "surrogateescape") + b"\0"
         n_field = pack(len(name)) + name
         for digest in values:
@@ -155,6 +158,16 @@ def needing_policy(raws: list[Raw], allowed: dict[bytes, bytes]) -> list[int]:
     digest) is never plainly allowed, whatever its data.
     """
     return _rawlist.needing_policy(raws, allowed)
+
+
+def malformed(raws: list[Raw]) -> list[int]:
+    """Positions of entries whose template data might not decode.
+
+    The others are d-ng|n-ng[|sig|buf] exactly as cvtpm.ima.template decodes
+    them (unpack_fast's rules, in C); these need cvtpm.ima's parser, which
+    decodes them or says what is wrong.
+    """
+    return _rawlist.malformed(raws, DIGEST_SIZES)
 
 
 def entry(raw: Raw, digest_size: int) -> Any:

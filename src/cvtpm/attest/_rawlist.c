@@ -436,6 +436,108 @@ error:
     return NULL;
 }
 
+/* One known file-hash algorithm of a d-ng field: its name and digest size. */
+struct digest_alg {
+    const char *name;
+    Py_ssize_t name_len;
+    Py_ssize_t size;
+};
+
+#define MAX_ALGS 64
+
+/*
+ * Whether template data is d-ng|n-ng (then sig or buf, for ima-sig and
+ * ima-buf) exactly as cvtpm.ima.template.unpack_fast accepts it: each field
+ * behind its length and nothing after them, d-ng "<alg>:" NUL and a digest of
+ * that algorithm's size, n-ng with one NUL, at its end.
+ */
+static int
+decodes(PyObject *name, const unsigned char *p, Py_ssize_t size,
+        const struct digest_alg *algs, int alg_count)
+{
+    int fields;
+    if (bytes_equal(name, name_ima_ng))
+        fields = 2;
+    else if (bytes_equal(name, name_ima_sig) || bytes_equal(name, name_ima_buf))
+        fields = 3;
+    else
+        return 0;
+
+    const unsigned char *at[3];
+    Py_ssize_t len[3], pos = 0;
+    for (int f = 0; f < fields; f++) {
+        if (size - pos < 4)
+            return 0;
+        uint32_t field_len = le32(p + pos);
+        if (field_len > (uint64_t)(size - pos - 4))
+            return 0;
+        at[f] = p + pos + 4;
+        len[f] = field_len;
+        pos += 4 + (Py_ssize_t)field_len;
+    }
+    if (pos != size)
+        return 0;
+
+    const unsigned char *colon = memchr(at[0], ':', len[0]);
+    if (colon == NULL || colon == at[0] || colon + 1 >= at[0] + len[0] || colon[1])
+        return 0;
+    Py_ssize_t alg_len = colon - at[0], digest_len = len[0] - alg_len - 2;
+    int known = 0;
+    for (int a = 0; a < alg_count && !known; a++)
+        known = algs[a].name_len == alg_len && algs[a].size == digest_len &&
+                memcmp(algs[a].name, at[0], alg_len) == 0;
+    if (!known)
+        return 0;
+
+    const unsigned char *nul = memchr(at[1], 0, len[1]);
+    return nul != NULL && nul == at[1] + len[1] - 1;
+}
+
+/* malformed(raws, digest_sizes) -> list[int]; digest_sizes: {str: int} */
+static PyObject *
+malformed(PyObject *self, PyObject *args)
+{
+    PyObject *raws, *sizes;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &raws, &PyDict_Type, &sizes))
+        return NULL;
+
+    /* The table is copied first: nothing in the loop then runs Python code. */
+    struct digest_alg algs[MAX_ALGS];
+    int alg_count = 0;
+    PyObject *key, *value;
+    Py_ssize_t iter = 0;
+    while (PyDict_Next(sizes, &iter, &key, &value)) {
+        if (alg_count == MAX_ALGS)
+            return PyErr_Format(PyExc_ValueError, "more than %d algorithms",
+                                MAX_ALGS);
+        struct digest_alg *a = &algs[alg_count++];
+        a->name = PyUnicode_AsUTF8AndSize(key, &a->name_len);
+        a->size = PyLong_AsSsize_t(value);
+        if (a->name == NULL || (a->size == -1 && PyErr_Occurred()))
+            return NULL;
+    }
+
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(raws); i++) {
+        PyObject *name, *digest, *data;
+        PyObject *raw = raw_fields(raws, i, &name, &digest, &data);
+        if (raw == NULL)
+            goto error;
+        int ok = decodes(name, (const unsigned char *)PyBytes_AS_STRING(data),
+                         PyBytes_GET_SIZE(data), algs, alg_count);
+        Py_DECREF(raw);
+        if (!ok && append_index(out, i))
+            goto error;
+    }
+    return out;
+
+error:
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"split", split, METH_VARARGS,
      "split(data, digest_size): the entries of a binary list as Raw tuples, "
@@ -450,6 +552,9 @@ static PyMethodDef methods[] = {
     {"needing_policy", needing_policy, METH_VARARGS,
      "needing_policy(raws, allowed): positions of entries that are not "
      "non-violation ima-ng entries whose data `allowed` holds."},
+    {"malformed", malformed, METH_VARARGS,
+     "malformed(raws, digest_sizes): positions of entries whose template data "
+     "does not decode as cvtpm.ima.template.unpack_fast decodes it."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -349,6 +349,20 @@ def check_templates(
     return failures
 
 
+def _once_per_entry(failures: list[Failure]) -> list[Failure]:
+    """`failures` with each (reason, entry) once: an entry that does not decode
+    is found by every step that reads it (templates, policy)."""
+    seen: set[tuple[str, int]] = set()
+    kept = []
+    for failure in failures:
+        key = (failure.reason, failure.index)
+        if failure.index is None or key not in seen:
+            kept.append(failure)
+        if failure.index is not None:
+            seen.add(key)
+    return kept
+
+
 def check_decodable(replayed: ListReplay, count: int, start: int) -> list[Failure]:
     """Without a policy, every newly verified entry must still decode.
 
@@ -360,7 +374,7 @@ def check_decodable(replayed: ListReplay, count: int, start: int) -> list[Failur
     if not replayed.raw:
         return []  # decoded when the list was parsed
     failures = []
-    for position in range(count):
+    for position in _fastlist.malformed(replayed.entries[:count]):
         _, failure = _decoded(replayed, position, start)
         if failure is not None:
             failures.append(failure)
@@ -455,12 +469,8 @@ def verify(
     if policy is not None:
         result.failures += check_policy(policy, replayed, count, state.index)
     else:
-        found = {(f.reason, f.index) for f in result.failures}
-        result.failures += [
-            f
-            for f in check_decodable(replayed, count, state.index)
-            if (f.reason, f.index) not in found
-        ]
+        result.failures += check_decodable(replayed, count, state.index)
+    result.failures = _once_per_entry(result.failures)
 
     if not result.trusted:
         result.verified_index = state.index

@@ -164,7 +164,7 @@ def unpack_fast(template_name: str, data: bytes) -> Fields | None:
 
     # 3. n-ng: one NUL, at the end.
     name = values[1]
-    if name.find(b"\x00") != len(name) - 1:
+    if not name or name.find(b"\x00") != len(name) - 1:
         return None
     path = name[:-1].decode("utf-8", "surrogateescape")
 

@@ -28,16 +28,18 @@ _MAX_DATA = 1 << 24
 
 
 class CorruptJournalError(StateError):
-    """Bytes that are no valid record, with valid records after them."""
+    """Bytes that are no valid record and no crash left: valid records follow
+    them, or they are a whole record written as it is."""
 
-    def __init__(self, path: Path, offset: int, index: int, reason: str):
+    def __init__(self, path: Path, offset: int, index: int, reason: str, followed=True):
         self.path = path
         self.offset = offset
         self.index = index
+        after = "and valid entries follow" if followed else "and no valid entry follows"
         super().__init__(
             f"{path}: entry {index}, at byte offset {offset}, is damaged ({reason}) "
-            "and valid entries follow; the file is left as it is. Keep a copy, "
-            "and restore the list from a backup or move it aside."
+            f"{after}; the file is left as it is. Keep a copy, and restore the "
+            "list from a backup or move it aside."
         )
 
 
@@ -72,6 +74,7 @@ def scan_journal(data: bytes, path: Path) -> Scan:
                     len(entries),
                     f"{reason}; its template digest is that of its data, so it "
                     "was written so, not torn by a crash",
+                    followed=_valid_record_after(data, offset),
                 )
             if _valid_record_after(data, offset):
                 raise CorruptJournalError(path, offset, len(entries), reason)

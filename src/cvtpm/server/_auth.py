@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +19,7 @@ from cvtpm.files import read_regular_file
 
 TOKEN_ENV = "CVTPM_VERIFIER_TOKEN"
 MIN_TOKEN_LENGTH = 16
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 _BEARER = HTTPBearer(auto_error=False, description="The service's bearer token.")
 # Module-level, so FastAPI can resolve it from the postponed annotation.
@@ -38,6 +40,13 @@ def load_token(path: str | Path | None = None, env: str = TOKEN_ENV) -> str:
         raise ConfigError(
             f"a bearer token of at least {MIN_TOKEN_LENGTH} characters is needed:"
             f" pass --token-file or set {env}"
+        )
+    # RFC 6750's b64token characters: a client can send nothing else in the
+    # header as it is (HTTP reads header bytes as Latin-1, not UTF-8).
+    if not _B64TOKEN.fullmatch(token):
+        raise ConfigError(
+            "the bearer token may hold only letters, digits and - . _ ~ + / "
+            "(then = padding), as RFC 6750 allows"
         )
     return token
 
@@ -80,7 +89,12 @@ class BearerGate:
         self.prefix = prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(self.prefix):
+        # The path as routes see it: without the prefix a proxy mounts it at.
+        path = scope.get("path", "")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        if scope["type"] == "http" and path.startswith(self.prefix):
             scheme, _, given = (
                 Headers(scope=scope).get("authorization", "").partition(" ")
             )

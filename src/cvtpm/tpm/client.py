@@ -386,7 +386,8 @@ def _hold_tcti_library(tcti: str) -> None:
     if name in _TCTI_LIBRARIES:
         return
     library = None
-    # A TCTI this cannot find is tctildr's to report (or to find elsewhere).
-    with contextlib.suppress(OSError):
+    # A TCTI this cannot find, or a name no library can have, is tctildr's
+    # to report (or to find elsewhere).
+    with contextlib.suppress(OSError, ValueError):
         library = ctypes.CDLL(f"libtss2-tcti-{name}.so.0")
     _TCTI_LIBRARIES[name] = library
