@@ -331,42 +331,75 @@ done:
     return result;
 }
 
-static int
-append_index(PyObject *list, Py_ssize_t i)
+/* A test of one entry's fields: 1 passes, 0 flags it, -1 on error. */
+typedef int (*entry_test)(PyObject *name, PyObject *digest, PyObject *data,
+                          void *context);
+
+/* The positions in `raws` of the entries `test` flags, as a list of ints. */
+static PyObject *
+flagged(PyObject *raws, entry_test test, void *context)
 {
-    PyObject *index = PyLong_FromSsize_t(i);
-    int failed = index == NULL || PyList_Append(list, index);
-    Py_XDECREF(index);
-    return failed;
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(raws); i++) {
+        PyObject *name, *digest, *data;
+        PyObject *raw = raw_fields(raws, i, &name, &digest, &data);
+        if (raw == NULL)
+            goto error;
+        int passes = test(name, digest, data, context);
+        Py_DECREF(raw);
+        if (passes < 0)
+            goto error;
+        if (!passes) {
+            PyObject *index = PyLong_FromSsize_t(i);
+            int failed = index == NULL || PyList_Append(out, index);
+            Py_XDECREF(index);
+            if (failed)
+                goto error;
+        }
+    }
+    return out;
+
+error:
+    Py_DECREF(out);
+    return NULL;
 }
+
+/* What template_matches needs besides the entry. */
+struct template_check {
+    EVP_MD_CTX *ctx;
+    PyObject *known; /* dict: template data -> its SHA-1 digest, or None */
+};
 
 /*
  * Whether one entry's template digest is that of its data, as
  * Entry.template_digest_matches: hashed with the bank hash of the digest's
- * size, a violation's zeros always matching. `known` (or None) maps template
- * data to its SHA-1 digest, worked out beforehand. 1, 0, or -1 on error.
+ * size, a violation's zeros always matching; `known` digests are compared
+ * instead of hashed.
  */
 static int
-template_matches(EVP_MD_CTX *ctx, PyObject *known, PyObject *digest,
-                 PyObject *data)
+template_matches(PyObject *name, PyObject *digest, PyObject *data, void *context)
 {
+    struct template_check *check = context;
     Py_ssize_t size = PyBytes_GET_SIZE(digest);
     EVP_MD *md = md_of_size(size);
     if (md == NULL)
         return 0;
     if (all_zero(PyBytes_AS_STRING(digest), size))
         return 1;
-    if (size == 20 && known != Py_None) {
-        PyObject *expected = PyDict_GetItemWithError(known, data);
+    if (size == 20 && check->known != Py_None) {
+        PyObject *expected = PyDict_GetItemWithError(check->known, data);
         if (expected == NULL && PyErr_Occurred())
             return -1;
         if (expected != NULL && PyBytes_Check(expected))
             return bytes_equal(expected, digest);
     }
     unsigned char out[EVP_MAX_MD_SIZE];
-    if (!EVP_DigestInit_ex2(ctx, md, NULL) ||
-        !EVP_DigestUpdate(ctx, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)) ||
-        !EVP_DigestFinal_ex(ctx, out, NULL)) {
+    if (!EVP_DigestInit_ex2(check->ctx, md, NULL) ||
+        !EVP_DigestUpdate(check->ctx, PyBytes_AS_STRING(data),
+                          PyBytes_GET_SIZE(data)) ||
+        !EVP_DigestFinal_ex(check->ctx, out, NULL)) {
         PyErr_SetString(PyExc_RuntimeError, "libcrypto failed to hash");
         return -1;
     }
@@ -377,33 +410,29 @@ template_matches(EVP_MD_CTX *ctx, PyObject *known, PyObject *digest,
 static PyObject *
 bad_templates(PyObject *self, PyObject *args)
 {
-    PyObject *raws, *known;
-    if (!PyArg_ParseTuple(args, "O!O", &PyList_Type, &raws, &known))
+    struct template_check check;
+    PyObject *raws;
+    if (!PyArg_ParseTuple(args, "O!O", &PyList_Type, &raws, &check.known))
         return NULL;
-    if (known != Py_None && !PyDict_Check(known))
+    if (check.known != Py_None && !PyDict_Check(check.known))
         return PyErr_Format(PyExc_TypeError, "known must be a dict or None");
-
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    PyObject *bad = PyList_New(0);
-    if (ctx == NULL || bad == NULL)
-        goto error;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(raws); i++) {
-        PyObject *name, *digest, *data;
-        PyObject *raw = raw_fields(raws, i, &name, &digest, &data);
-        if (raw == NULL)
-            goto error;
-        int matches = template_matches(ctx, known, digest, data);
-        Py_DECREF(raw);
-        if (matches < 0 || (!matches && append_index(bad, i)))
-            goto error;
-    }
-    EVP_MD_CTX_free(ctx);
+    check.ctx = EVP_MD_CTX_new();
+    if (check.ctx == NULL)
+        return PyErr_NoMemory();
+    PyObject *bad = flagged(raws, template_matches, &check);
+    EVP_MD_CTX_free(check.ctx);
     return bad;
+}
 
-error:
-    EVP_MD_CTX_free(ctx);
-    Py_XDECREF(bad);
-    return NULL;
+/* Whether the policy (its `allowed` template data) allows an entry outright. */
+static int
+plainly_allowed(PyObject *name, PyObject *digest, PyObject *data, void *allowed)
+{
+    int known = PyDict_Contains(allowed, data);
+    if (known <= 0)
+        return known;
+    return bytes_equal(name, name_ima_ng) &&
+           !all_zero(PyBytes_AS_STRING(digest), PyBytes_GET_SIZE(digest));
 }
 
 /* needing_policy(raws, allowed) -> list[int] */
@@ -414,26 +443,7 @@ needing_policy(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &raws, &PyDict_Type,
                           &allowed))
         return NULL;
-    PyObject *out = PyList_New(0);
-    if (out == NULL)
-        return NULL;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(raws); i++) {
-        PyObject *name, *digest, *data;
-        PyObject *raw = raw_fields(raws, i, &name, &digest, &data);
-        if (raw == NULL)
-            goto error;
-        int known = PyDict_Contains(allowed, data);
-        int plain = known > 0 && bytes_equal(name, name_ima_ng) &&
-                    !all_zero(PyBytes_AS_STRING(digest), PyBytes_GET_SIZE(digest));
-        Py_DECREF(raw);
-        if (known < 0 || (!plain && append_index(out, i)))
-            goto error;
-    }
-    return out;
-
-error:
-    Py_DECREF(out);
-    return NULL;
+    return flagged(raws, plainly_allowed, allowed);
 }
 
 /* One known file-hash algorithm of a d-ng field: its name and digest size. */
@@ -451,10 +461,18 @@ struct digest_alg {
  * behind its length and nothing after them, d-ng "<alg>:" NUL and a digest of
  * that algorithm's size, n-ng with one NUL, at its end.
  */
+/* The known algorithms, copied from the caller's table. */
+struct digest_algs {
+    struct digest_alg alg[MAX_ALGS];
+    int count;
+};
+
 static int
-decodes(PyObject *name, const unsigned char *p, Py_ssize_t size,
-        const struct digest_alg *algs, int alg_count)
+decodes(PyObject *name, PyObject *digest, PyObject *data, void *context)
 {
+    const struct digest_algs *algs = context;
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t size = PyBytes_GET_SIZE(data);
     int fields;
     if (bytes_equal(name, name_ima_ng))
         fields = 2;
@@ -483,9 +501,10 @@ decodes(PyObject *name, const unsigned char *p, Py_ssize_t size,
         return 0;
     Py_ssize_t alg_len = colon - at[0], digest_len = len[0] - alg_len - 2;
     int known = 0;
-    for (int a = 0; a < alg_count && !known; a++)
-        known = algs[a].name_len == alg_len && algs[a].size == digest_len &&
-                memcmp(algs[a].name, at[0], alg_len) == 0;
+    for (int a = 0; a < algs->count && !known; a++)
+        known = algs->alg[a].name_len == alg_len &&
+                algs->alg[a].size == digest_len &&
+                memcmp(algs->alg[a].name, at[0], alg_len) == 0;
     if (!known)
         return 0;
 
@@ -501,41 +520,21 @@ malformed(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &raws, &PyDict_Type, &sizes))
         return NULL;
 
-    /* The table is copied first: nothing in the loop then runs Python code. */
-    struct digest_alg algs[MAX_ALGS];
-    int alg_count = 0;
+    /* The table is copied first: the test then runs no Python code. */
+    struct digest_algs algs = {.count = 0};
     PyObject *key, *value;
     Py_ssize_t iter = 0;
     while (PyDict_Next(sizes, &iter, &key, &value)) {
-        if (alg_count == MAX_ALGS)
+        if (algs.count == MAX_ALGS)
             return PyErr_Format(PyExc_ValueError, "more than %d algorithms",
                                 MAX_ALGS);
-        struct digest_alg *a = &algs[alg_count++];
+        struct digest_alg *a = &algs.alg[algs.count++];
         a->name = PyUnicode_AsUTF8AndSize(key, &a->name_len);
         a->size = PyLong_AsSsize_t(value);
         if (a->name == NULL || (a->size == -1 && PyErr_Occurred()))
             return NULL;
     }
-
-    PyObject *out = PyList_New(0);
-    if (out == NULL)
-        return NULL;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(raws); i++) {
-        PyObject *name, *digest, *data;
-        PyObject *raw = raw_fields(raws, i, &name, &digest, &data);
-        if (raw == NULL)
-            goto error;
-        int ok = decodes(name, (const unsigned char *)PyBytes_AS_STRING(data),
-                         PyBytes_GET_SIZE(data), algs, alg_count);
-        Py_DECREF(raw);
-        if (!ok && append_index(out, i))
-            goto error;
-    }
-    return out;
-
-error:
-    Py_DECREF(out);
-    return NULL;
+    return flagged(raws, decodes, &algs);
 }
 
 static PyMethodDef methods[] = {
