@@ -67,17 +67,17 @@ def scan_journal(data: bytes, path: Path) -> Scan:
         else:
             entry, reason = _decode(data[offset:end])
         if entry is None:
-            if end is not None and _written_whole(data[offset:end]):
-                raise CorruptJournalError(
-                    path,
-                    offset,
-                    len(entries),
-                    f"{reason}; its template digest is that of its data, so it "
-                    "was written so, not torn by a crash",
-                    followed=_valid_record_after(data, offset),
+            whole = end is not None and _written_whole(data[offset:end])
+            followed = _valid_record_after(data, offset)
+            if whole:
+                reason += (
+                    "; its template digest is that of its data, so it was "
+                    "written so, not torn by a crash"
                 )
-            if _valid_record_after(data, offset):
-                raise CorruptJournalError(path, offset, len(entries), reason)
+            if whole or followed:
+                raise CorruptJournalError(
+                    path, offset, len(entries), reason, followed=followed
+                )
             return Scan(entries, offset, len(data) - offset)
         entries.append(entry)
         offset = end
