@@ -17,11 +17,13 @@ setup: $(STAMP)
 setup-test: setup
 	./scripts/setup-host test
 
-$(STAMP): pyproject.toml setup.py src/cvtpm/attest/_rawlist.c scripts/setup-host
+$(STAMP): pyproject.toml setup.py src/cvtpm/attest/_rawlist.c \
+		src/cvtpm/runtime/cvtpm_hook.c scripts/setup-host
 	./scripts/setup-host run
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# Editable, with the C module (cvtpm.attest._rawlist) built in place.
+	# Editable, with the C parts (cvtpm.attest._rawlist, the cvtpm-hook
+	# program) built in place.
 	$(BIN)/pip install -q -e '.[dev]'
 	# Byte-code ahead of time: where PYTHONDONTWRITEBYTECODE is set, every
 	# cvtpm-hook run would compile its modules again (container start time).
@@ -54,3 +56,4 @@ format: setup
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
 	find src -name '*.so' -delete
+	rm -f src/cvtpm/runtime/cvtpm-hook

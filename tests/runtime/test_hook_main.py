@@ -1,9 +1,16 @@
-"""`cvtpm-hook`, the small client runtimes start: arguments, answers, errors."""
+"""`cvtpm-hook`, the small client runtimes start: arguments, answers, errors.
+
+There are two: the compiled program runtimes run (cvtpm_hook.c) and
+hook_main.py, which `cvtpm hook` and `install-hooks --python` use. Every
+case that goes through a process runs against both.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import random
+import re
 import socket
 import subprocess
 import sys
@@ -14,17 +21,30 @@ from urllib.parse import unquote_to_bytes
 import pytest
 
 from cvtpm import _defaults
-from cvtpm.runtime import annotations, hook_main
-from cvtpm.runtime.hook_main import (
-    HookError,
-    _parse_args,
-    header_value,
-    parse_answer,
-    run,
-)
+from cvtpm.runtime import annotations, hook_main, install
+from cvtpm.runtime.hook_main import _parse_args, header_value
 
-# As runtimes run it: the file on its own, without site-packages.
-HOOK = [sys.executable, "-I", "-S", hook_main.__file__]
+# As runtimes run them: the program, and the file on its own without
+# site-packages.
+HOOKS = {
+    "compiled": [str(install.COMPILED_HOOK)],
+    "python": [sys.executable, "-I", "-S", hook_main.__file__],
+}
+ENABLED = {"io.cvtpm.vtpm": "enabled"}
+
+
+@pytest.fixture(params=sorted(HOOKS))
+def hook(request):
+    """Run one of the two hooks with `args` and `stdin`."""
+    command = HOOKS[request.param]
+
+    def run(*args: str, stdin: bytes = b"", env=None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*command, *args], input=stdin, env=env, capture_output=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+
+    return run
 
 
 def state(bundle: Path, annotations: dict | None = None) -> bytes:
@@ -36,10 +56,11 @@ def state(bundle: Path, annotations: dict | None = None) -> bytes:
     return json.dumps(data).encode()
 
 
-def hook(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*HOOK, *args], input=stdin, capture_output=True, timeout=60, check=False
-    )
+def error_of(done: subprocess.CompletedProcess) -> str:
+    """The one-line message of a failed hook, without its prefix."""
+    err = done.stderr.decode()
+    assert err.startswith("cvtpm-hook: error: "), err
+    return err[len("cvtpm-hook: error: ") :].rstrip("\n")
 
 
 @pytest.mark.parametrize(
@@ -51,7 +72,7 @@ def hook(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
         (["--run-dir"], "--run-dir needs a directory"),
     ],
 )
-def test_usage_errors_exit_2(argv, message):
+def test_usage_errors_exit_2(hook, argv, message):
     """A missing or unknown stage, or an option without its value, is exit 2."""
     done = hook(*argv)
     assert done.returncode == 2
@@ -72,80 +93,140 @@ def test_options_and_stage_names():
     assert _parse_args(["--help"]) is None
 
 
-def test_a_container_that_asked_for_nothing_needs_no_daemon(tmp_path):
+def test_help_exits_0(hook):
+    """--help prints what the hook is and its exit codes."""
+    done = hook("--help")
+    assert done.returncode == 0 and b"Exit codes: 0 done" in done.stdout
+
+
+def test_a_container_that_asked_for_nothing_needs_no_daemon(hook, tmp_path):
     """Without io.cvtpm.vtpm=enabled (state or config.json), nothing is asked."""
     (tmp_path / "config.json").write_text('{"annotations": {"other": "x"}}')
     nowhere = str(tmp_path / "no-daemon-here")
     for stdin in (state(tmp_path), state(tmp_path, {"io.cvtpm.vtpm": "disabled"})):
         done = hook("--run-dir", nowhere, "--json", "create-runtime", stdin=stdin)
         assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout)["action"] == "skipped"
+        assert json.loads(done.stdout) == {"action": "skipped", "name": None}
 
 
-def test_no_daemon_is_one_line_and_exit_1(tmp_path):
+def test_no_daemon_is_one_line_and_exit_1(hook, tmp_path):
     """A container that asked, with no daemon listening, fails with where and why."""
     done = hook(
-        "--run-dir",
-        str(tmp_path),
-        "create-runtime",
-        stdin=state(tmp_path, {"io.cvtpm.vtpm": "enabled"}),
+        "--run-dir", str(tmp_path), "create-runtime", stdin=state(tmp_path, ENABLED)
     )
     assert done.returncode == 1
-    err = done.stderr.decode()
-    assert err.startswith(
-        f"cvtpm-hook: error: cannot reach the cvtpm daemon at {tmp_path}"
+    assert error_of(done) == (
+        f"cannot reach the cvtpm daemon at {tmp_path}/daemon.sock: No such file or"
+        " directory; is `cvtpm daemon` running?"
     )
-    assert "is `cvtpm daemon` running?" in err and err.count("\n") == 1
 
 
-def test_an_oversized_state_is_refused(tmp_path):
-    """More than a megabyte on stdin is not an OCI state."""
-    with pytest.raises(HookError, match="larger than"):
-        run(b" " * ((1 << 20) + 1), "poststop", run_dir=str(tmp_path))
+def test_the_run_dir_comes_from_the_environment(hook, tmp_path):
+    """Without --run-dir, CVTPM_RUN_DIR names the daemon's directory."""
+    env = {**os.environ, "CVTPM_RUN_DIR": str(tmp_path / "elsewhere")}
+    done = hook("poststop", stdin=state(tmp_path, ENABLED), env=env)
+    assert f"{tmp_path}/elsewhere/daemon.sock: No such file" in error_of(done)
 
 
-def serve_once(path: Path, answer: bytes) -> threading.Thread:
-    """A unix socket server that reads one request and sends `answer`."""
+@pytest.mark.parametrize(
+    ("stdin", "message"),
+    [
+        (b" " * ((1 << 20) + 1), "the OCI state on stdin is larger than 1048576 bytes"),
+        (b" \n\t", "no OCI state on stdin (a runtime passes the container's)"),
+    ],
+)
+def test_no_state_or_too_much_is_refused(hook, tmp_path, stdin, message):
+    """Nothing, or more than a megabyte, on stdin is not an OCI state."""
+    done = hook("--run-dir", str(tmp_path), "poststop", stdin=stdin)
+    assert done.returncode == 1 and error_of(done) == message
+
+
+def serve_once(path: Path, answer: bytes) -> list[bytes]:
+    """A unix socket server that reads one request and sends `answer`.
+
+    The request it read is appended to the list returned.
+    """
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(path))
     server.listen(1)
+    requests: list[bytes] = []
 
     def serve():
         conn, _ = server.accept()
-        conn.recv(65536)
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += conn.recv(65536)
+        head, _, body = request.partition(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", head)[1])
+        while len(body) < length:
+            body += conn.recv(65536)
+        requests.append(head + b"\r\n\r\n" + body)
         conn.sendall(answer)
         conn.close()
         server.close()
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=serve, daemon=True).start()
+    return requests
 
 
 @pytest.mark.parametrize(
     ("answer", "message"),
     [
-        (b"SSH-2.0-OpenSSH\r\n", "is not HTTP"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nnope!", "is not JSON"),
+        (b"SSH-2.0-OpenSSH\r\n", "the cvtpm daemon's answer is not HTTP"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nnope!",
+            "the cvtpm daemon's answer is not JSON",
+        ),
         (
             b"HTTP/1.1 409 Conflict\r\nContent-Length: 22\r\n\r\n"
             b'{"detail": "no vTPMs"}',
-            "^no vTPMs$",
+            "no vTPMs",
         ),
-        (b"HTTP/1.1 500 Oops\r\n\r\n", "answered 500"),
+        (
+            b"HTTP/1.1 409 Conflict\r\n\r\n"
+            b'{"other": [1, {"a": "}"}],'
+            b' "detail": "caf\\u00e9 \\ud83d\\ude00 \\"x\\""}',
+            'caf\u00e9 \U0001f600 "x"',
+        ),
+        (  # FastAPI's validation errors: a list, not a sentence
+            b'HTTP/1.1 422 Unprocessable\r\n\r\n{"detail": [{"msg": "x"}]}',
+            "the cvtpm daemon answered 422",
+        ),
+        (b"HTTP/1.1 500 Oops\r\n\r\n", "the cvtpm daemon answered 500"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n",
+            "the cvtpm daemon's answer is chunked; expected a length",
+        ),
     ],
 )
-def test_bad_answers_are_named(short_tmp, answer, message):
+def test_bad_answers_are_named(hook, short_tmp, answer, message):
     """Something that is not the daemon, and the daemon's refusals, are errors."""
     serve_once(short_tmp / "daemon.sock", answer)
-    with pytest.raises(HookError, match=message):
-        run(state(short_tmp, {"io.cvtpm.vtpm": "enabled"}), "poststop", str(short_tmp))
+    stdin = state(short_tmp, ENABLED)
+    done = hook("--run-dir", str(short_tmp), "poststop", stdin=stdin)
+    assert done.returncode == 1
+    assert error_of(done) == message
 
 
-def test_a_content_length_bounds_the_answer():
-    """Bytes after Content-Length are not part of the JSON."""
-    raw = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}trailing"
-    assert parse_answer(raw) == (200, b"{}")
+def test_the_request_and_the_answer(hook, short_tmp):
+    """One POST of the state to the stage's route; the answer cut at its length."""
+    body = state(short_tmp, ENABLED)
+    requests = serve_once(
+        short_tmp / "daemon.sock",
+        b'HTTP/1.1 200 OK\r\ncontent-length: 15\r\n\r\n{"action": "x"}trailing',
+    )
+    done = hook(
+        "--run-dir", str(short_tmp), "--state-dir", "/tmp/a b/%x", "--json",
+        "createRuntime", stdin=body,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"action": "x"}
+    head, _, sent = requests[0].partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /v1/hooks/createRuntime HTTP/1.1"
+    assert f"Content-Length: {len(body)}".encode() in lines
+    assert b"X-Cvtpm-State-Dir: /tmp/a%20b/%25x" in lines
+    assert sent == body
 
 
 @pytest.mark.parametrize("path", ["/var/lib/cvtpm", "/tmp/a b/%x", "/tmp/\xe9t\xe9"])
@@ -163,6 +244,19 @@ def test_its_constants_are_cvtpms():
     assert hook_main.STATE_DIR_ENV == _defaults.STATE_DIR_ENV
     assert hook_main.DAEMON_SOCKET == _defaults.DAEMON_SOCKET
     assert hook_main.ANNOTATION_ENABLE == annotations.ANNOTATION_ENABLE
+
+
+def test_the_compiled_hook_has_the_same_constants():
+    """cvtpm_hook.c defines what hook_main.py does."""
+    source = install.COMPILED_HOOK.with_name("cvtpm_hook.c").read_text()
+    defined = dict(re.findall(r'^#define (\w+) "([^"]*)"', source, re.M))
+    for name in ("RUN_DIR", "RUN_DIR_ENV", "STATE_DIR_ENV", "DAEMON_SOCKET"):
+        assert defined[name] == getattr(hook_main, name)
+    assert defined["ANNOTATION_ENABLE"] == hook_main.ANNOTATION_ENABLE
+    assert defined["STATE_DIR_HEADER"] == hook_main.STATE_DIR_HEADER
+    assert "#define MAX_STATE_SIZE (1 << 20)" in source
+    assert hook_main.MAX_STATE_SIZE == 1 << 20
+    assert f"#define TIMEOUT_SECONDS {hook_main.TIMEOUT:.0f}" in source
 
 
 def test_it_imports_no_part_of_cvtpm():
@@ -183,25 +277,121 @@ def test_it_imports_no_part_of_cvtpm():
     [
         (b'{"annotations": {"io.cvtpm.vtpm": "enabled"}}', True),
         (b'{"annotations": {"io.cvtpm.vtpm" : " Enabled "}}', True),
+        (b'{"annotations": {"io.cvtpm.vtpm":\v"ENABLED\x0c"}}', True),
         (b'{"annotations": {"io.cvtpm.vtpm": "no"}}', False),
+        (b'{"annotations": {"io.cvtpm.vtpm": "enabledx"}}', False),
+        (b'{"annotations": {"io.cvtpm.vtpm": ""}}', False),
         (b'{"annotations": {"io.cvtpm.vtpm": "en\\u0061bled"}}', True),  # escaped
+        (b'{"annotations": {"io.cvtpm.vtpm": "enabled', True),  # cut short
         (b'{"annotations": {"io.cvtpm.vtpm": 1}}', True),  # the daemon will say
+        (b'{"annotations": {"io.cvtpm.vtpm"}}', True),
         (b'{"annotations": {"other": "1"}}', False),
         (b'{"id": "x", "bundle": "/nonexistent"}', True),  # the daemon will say
+        (b'{"id": "x", "bundle": 7}', True),
         (b"not json", True),
     ],
 )
-def test_what_goes_to_the_daemon(state, asks):
+def test_what_goes_to_the_daemon(hook, short_tmp, state, asks):
     """Only annotations (of the state, else of config.json) without the key skip."""
-    assert hook_main.asks(state) is asks
+    done = hook("--run-dir", str(short_tmp), "--json", "create-runtime", stdin=state)
+    if asks:
+        assert done.returncode == 1 and "cannot reach" in error_of(done)
+    else:
+        assert done.returncode == 0 and json.loads(done.stdout)["action"] == "skipped"
 
 
-def test_without_annotations_in_the_state_config_json_decides(tmp_path):
+@pytest.mark.parametrize("escaped", [False, True])
+def test_without_annotations_in_the_state_config_json_decides(hook, short_tmp, escaped):
     """runc leaves an empty annotations map out; then config.json is read."""
-    state = b'{"id": "x", "bundle": "%s"}' % str(tmp_path).encode()
-    (tmp_path / "config.json").write_text('{"annotations": {"other": "1"}}')
-    assert hook_main.asks(state) is False
-    (tmp_path / "config.json").write_text(
-        '{"annotations": {"io.cvtpm.vtpm": "enabled"}}'
-    )
-    assert hook_main.asks(state) is True
+    bundle = short_tmp / 'the "bundle"'
+    bundle.mkdir()
+    value = json.dumps(str(bundle))
+    if escaped:  # every character as \\uXXXX, as a JSON writer may
+        value = '"' + "".join(f"\\u{ord(c):04x}" for c in str(bundle)) + '"'
+    stdin = b'{"id": "x", "other": {"bundle": "/"}, "bundle": %s}' % value.encode()
+    args = ("--run-dir", str(short_tmp), "--json", "create-runtime")
+
+    (bundle / "config.json").write_text('{"annotations": {"other": "1"}}')
+    assert json.loads(hook(*args, stdin=stdin).stdout)["action"] == "skipped"
+    (bundle / "config.json").write_text(json.dumps({"annotations": ENABLED}))
+    assert "cannot reach" in error_of(hook(*args, stdin=stdin))
+
+
+def mutations(seeds: list[bytes], alphabet: bytes, count: int, seed: int):
+    """`count` copies of the seeds, each with a few bytes cut, added or cut off."""
+    rng = random.Random(seed)
+    for _ in range(count):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 3)):
+            at, op = rng.randrange(len(data) + 1), rng.random()
+            if op < 0.4 and data:
+                del data[at % len(data)]
+            elif op < 0.85:
+                data[at:at] = bytes([rng.choice(alphabet)])
+            else:
+                del data[at:]
+        yield bytes(data)
+
+
+def test_the_compiled_hook_decides_as_the_script_does(short_tmp):
+    """Over mutated states, both hooks skip or go to the daemon alike."""
+    (short_tmp / "config.json").write_text('{"annotations": {"other": "1"}}')
+    seeds = [
+        b'{"annotations": {"io.cvtpm.vtpm": "enabled"}}',
+        b'{"bundle": "%s", "annotations": {"io.cvtpm.vtpm": " Enabled "}}',
+        b'{"id": "x", "a": [1, {"b": "}\\""}], "bundle": "%s"}',
+    ]
+    seeds = [s.replace(b"%s", str(short_tmp).encode()) for s in seeds]
+    for stdin in mutations(seeds, b'{}[]":,\\ u0an\t\x0b', 150, seed=6):
+        done = subprocess.run(
+            [*HOOKS["compiled"], "--run-dir", str(short_tmp), "poststop"],
+            input=stdin, capture_output=True, check=False,
+        )  # fmt: skip
+        if not stdin.strip():
+            assert "no OCI state" in error_of(done)
+        elif hook_main.asks(stdin):
+            assert "cannot reach" in error_of(done), stdin
+        elif b'"annotations"' in stdin:
+            assert done.returncode == 0, stdin
+        else:
+            # Not JSON: the script asks the daemon; the program checks only
+            # the top level's shape, and may read the config.json it names.
+            assert (
+                done.returncode in (0, 1)
+                and not done.stderr.strip()
+                or ("cannot reach" in error_of(done))
+            ), stdin
+
+
+def test_the_compiled_hook_reads_answers_as_the_script_does(short_tmp):
+    """Over mutated answers, both hooks report the same outcome."""
+    seeds = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+        b'HTTP/1.1 409 Conflict\r\ncontent-length: 22\r\n\r\n{"detail": "no vTPMs"}',
+        b"HTTP/1.1 500 Oops\r\n\r\n",
+    ]
+    for answer in mutations(seeds, b'{}":\\ 0a\r\n-+', 150, seed=7):
+        try:
+            status, body = hook_main.parse_answer(answer)
+            if status == 200:
+                expected = (0, body)
+            else:
+                said = hook_main._detail(body)
+                expected = (1, said or f"the cvtpm daemon answered {status}")
+        except hook_main.HookError as exc:
+            expected = (1, str(exc))
+        serve_once(short_tmp / "daemon.sock", answer)
+        done = subprocess.run(
+            [*HOOKS["compiled"], "--run-dir", str(short_tmp), "--json", "poststop"],
+            input=state(short_tmp, ENABLED), capture_output=True, check=False,
+        )  # fmt: skip
+        (short_tmp / "daemon.sock").unlink()
+        if expected[0] == 0:
+            assert (done.returncode, done.stdout) == (0, expected[1] + b"\n"), answer
+        elif "has no status" in expected[1]:
+            assert "has no status" in error_of(done), answer
+        elif b'"detail"' in answer and "answered 4" in expected[1]:
+            # Not valid JSON: the program may still find the detail.
+            assert done.returncode == 1, answer
+        else:
+            assert error_of(done) == expected[1], answer

@@ -94,13 +94,22 @@ def test_hooks_d_files_follow_schema_1_0_0():
     assert sorted(documents) == ["cvtpm-create-runtime.json"]
     for name, document in documents.items():
         assert document["version"] == "1.0.0"
-        assert document["hook"]["path"] == str(Path(sys.executable).absolute())
+        # The compiled hook, built with the package.
+        assert document["hook"]["path"] == str(install.COMPILED_HOOK)
         argv = document["hook"]["args"]
-        assert argv[1:3] == ["-I", "-S"] and argv[3] == hook_main.__file__
+        assert argv[0] == str(install.COMPILED_HOOK)
         assert argv[-1] == name[6:-5]
         ((key, value),) = document["when"]["annotations"].items()
         assert re.search(key, "io.cvtpm.vtpm") and not re.search(key, "ioXcvtpmXvtpm")
         assert re.search(value, "enabled")
+
+
+def test_a_chosen_python_runs_the_script():
+    """--python runs hook_main.py with that interpreter, on its own (-I -S)."""
+    documents = install.hooks_d_documents(PATHS, Path(sys.executable))
+    hook = documents["cvtpm-create-runtime.json"]["hook"]
+    assert hook["path"] == str(Path(sys.executable).absolute())
+    assert hook["args"][1:4] == ["-I", "-S", hook_main.__file__]
 
 
 def test_install_writes_files(tmp_path):

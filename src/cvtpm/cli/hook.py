@@ -55,7 +55,10 @@ def hook(paths, stage, as_json):
 @click.option(
     "--python",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="The Python interpreter the hook runs with (default: this one).",
+    help=(
+        "Run the hook as a Python script with this interpreter (default: the"
+        " compiled hook, which starts in a tenth of the time)."
+    ),
 )
 @click.option(
     "--print-runc",

@@ -9,8 +9,11 @@ container's state (stdin) to the cvtpm daemon on its unix socket, where the
 stage runs (cvtpm.server.hooks), and reports the answer.
 
 A runtime starts it for every container, so its start-up time is every
-container's. The hooks cvtpm installs therefore run this file on its own
-(`python3 -I -S`, no site-packages, half of Python's start-up), and it
+container's. The hooks cvtpm installs therefore run its compiled twin,
+cvtpm_hook.c, which takes the same arguments and gives the same messages
+and exit codes (`cvtpm hook` and the `cvtpm-hook` command run this file's
+code). Hooks installed with `install-hooks --python` run this file on its
+own (`python3 -I -S`, no site-packages, half of Python's start-up), and it
 imports nothing but `os` and `_socket`, the C core of the socket module
 (the module itself, with its enums, costs as much again as Python's own
 start-up). It writes its one HTTP/1.1 request by hand for the same reason,
@@ -199,7 +202,7 @@ def parse_answer(raw):
     parts = lines[0].split(None, 2)
     if not sep or len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
         raise HookError("the cvtpm daemon's answer is not HTTP")
-    if not parts[1].isdigit():
+    if not (parts[1].isdigit() and len(parts[1]) == 3):
         raise HookError(f"the cvtpm daemon's answer has no status: {lines[0]!r}")
     for line in lines[1:]:
         name, _, value = line.partition(b":")
@@ -215,14 +218,16 @@ def parse_answer(raw):
 
 
 def _detail(body):
-    """The "detail" of the daemon's JSON error answer, or None."""
+    """The "detail" sentence of the daemon's JSON error answer, or None."""
     import json  # only on this path: its import costs as much as the rest
 
     try:
         answer = json.loads(body)
     except ValueError:
         return None
-    return answer.get("detail") if isinstance(answer, dict) else None
+    detail = answer.get("detail") if isinstance(answer, dict) else None
+    # FastAPI's validation errors give a list, no sentence for the runtime.
+    return detail if isinstance(detail, str) else None
 
 
 def header_value(text):

@@ -1,0 +1,560 @@
+/*
+ * cvtpm-hook: the OCI hook runc and podman run when a container starts.
+ *
+ *     cvtpm-hook [--run-dir DIR] [--state-dir DIR] [--json] STAGE
+ *
+ * The compiled twin of hook_main.py, with the same arguments, messages and
+ * exit codes (tests run both against the same cases; one difference: in an
+ * error answer that is not valid JSON, this may still find the "detail").
+ * A runtime starts the
+ * hook for every container, and Python's own start-up, 9 ms here, is a
+ * quarter of what runc takes to run a container; this starts in under one.
+ *
+ * It hands the container's state (stdin) to the cvtpm daemon on its unix
+ * socket as one HTTP/1.1 request, where the stage runs
+ * (cvtpm.server.hooks), and reports the answer.  Exit codes: 0 done (or
+ * nothing asked), 1 the daemon refused or cannot be reached (the runtime
+ * then fails the container), 2 a usage error.
+ */
+
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+/* Equal to hook_main.py's constants (a test checks). */
+#define RUN_DIR "/run/cvtpm"
+#define RUN_DIR_ENV "CVTPM_RUN_DIR"
+#define STATE_DIR_ENV "CVTPM_STATE_DIR"
+#define DAEMON_SOCKET "daemon.sock"
+#define ANNOTATION_ENABLE "io.cvtpm.vtpm"
+#define MAX_STATE_SIZE (1 << 20)
+#define TIMEOUT_SECONDS 120
+#define STATE_DIR_HEADER "X-Cvtpm-State-Dir"
+/* The daemon's answers are a few hundred bytes; this bounds a stranger's. */
+#define MAX_ANSWER_SIZE (16 << 20)
+
+#define USAGE                                                                  \
+    "usage: cvtpm-hook [--run-dir DIR] [--state-dir DIR] [--json]"            \
+    " create-runtime|poststop"
+
+static const char HELP[] =
+    "The OCI hook runc and podman run when a container starts.\n"
+    "\n"
+    "    cvtpm-hook [--run-dir DIR] [--state-dir DIR] [--json] STAGE\n"
+    "\n"
+    "STAGE is create-runtime (or createRuntime), or poststop. The hook hands\n"
+    "the container's state (stdin) to the cvtpm daemon on its unix socket,\n"
+    "where the stage runs, and reports the answer.\n"
+    "\n"
+    "Exit codes: 0 done (or nothing asked), 1 the daemon refused or cannot be\n"
+    "reached (the runtime then fails the container), 2 a usage error.\n";
+
+static const char SKIPPED[] = "{\"action\": \"skipped\", \"name\": null}";
+
+/* A byte buffer that grows; the hook's few allocations are never freed. */
+struct buf {
+    char *data;
+    size_t len, cap;
+};
+
+static void fail(int code, const char *format, ...)
+    __attribute__((noreturn, format(printf, 2, 3)));
+
+static void fail(int code, const char *format, ...)
+{
+    va_list args;
+
+    fputs("cvtpm-hook: error: ", stderr);
+    va_start(args, format);
+    vfprintf(stderr, format, args);
+    va_end(args);
+    fputc('\n', stderr);
+    exit(code);
+}
+
+static void put(struct buf *b, const void *data, size_t len)
+{
+    if (b->len + len + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + len + 1)
+            cap *= 2;
+        char *grown = realloc(b->data, cap);
+        if (grown == NULL)
+            fail(1, "out of memory");
+        b->data = grown;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, data, len);
+    b->len += len;
+    b->data[b->len] = '\0';
+}
+
+static void puts_buf(struct buf *b, const char *text)
+{
+    put(b, text, strlen(text));
+}
+
+/* Read `fd` to its end, or past `limit` bytes; false on a read error. */
+static int read_all(int fd, struct buf *b, size_t limit)
+{
+    char chunk[65536];
+
+    while (b->len <= limit) {
+        ssize_t n = read(fd, chunk, sizeof chunk);
+        if (n == 0)
+            return 1;
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return 0;
+        }
+        put(b, chunk, (size_t)n);
+    }
+    return 1;
+}
+
+static const char *memfind(const char *hay, size_t len, const char *needle)
+{
+    return memmem(hay, len, needle, strlen(needle));
+}
+
+/* Python's bytes.strip() white space, which hook_main.py's rules use. */
+static int is_space(char c)
+{
+    return c == ' ' || (c >= '\t' && c <= '\r');
+}
+
+static const char *skip_space(const char *p, const char *end)
+{
+    while (p < end && is_space(*p))
+        p++;
+    return p;
+}
+
+/* The four hex digits at `p` as a number, or -1. */
+static long hex4(const char *p, const char *end)
+{
+    long value = 0;
+
+    if (end - p < 4)
+        return -1;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        int digit = c >= '0' && c <= '9'   ? c - '0'
+                    : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                    : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                           : -1;
+        if (digit < 0)
+            return -1;
+        value = value * 16 + digit;
+    }
+    return value;
+}
+
+/* -- JSON strings: only as far as the hook needs them -------------------- */
+
+/*
+ * The JSON string at `p` (its opening quote), decoded into `out`; the
+ * position after its closing quote, or NULL if it is not a whole string.
+ * With `plain`, any escape also gives NULL (the caller is then unsure).
+ */
+static const char *json_string(const char *p, const char *end, struct buf *out,
+                               int plain)
+{
+    if (p >= end || *p != '"')
+        return NULL;
+    for (p++; p < end; p++) {
+        if (*p == '"')
+            return p + 1;
+        if (*p != '\\') {
+            put(out, p, 1);
+            continue;
+        }
+        if (plain || ++p >= end)
+            return NULL;
+        const char *simple = strchr("\"\\/bfnrt", *p);
+        if (simple != NULL && *p != '\0') {
+            put(out, &"\"\\/\b\f\n\r\t"[simple - "\"\\/bfnrt"], 1);
+            continue;
+        }
+        long code = *p == 'u' ? hex4(p + 1, end) : -1;
+        if (code < 0)
+            return NULL;
+        p += 4;
+        /* A surrogate pair is one code point; a lone half becomes U+FFFD. */
+        if (code >= 0xD800 && code < 0xDC00 && end - p > 6 && p[1] == '\\' &&
+            p[2] == 'u') {
+            long low = hex4(p + 3, end);
+            if (low >= 0xDC00 && low < 0xE000) {
+                code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
+                p += 6;
+            }
+        }
+        if (code >= 0xD800 && code < 0xE000)
+            code = 0xFFFD;
+        char utf8[4];
+        size_t n;
+        if (code < 0x80) {
+            utf8[0] = (char)code, n = 1;
+        } else if (code < 0x800) {
+            utf8[0] = (char)(0xC0 | code >> 6), n = 2;
+        } else if (code < 0x10000) {
+            utf8[0] = (char)(0xE0 | code >> 12), n = 3;
+        } else {
+            utf8[0] = (char)(0xF0 | code >> 18), n = 4;
+        }
+        for (size_t i = 1; i < n; i++)
+            utf8[i] = (char)(0x80 | ((code >> (6 * (n - 1 - i))) & 0x3F));
+        put(out, utf8, n);
+    }
+    return NULL;
+}
+
+/* Whether a JSON string at `p` is whole; the position after it, or NULL. */
+static const char *skip_string(const char *p, const char *end)
+{
+    struct buf ignored = {0};
+
+    p = json_string(p, end, &ignored, 0);
+    free(ignored.data);
+    return p;
+}
+
+/*
+ * The position after the JSON value at `p`, or NULL if it does not end: a
+ * string, an object or array to its matching bracket, or a bare word.
+ */
+static const char *skip_value(const char *p, const char *end)
+{
+    if (p < end && *p == '"')
+        return skip_string(p, end);
+    if (p < end && (*p == '{' || *p == '[')) {
+        int depth = 0;
+        while (p < end) {
+            if (*p == '"') {
+                if ((p = skip_string(p, end)) == NULL)
+                    return NULL;
+                continue;
+            }
+            depth += (*p == '{' || *p == '[') - (*p == '}' || *p == ']');
+            p++;
+            if (depth == 0)
+                return p;
+        }
+        return NULL;
+    }
+    const char *word = p;
+    while (p < end && !is_space(*p) && !strchr(",:{}[]\"", *p))
+        p++;
+    return p > word ? p : NULL;
+}
+
+/*
+ * The string value of top-level key `key` of the JSON object `doc`, into
+ * `out`; false if `doc` is not one whole object holding it as a string.
+ * (Values are skipped by their brackets and quotes, not checked.)
+ */
+static int top_level_string(const char *doc, size_t len, const char *key,
+                            struct buf *out)
+{
+    const char *end = doc + len, *p = skip_space(doc, end);
+    int found = 0;
+
+    if (p >= end || *p++ != '{')
+        return 0;
+    if ((p = skip_space(p, end)) < end && *p == '}')
+        return 0;
+    for (;;) {
+        struct buf name = {0};
+        p = json_string(skip_space(p, end), end, &name, 0);
+        if (p == NULL || (p = skip_space(p, end)) >= end || *p++ != ':')
+            return 0;
+        p = skip_space(p, end);
+        int wanted = !found && name.len == strlen(key) && name.data != NULL &&
+                     strcmp(name.data, key) == 0;
+        free(name.data);
+        p = wanted ? json_string(p, end, out, 0) : skip_value(p, end);
+        if (p == NULL || (p = skip_space(p, end)) >= end)
+            return 0;
+        found |= wanted;
+        if (*p == '}')
+            return found && skip_space(p + 1, end) == end;
+        if (*p++ != ',')
+            return 0;
+    }
+}
+
+/* -- does the container ask for a vTPM? ---------------------------------- */
+
+/* Whether `doc`'s io.cvtpm.vtpm may be "enabled" (true when unsure). */
+static int enabled(const char *doc, size_t len)
+{
+    const char *end = doc + len;
+    const char *at = memfind(doc, len, "\"" ANNOTATION_ENABLE "\"");
+
+    if (at == NULL)
+        return 0;
+    const char *p = skip_space(at + strlen(ANNOTATION_ENABLE) + 2, end);
+    if (p >= end || *p != ':')
+        return 1;
+    p = skip_space(p + 1, end);
+    struct buf value = {0};
+    if (json_string(p, end, &value, 1) == NULL)
+        return 1;
+
+    /* Compared as hook_main.py does: stripped of white space, any case. */
+    const char *v = value.data ? value.data : "";
+    const char *v_end = v + value.len;
+    v = skip_space(v, v_end);
+    while (v_end > v && is_space(v_end[-1]))
+        v_end--;
+    return v_end - v == 7 && strncasecmp(v, "enabled", 7) == 0;
+}
+
+/*
+ * False only if the container's annotations surely do not ask for a vTPM,
+ * by hook_main.asks' rules: the state's annotations, or without them (runc
+ * leaves out an empty map) the bundle's config.json.
+ */
+static int asks(const char *state, size_t len)
+{
+    if (memfind(state, len, "\"annotations\"") != NULL)
+        return enabled(state, len);
+
+    struct buf bundle = {0}, path = {0}, config = {0};
+    if (!top_level_string(state, len, "bundle", &bundle) || bundle.data == NULL ||
+        strlen(bundle.data) != bundle.len)
+        return 1;
+    puts_buf(&path, bundle.data);
+    puts_buf(&path, "/config.json");
+    int fd = open(path.data, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 1;
+    int whole = read_all(fd, &config, (size_t)-2);
+    close(fd);
+    return !whole || enabled(config.data ? config.data : "", config.len);
+}
+
+/* -- the request ---------------------------------------------------------- */
+
+/* `text` with every byte outside printable ASCII (and %) as %XX. */
+static void header_value(struct buf *b, const char *text)
+{
+    for (const unsigned char *c = (const unsigned char *)text; *c; c++) {
+        char escaped[4];
+        if (*c >= 0x21 && *c <= 0x7E && *c != '%') {
+            put(b, c, 1);
+        } else {
+            snprintf(escaped, sizeof escaped, "%%%02X", *c);
+            put(b, escaped, 3);
+        }
+    }
+}
+
+/* Why the daemon's socket failed us (errno), and exit 1. */
+static void unreachable(const char *socket_path) __attribute__((noreturn));
+
+static void unreachable(const char *socket_path)
+{
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+        fail(1, "the cvtpm daemon did not answer within %d s", TIMEOUT_SECONDS);
+    fail(1, "cannot reach the cvtpm daemon at %s: %s; is `cvtpm daemon` running?",
+         socket_path, strerror(errno));
+}
+
+/* POST the state to the daemon; its whole answer, in `answer`. */
+static void post(const char *socket_path, const char *target, const struct buf *state,
+                 const char *state_dir, struct buf *answer)
+{
+    struct buf request = {0};
+    char line[64];
+
+    puts_buf(&request, "POST ");
+    puts_buf(&request, target);
+    puts_buf(&request, " HTTP/1.1\r\nHost: cvtpm\r\nContent-Type: application/json\r\n");
+    snprintf(line, sizeof line, "Content-Length: %zu\r\n", state->len);
+    puts_buf(&request, line);
+    puts_buf(&request, "Connection: close\r\n");
+    if (state_dir != NULL && *state_dir) {
+        puts_buf(&request, STATE_DIR_HEADER ": ");
+        header_value(&request, state_dir);
+        puts_buf(&request, "\r\n");
+    }
+    puts_buf(&request, "\r\n");
+    put(&request, state->data, state->len);
+
+    /* One request per connection; the answer ends when the daemon closes it. */
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    if (strlen(socket_path) >= sizeof addr.sun_path)
+        fail(1,
+             "cannot reach the cvtpm daemon at %s: AF_UNIX path too long;"
+             " is `cvtpm daemon` running?",
+             socket_path);
+    strcpy(addr.sun_path, socket_path);
+    int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct timeval timeout = {.tv_sec = TIMEOUT_SECONDS};
+    if (sock < 0 || setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout) ||
+        setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout) ||
+        connect(sock, (struct sockaddr *)&addr, sizeof addr) != 0)
+        unreachable(socket_path);
+
+    for (size_t sent = 0; sent < request.len;) {
+        ssize_t n = send(sock, request.data + sent, request.len - sent, MSG_NOSIGNAL);
+        if (n < 0 && errno != EINTR)
+            unreachable(socket_path);
+        sent += n > 0 ? (size_t)n : 0;
+    }
+    if (!read_all(sock, answer, MAX_ANSWER_SIZE))
+        unreachable(socket_path);
+    if (answer->len > MAX_ANSWER_SIZE)
+        fail(1, "the cvtpm daemon's answer is larger than %d bytes", MAX_ANSWER_SIZE);
+    close(sock);
+}
+
+/*
+ * The status of an HTTP/1.1 answer; `*body` and `*body_len` its body, cut
+ * at its Content-Length.  Fails as hook_main.parse_answer does.
+ */
+static int parse_answer(const struct buf *raw, const char **body, size_t *body_len)
+{
+    const char *data = raw->data ? raw->data : "";
+    const char *head_end = memfind(data, raw->len, "\r\n\r\n");
+    const char *line_end = memfind(data, raw->len, "\r\n");
+
+    if (head_end == NULL)
+        fail(1, "the cvtpm daemon's answer is not HTTP");
+
+    /* The status line's first two words, split at white space as Python's
+     * bytes.split() does: HTTP/x and a three-digit code. */
+    const char *version = skip_space(data, line_end), *version_end = version;
+    while (version_end < line_end && !is_space(*version_end))
+        version_end++;
+    if (version_end - version < 5 || strncmp(version, "HTTP/", 5) || version_end == line_end)
+        fail(1, "the cvtpm daemon's answer is not HTTP");
+    const char *status = skip_space(version_end, line_end), *status_end = status;
+    while (status_end < line_end && !is_space(*status_end))
+        status_end++;
+    int digits = status_end - status == 3;
+    for (const char *d = status; digits && d < status_end; d++)
+        digits = *d >= '0' && *d <= '9';
+    if (!digits)
+        fail(1, "the cvtpm daemon's answer has no status: %.*s",
+             (int)(line_end - data), data);
+    int code = atoi(status);
+
+    *body = head_end + 4;
+    *body_len = raw->len - (size_t)(*body - data);
+    for (const char *p = line_end + 2; p < head_end;) {
+        const char *next = memfind(p, (size_t)(head_end + 2 - p), "\r\n");
+        const char *colon = memchr(p, ':', (size_t)(next - p));
+        size_t name_len = colon ? (size_t)(colon - p) : 0;
+        if (colon && name_len == 14 && strncasecmp(p, "content-length", 14) == 0) {
+            const char *v = skip_space(colon + 1, next);
+            char *v_end;
+            unsigned long long length = strtoull(v, &v_end, 10);
+            int digits = v < next && *v >= '0' && *v <= '9';
+            if (digits && skip_space(v_end, next) == next && length < *body_len)
+                *body_len = (size_t)length;
+        } else if (colon && name_len == 17 &&
+                   strncasecmp(p, "transfer-encoding", 17) == 0) {
+            fail(1, "the cvtpm daemon's answer is chunked; expected a length");
+        }
+        p = next + 2;
+    }
+    if (code == 200 && *skip_space(*body, *body + *body_len) != '{')
+        fail(1, "the cvtpm daemon's answer is not JSON");
+    return code;
+}
+
+/* -- main ----------------------------------------------------------------- */
+
+static const char *stage_name(const char *arg)
+{
+    if (strcmp(arg, "create-runtime") == 0 || strcmp(arg, "createRuntime") == 0)
+        return "createRuntime";
+    if (strcmp(arg, "poststop") == 0)
+        return "poststop";
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    const char *run_dir = NULL, *state_dir = NULL, *stage = NULL;
+    int as_json = 0;
+
+    /* 1. The arguments. */
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
+            fputs(HELP, stdout);
+            return 0;
+        }
+        if (strcmp(arg, "--json") == 0) {
+            as_json = 1;
+        } else if (strcmp(arg, "--run-dir") == 0 || strcmp(arg, "--state-dir") == 0) {
+            if (i + 1 >= argc || !*argv[i + 1])
+                fail(2, "%s needs a directory\n" USAGE, arg);
+            *(arg[2] == 'r' ? &run_dir : &state_dir) = argv[++i];
+        } else if (stage_name(arg) != NULL && stage == NULL) {
+            stage = stage_name(arg);
+        } else {
+            fail(2, "unexpected argument '%s'\n" USAGE, arg);
+        }
+    }
+    if (stage == NULL)
+        fail(2, "which stage? (create-runtime or poststop)\n" USAGE);
+
+    /* 2. The state; a container that did not ask for a vTPM needs no daemon. */
+    struct buf state = {0};
+    if (!read_all(STDIN_FILENO, &state, MAX_STATE_SIZE))
+        fail(1, "cannot read the OCI state on stdin: %s", strerror(errno));
+    if (state.len > MAX_STATE_SIZE)
+        fail(1, "the OCI state on stdin is larger than %d bytes", MAX_STATE_SIZE);
+    const char *data = state.data ? state.data : "";
+    if (skip_space(data, data + state.len) == data + state.len)
+        fail(1, "no OCI state on stdin (a runtime passes the container's)");
+    if (!asks(data, state.len)) {
+        if (as_json)
+            puts(SKIPPED);
+        return 0;
+    }
+
+    /* 3. The daemon runs the stage. */
+    if (run_dir == NULL)
+        run_dir = getenv(RUN_DIR_ENV);
+    if (run_dir == NULL || !*run_dir)
+        run_dir = RUN_DIR;
+    if (state_dir == NULL)
+        state_dir = getenv(STATE_DIR_ENV);
+    struct buf socket_path = {0}, target = {0}, answer = {0};
+    puts_buf(&socket_path, run_dir);
+    if (socket_path.len && socket_path.data[socket_path.len - 1] != '/')
+        puts_buf(&socket_path, "/");
+    puts_buf(&socket_path, DAEMON_SOCKET);
+    puts_buf(&target, "/v1/hooks/");
+    puts_buf(&target, stage);
+    post(socket_path.data, target.data, &state, state_dir, &answer);
+
+    const char *body;
+    size_t body_len;
+    int status = parse_answer(&answer, &body, &body_len);
+    if (status != 200) {
+        struct buf detail = {0};
+        if (top_level_string(body, body_len, "detail", &detail) && detail.len)
+            fail(1, "%s", detail.data);
+        fail(1, "the cvtpm daemon answered %d", status);
+    }
+    if (as_json) {
+        fwrite(body, 1, body_len, stdout);
+        putchar('\n');
+    }
+    return 0;
+}
