@@ -14,6 +14,7 @@ from cvtpm.ima.binary import encode_binary
 from cvtpm.ima.entry import boot_aggregate
 from cvtpm.ima.policy import parse_policy
 from cvtpm.ima.replay import replay
+from cvtpm.measure import eventfile, hashing
 from cvtpm.measure.agent import DEFAULT_BUSY_POLL, Agent
 from cvtpm.measure.container import ContainerSpec
 from cvtpm.measure.journal import BINARY_NAME, read_list
@@ -103,6 +104,42 @@ def test_two_containers_of_one_image_keep_separate_lists(
     assert all(len(digests) == 1 for digests in measured(list_a).values())
     assert tpm_a.pcr10() == replay(list_a, "sha256")
     assert tpm_b.pcr10() == replay(list_b, "sha256")
+
+
+def test_containers_of_one_rootfs_hash_each_file_version_once(
+    agent, runc, bundle_factory, swtpm_factory, tmp_path, monkeypatch
+):
+    """A file another container had hashed is logged with that digest, unhashed.
+
+    Changed, it is hashed again and logged with its new digest.
+    """
+    hashed = []
+    real = hashing.hash_fd
+    for module in (hashing, eventfile):
+        monkeypatch.setattr(
+            module, "hash_fd", lambda fd, alg: hashed.append(fd) or real(fd, alg)
+        )
+    bundle = bundle_factory()
+    program = make_program(bundle.rootfs, "/opt/a", b"first")
+    bundle.set_script("/opt/a/true")
+    lists = []
+
+    for name in ("a", "b", "c"):
+        if name == "c":
+            with open(program, "ab") as f:
+                f.write(b"second")
+        tpm = swtpm_factory(name)
+        with tpm.client() as client:
+            lists.append(
+                run_container(agent, runc, bundle, name, tmp_path / name, client)
+            )
+        assert tpm.pcr10() == replay(lists[-1], "sha256")
+
+    first = measured(lists[0])
+    assert measured(lists[1]) == first
+    assert measured(lists[2]) == {**first, "/opt/a/true": [sha256_file(program)]}
+    # busybox and the program, then the program's second version.
+    assert len(hashed) == 3
 
 
 def test_a_changed_program_is_measured_again(

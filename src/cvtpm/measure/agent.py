@@ -29,6 +29,7 @@ from cvtpm.ima.policy import Func
 from cvtpm.measure import fanotify, procinfo
 from cvtpm.measure.container import Container, ContainerSpec
 from cvtpm.measure.eventfile import EventFile
+from cvtpm.measure.hashing import DigestCache
 from cvtpm.measure.journal import MeasurementList
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ class Agent:
         # pid -> (file key, task) of an exec just allowed, whose own open is
         # the pid's next event (see _triage).
         self._exec_opens: dict[int, tuple[tuple[int, int], procinfo.Task]] = {}
+        # File versions hashed for any container (the kernel's iint hash).
+        self._digests = DigestCache()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -338,7 +341,7 @@ class Agent:
         st = os.fstat(event.fd)
         if not stat.S_ISREG(st.st_mode):
             return None
-        file = EventFile(event.fd, st)
+        file = EventFile(event.fd, st, self._digests)
 
         # 2. How: exec (BPRM_CHECK) or open (FILE_CHECK) with the open's mask.
         # An allowed exec opens its file next (fs/exec.c, do_open_execat),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from cvtpm.measure import procinfo
-from cvtpm.measure.hashing import hash_fd
+from cvtpm.measure.hashing import DigestCache, hash_fd
 
 _XATTR_IMA = "security.ima"
 _EVM_IMA_XATTR_DIGSIG = 0x03  # include/linux/integrity.h, evm_ima_xattr_type
@@ -14,21 +14,30 @@ _EVM_IMA_XATTR_DIGSIG = 0x03  # include/linux/integrity.h, evm_ima_xattr_type
 class EventFile:
     """The file behind an event fd, with what IMA needs computed once."""
 
-    def __init__(self, fd: int, st: os.stat_result):
+    def __init__(self, fd: int, st: os.stat_result, digests: DigestCache | None = None):
         self.fd = fd
         self.st = st
         # i_version stand-in: ctime and mtime change with every content or
         # metadata change that goes through the kernel.
         self.version = (st.st_ctime_ns, st.st_mtime_ns)
         self.key = (st.st_dev, st.st_ino)
+        self._shared = digests
         self._digests: dict[str, bytes] = {}
         self._path: str | None = None
         self._fsmagic: int | None = None
 
     def digest(self, alg: str) -> bytes:
-        """The file's digest, hashed through the fd once per algorithm."""
+        """The file's digest, hashed through the fd once per algorithm.
+
+        With a DigestCache, a version of the file that any container has
+        had hashed is not hashed again.
+        """
         if alg not in self._digests:
-            self._digests[alg] = hash_fd(self.fd, alg)
+            if self._shared is None:
+                self._digests[alg] = hash_fd(self.fd, alg)
+            else:
+                version = (*self.key, *self.version, self.st.st_size)
+                self._digests[alg] = self._shared.digest(self.fd, version, alg)
         return self._digests[alg]
 
     def path(self) -> str:
