@@ -412,3 +412,60 @@ def test_an_exec_opens_its_file_with_may_exec(
 
     assert set(measured(entries)) == expected
     assert tpm.pcr10() == replay(entries, "sha256")
+
+
+def test_a_new_vtpm_list_begins_after_the_marks(
+    agent, runc, bundle_factory, swtpm_factory, tmp_path
+):
+    """For a new vTPM the list begins in a worker: boot_aggregate arrives without any
+    access by the container, once, and PCR 10 follows it."""
+    bundle = bundle_factory()
+    bundle.set_script("sleep 30")
+    tpm = swtpm_factory()
+    list_dir = tmp_path / "l"
+    cid, pid = runc.create(bundle)
+    agent.add_container(
+        ContainerSpec("c", list_dir, tpm.client, pid=pid, new_vtpm=True)
+    )
+
+    _wait_for(lambda: len(read_list(list_dir)) == 1)
+    agent.begin("c")
+
+    assert read_list(list_dir) == [boot_aggregate(None)]
+    assert tpm.pcr10() == replay([boot_aggregate(None)], "sha256")
+    agent.remove_container("c")
+    agent.begin("c")  # no longer measured: left alone
+
+
+def test_a_new_vtpm_list_begun_by_its_first_access(
+    agent, runc, bundle_factory, swtpm_factory, tmp_path, caplog
+):
+    """If the worker cannot begin the list (its vTPM does not answer yet), the
+    container's first measured access begins it: boot_aggregate comes first."""
+    bundle = bundle_factory()
+    make_program(bundle.rootfs, "/opt/a", b"a")
+    bundle.set_script("/opt/a/true")
+    tpm = swtpm_factory()
+    calls = []
+
+    def connect():
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionRefusedError("not yet")
+        return tpm.client()
+
+    list_dir = tmp_path / "l"
+    cid, pid = runc.create(bundle)
+    agent.add_container(ContainerSpec("c", list_dir, connect, pid=pid, new_vtpm=True))
+    _wait_for(lambda: "c: beginning its list: not yet" in caplog.text)
+    assert read_list(list_dir) == []
+
+    runc.start(cid)
+    runc.wait(cid)
+    agent.remove_container("c")
+
+    entries = read_list(list_dir)
+    assert entries[0] == boot_aggregate(None)
+    assert [e.path for e in entries].count("boot_aggregate") == 1
+    assert "/opt/a/true" in measured(entries)
+    assert tpm.pcr10() == replay(entries, "sha256")

@@ -51,7 +51,13 @@ def make_container(tmp_path, extender) -> Container:
     """A container whose list is tmp_path/list, without marks or processes."""
     list_dir = tmp_path / "list"
     spec = ContainerSpec("c", list_dir, extender, mnt_ns=1, mounts=[str(tmp_path)])
-    return Container(spec=spec, mnt_ns=1, policy=None, mlist=MeasurementList(list_dir))
+    return Container(
+        spec=spec,
+        mnt_ns=1,
+        policy=None,
+        mlist=MeasurementList(list_dir),
+        boot_aggregate=ENTRIES[0],
+    )
 
 
 def test_a_failed_extend_is_reconciled_before_the_next_entry(
@@ -62,7 +68,7 @@ def test_a_failed_extend_is_reconciled_before_the_next_entry(
     tpm = swtpm_factory()
     connections = Connections(tpm)
     c = make_container(tmp_path, connections)
-    c.record(ENTRIES[0])
+    c.begin()
     c.record(ENTRIES[1])
 
     # 1. The extend of entry 2 fails once, after the journal has it.
@@ -96,7 +102,7 @@ def test_swtpm_killed_between_append_and_extend(tmp_path, swtpm_factory, monkeyp
     back (PCRs reset) the whole list is replayed before the next entry."""
     tpm = swtpm_factory()
     c = make_container(tmp_path, Connections(tpm))
-    c.record(ENTRIES[0])
+    c.begin()
     c.record(ENTRIES[1])
 
     real_append = MeasurementList.append
@@ -118,6 +124,21 @@ def test_swtpm_killed_between_append_and_extend(tmp_path, swtpm_factory, monkeyp
     c.close()
 
 
+def test_the_first_record_begins_the_list_with_boot_aggregate(tmp_path, swtpm_factory):
+    """Whoever records first, a begin() or a measured access, the list starts with
+    boot_aggregate, once, and the PCR follows the list."""
+    tpm = swtpm_factory()
+    c = make_container(tmp_path, tpm.client)
+
+    c.record(ENTRIES[1])
+    c.begin()
+    c.record(ENTRIES[2])
+    c.close()
+
+    assert read_list(tmp_path / "list") == ENTRIES[:3]
+    assert tpm.pcr10() == replay(ENTRIES[:3], "sha256")
+
+
 def test_a_name_that_is_not_utf8_is_recorded(tmp_path, swtpm_factory):
     """An entry named with bytes ff fe is journaled and extended like any other, and
     the list and the PCR stay in step for the entries after it."""
@@ -126,7 +147,7 @@ def test_a_name_that_is_not_utf8_is_recorded(tmp_path, swtpm_factory):
     entries = [ENTRIES[0], ima_ng(os.fsdecode(raw), bytes(32)), ENTRIES[1]]
     c = make_container(tmp_path, tpm.client)
 
-    for entry in entries:
+    for entry in entries[1:]:
         c.record(entry)
     c.close()
 
@@ -143,7 +164,7 @@ def test_a_torn_tail_is_decided_by_the_first_connection(
     caplog.set_level(logging.INFO)
     tpm = swtpm_factory()
     c = make_container(tmp_path, tpm.client)
-    c.record(ENTRIES[0])
+    c.begin()
     c.record(ENTRIES[1])
     c.close()
     path = tmp_path / "list" / BINARY_NAME

@@ -113,6 +113,20 @@ def test_evidence_quotes_pcr10_and_returns_the_list(host, runc, short_tmp):
     assert evidence.pcrs["sha256"][10] == replay(entries(host, "ev"), "sha256")
 
 
+def test_evidence_of_a_container_not_yet_started(host, runc, short_tmp):
+    """A new container's list is begun in the background; evidence asked before
+    it ran anything still has boot_aggregate, once, and PCR 10 to match."""
+    bundle = Bundle(short_tmp / "b")
+    bundle.set_script("true")
+    hand_over(host, runc, bundle, "early")
+
+    evidence = Evidence.from_json(host.evidence("early", b"e" * 16))
+
+    listed = parse_binary(evidence.entries)
+    assert [e.path for e in listed] == ["boot_aggregate"]
+    assert evidence.pcrs["sha256"][10] == replay(listed, "sha256")
+
+
 def test_restart_continues_the_same_vtpm_and_list(host, runc, short_tmp):
     """A stopped and restarted container keeps its EK, its PCR 10 and its list."""
     bundle = Bundle(short_tmp / "b")

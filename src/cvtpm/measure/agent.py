@@ -108,8 +108,11 @@ class Agent:
     def add_container(self, spec: ContainerSpec) -> MeasurementList:
         """Start measuring a container: open its list, reconcile its vTPM, mark it.
 
-        Raises StateError when the list and the vTPM disagree (see
-        MeasurementList.reconcile), OSError when the mount cannot be marked.
+        For a spec with new_vtpm the list is begun (the vTPM connected,
+        boot_aggregate recorded) by a worker after the marks: about 2 ms that
+        the runtime's hook no longer waits for.  Raises StateError when the
+        list and the vTPM disagree (see MeasurementList.reconcile), OSError
+        when the mount cannot be marked.
         """
         with self._lock:
             if spec.name in self._containers:
@@ -128,17 +131,18 @@ class Agent:
             mnt_ns=spec.resolved_mnt_ns(),
             policy=spec.policy if spec.policy is not None else self.policy,
             mlist=mlist,
+            boot_aggregate=ima_entry.boot_aggregate(
+                self.host_pcrs, self.template, self.hash_algorithm
+            ),
             parent=parent,
         )
         try:
-            with mlist.lock:
-                container.tpm()
-                if not mlist.entries:
-                    container.record(
-                        ima_entry.boot_aggregate(
-                            self.host_pcrs, self.template, self.hash_algorithm
-                        )
-                    )
+            # A new vTPM and a new list cannot disagree, so nothing here can
+            # refuse the container: they are begun after the marks, in a
+            # worker, while the runtime finishes its own set-up.
+            if not spec.new_vtpm:
+                with mlist.lock:
+                    container.begin()
 
             # 2. Known before marked: an event that arrives as soon as the mark
             # is placed must find its container, or it would pass unmeasured.
@@ -151,17 +155,51 @@ class Agent:
                 fanotify.mark(
                     self.group, path, MARK_MASK, filesystem=spec.filesystem_mark
                 )
+            if spec.new_vtpm:
+                self._pool.submit(self._begin_later, container)
         except BaseException:
             with self._lock:
                 if self._containers.get(spec.name) is container:
                     del self._containers[spec.name]
                 if self._by_ns.get(container.mnt_ns) is container:
                     del self._by_ns[container.mnt_ns]
-            container.close()
+            with mlist.lock:
+                container.close()
             raise
 
         log.info("measuring container %s (mnt ns %d)", spec.name, container.mnt_ns)
         return mlist
+
+    def begin(self, name: str) -> None:
+        """Begin a container's list now if no worker has yet (see add_container).
+
+        For readers of the list, such as evidence for a verifier, that must
+        not find a measured container's list empty.  A container not measured
+        is left alone; a failure raises, as a measured access would be denied.
+        """
+        with self._lock:
+            container = self._containers.get(name)
+        if container is None:
+            return
+        with container.mlist.lock:
+            if not container.closed:
+                container.begin()
+
+    def _begin_later(self, container: Container) -> None:
+        """Begin a new container's list in a worker (see add_container)."""
+        with container.mlist.lock:
+            if container.closed:
+                return
+            try:
+                container.begin()
+            except Exception as exc:
+                # Nothing measured is lost: the first measured access begins
+                # the list itself, or is denied.
+                log.warning(
+                    "%s: beginning its list: %s; its first measured access tries again",
+                    container.name,
+                    exc,
+                )
 
     def remove_container(self, name: str) -> None:
         """Stop measuring a container; its list stays on disk."""

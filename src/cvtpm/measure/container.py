@@ -27,6 +27,9 @@ class ContainerSpec:
     that opens one; with a callable the agent reconnects after a TPM failure
     (an swtpm restart), and closes what it opened.  `mnt_ns` defaults to that
     of `pid`; `mounts` (the paths whose mounts are marked) to /proc/PID/root.
+    `new_vtpm` says the vTPM was made for this container: its PCRs are zero
+    and its list is new, so nothing can disagree, and the agent may begin the
+    list after marking the container instead of before (Agent.add_container).
     """
 
     name: str
@@ -38,6 +41,7 @@ class ContainerSpec:
     parent: str | None = None
     policy: Any = None
     filesystem_mark: bool = False
+    new_vtpm: bool = False
 
     def resolved_mnt_ns(self) -> int:
         """The mount namespace inode that identifies this container's processes."""
@@ -64,6 +68,8 @@ class Container:
     mnt_ns: int
     policy: Any
     mlist: MeasurementList
+    # The first entry of a new list (ima_add_boot_aggregate).
+    boot_aggregate: Entry
     parent: Container | None = None
     # (st_dev, st_ino) -> (st_ctime_ns, st_mtime_ns) when measured: the
     # kernel's iint "measured" flag with its i_version (ima_main.c).
@@ -71,6 +77,7 @@ class Container:
     # Inodes whose open_writers violation was logged and no reader has since
     # seen them free of writers (IMA_EMITTED_OPENWRITERS).
     emitted_open_writers: set[tuple[int, int]] = field(default_factory=set)
+    closed: bool = False
     _tpm: Extender | None = None
     _banks: list[str] = field(default_factory=list)
 
@@ -87,6 +94,18 @@ class Container:
             node = node.parent
         return out
 
+    def begin(self) -> Extender:
+        """The connected vTPM, and a new list begun with boot_aggregate.
+
+        Call with mlist.lock held.  Every record() begins the list first, so
+        boot_aggregate is the first entry whoever gets there first: the
+        agent's start of the container, or its first measured access.
+        """
+        tpm = self.tpm()
+        if not self.mlist.entries:
+            self._append(tpm, self.boot_aggregate)
+        return tpm
+
     def record(self, entry: Entry) -> None:
         """Journal the entry, then extend it into the vTPM (call with mlist.lock held).
 
@@ -95,7 +114,9 @@ class Container:
         PCR may be behind the list, and only the reconcile of the next
         connection (tpm()) brings them back in step.
         """
-        tpm = self.tpm()
+        self._append(self.begin(), entry)
+
+    def _append(self, tpm: Extender, entry: Entry) -> None:
         try:
             self.mlist.append(entry)
             extend(tpm, entry, self._banks, self.mlist.pcr)
@@ -140,6 +161,7 @@ class Container:
 
     def close(self) -> None:
         """Release the list files and any TPM connection the agent opened."""
+        self.closed = True
         self.drop_tpm()
         self.mlist.close()
 

@@ -219,7 +219,7 @@ class Host:
             try:
                 # 2. Measurement: list, reconcile with PCR 10, fanotify marks.
                 if self.agent is not None:
-                    self.agent.add_container(self._spec(request, info.tcti))
+                    self.agent.add_container(self._spec(request, info.tcti, created))
 
                 # 3. The container's TPM: the filtered socket, or kernel
                 # devices whose commands the daemon filters the same way.
@@ -312,6 +312,8 @@ class Host:
     def evidence(self, name: str, nonce: bytes, since: int = 0) -> dict:
         """A fresh quote of the container's PCR 10, its list from `since`, and certs."""
         info = self.manager.get(name)
+        if self.agent is not None:
+            self.agent.begin(name)
         with self._using(name):
             if not self.manager.is_running(name):
                 raise StateError(f"the vTPM of {name!r} is not running")
@@ -372,7 +374,9 @@ class Host:
         )
         return {"filter_socket": str(endpoint.data_path), "tcti": endpoint.tcti}
 
-    def _spec(self, request: ContainerRequest, tcti: str) -> ContainerSpec:
+    def _spec(
+        self, request: ContainerRequest, tcti: str, new_vtpm: bool
+    ) -> ContainerSpec:
         policy = parse_policy(request.policy) if request.policy else None
         name = request.name
         return ContainerSpec(
@@ -387,6 +391,7 @@ class Host:
             mounts=[_container_root(request)],
             parent=request.parent,
             policy=policy,
+            new_vtpm=new_vtpm,
         )
 
     def _teardown(
