@@ -230,3 +230,38 @@ def test_a_failing_lease_is_an_upstream_error(swtpm_socket, short_tmp):
 
     with pytest.raises(UpstreamError, match="could not be started: .*unreadable"):
         asyncio.run(relay._transact_data(pcr_read_command(16)))
+
+
+def test_a_client_is_served_however_soon_it_connects(
+    swtpm_socket, filter_host, short_tmp
+):
+    """open() returns once the sockets listen, before the loop serves them: a
+    client connecting at once waits in the backlog and gets its answer; a
+    filter closed at once leaves no socket and no descriptor behind."""
+    fds = len(os.listdir("/proc/self/fd"))
+    for i in range(20):
+        endpoint = filter_host.open(f"f{i}", swtpm_socket, short_tmp / f"f{i}")
+        (answer,) = exchange(endpoint.data_path, pcr_read_command(16))
+        assert answer[6:10] == b"\x00\x00\x00\x00"  # TPM_RC_SUCCESS
+
+        quick = filter_host.open(f"q{i}", swtpm_socket, short_tmp / f"q{i}")
+        filter_host.close(f"q{i}")
+        assert not quick.directory.exists()
+        filter_host.close(f"f{i}")
+
+    assert filter_host.names() == []
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_a_socket_path_that_cannot_be_bound_is_an_error(
+    swtpm_socket, filter_host, short_tmp
+):
+    """A directory where the socket should be: open() raises, keeps nothing open."""
+    (short_tmp / "f" / "tpm.sock").mkdir(parents=True)
+    fds = len(os.listdir("/proc/self/fd"))
+
+    with pytest.raises(OSError):
+        filter_host.open("f", swtpm_socket, short_tmp / "f")
+
+    assert filter_host.names() == []
+    assert len(os.listdir("/proc/self/fd")) == fds

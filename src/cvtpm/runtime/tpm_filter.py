@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+import socket
 import struct
 import threading
 from collections.abc import Callable
@@ -58,6 +60,8 @@ UPSTREAM_TIMEOUT = 120.0
 # Larger than any TPM 2.0 response libtpms produces (its buffer is 4 KiB) and than
 # any CMD_GET_INFO answer; a bigger size announcement means a broken upstream.
 MAX_RESPONSE_SIZE = 1 << 16
+# Connections a filter socket holds before they are accepted (asyncio's own).
+_BACKLOG = 100
 
 
 @dataclass(frozen=True)
@@ -109,10 +113,20 @@ class TpmFilter:
         self.forwarded = 0
         self._lock = asyncio.Lock()
         self._servers: list[asyncio.AbstractServer] = []
+        # Sockets listen() made that serve() has not taken over yet.
+        self._listening: list[tuple[socket.socket, Callable]] = []
+        # serve() and close() one at a time: a close() queued right behind a
+        # serve() must find every server it made.
+        self._setup = asyncio.Lock()
         self._clients: set[asyncio.Task] = set()
 
-    async def start(self) -> FilterEndpoint:
-        """Create both listening sockets (mode 0666: the bind mount is the guard)."""
+    def listen(self) -> FilterEndpoint:
+        """Create both listening sockets (mode 0666: the bind mount is the guard).
+
+        Done in the caller's thread: a client that connects before serve()
+        runs on the loop waits in the listen backlog, so whoever opens a
+        filter need not wait for the loop thread to wake.
+        """
         # sun_path holds 107 bytes (unix(7)); say so rather than fail in bind().
         if len(str(self.endpoint.ctrl_path)) > 107:
             raise ConfigError(
@@ -122,39 +136,65 @@ class TpmFilter:
         directory = self.endpoint.directory
         directory.mkdir(mode=0o755, parents=True, exist_ok=True)
 
-        for path, handler in (
-            (self.endpoint.data_path, self._serve_data),
-            (self.endpoint.ctrl_path, self._serve_ctrl),
-        ):
-            # A socket file left by a daemon that died would make bind() fail.
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            server = await asyncio.start_unix_server(
-                self._tracked(handler), path=str(path)
-            )
-            os.chmod(path, 0o666)
-            self._servers.append(server)
-
-        log.info("filter %s listening at %s", self.endpoint.name, directory)
+        try:
+            for path, handler in (
+                (self.endpoint.data_path, self._serve_data),
+                (self.endpoint.ctrl_path, self._serve_ctrl),
+            ):
+                # A socket file left by a daemon that died would make bind() fail.
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self._listening.append((sock, handler))
+                sock.bind(str(path))
+                os.chmod(path, 0o666)
+                sock.listen(_BACKLOG)
+        except BaseException:
+            self._close_listening()
+            raise
         return self.endpoint
+
+    async def serve(self) -> None:
+        """Accept clients on the sockets listen() made (run on the loop)."""
+        async with self._setup:
+            while self._listening:
+                sock, handler = self._listening.pop(0)
+                try:
+                    server = await asyncio.start_unix_server(
+                        self._tracked(handler), sock=sock, backlog=_BACKLOG
+                    )
+                except BaseException:
+                    sock.close()
+                    raise
+                self._servers.append(server)
+        log.info(
+            "filter %s listening at %s", self.endpoint.name, self.endpoint.directory
+        )
+
+    def _close_listening(self) -> None:
+        for sock, _ in self._listening:
+            sock.close()
+        self._listening.clear()
 
     async def close(self) -> None:
         """Stop listening, end every client connection and remove the sockets."""
-        for server in self._servers:
-            server.close()
-        for task in list(self._clients):
-            task.cancel()
-        await asyncio.gather(*self._clients, return_exceptions=True)
-        for server in self._servers:
-            await server.wait_closed()
-        self._servers.clear()
+        async with self._setup:
+            self._close_listening()
+            for server in self._servers:
+                server.close()
+            for task in list(self._clients):
+                task.cancel()
+            await asyncio.gather(*self._clients, return_exceptions=True)
+            for server in self._servers:
+                await server.wait_closed()
+            self._servers.clear()
 
-        for path in (self.endpoint.data_path, self.endpoint.ctrl_path):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        with contextlib.suppress(OSError):
-            self.endpoint.directory.rmdir()
-        log.info("filter %s closed", self.endpoint.name)
+            for path in (self.endpoint.data_path, self.endpoint.ctrl_path):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            with contextlib.suppress(OSError):
+                self.endpoint.directory.rmdir()
+            log.info("filter %s closed", self.endpoint.name)
 
     def _tracked(self, handler):
         async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
@@ -391,7 +431,12 @@ class FilterHost:
                 timeout=self.timeout,
                 lease=lease,
             )
-            endpoint = self._call(tpm_filter.start())
+            if self._loop is None:
+                raise StateError("filter host is not running; call start() first")
+            endpoint = tpm_filter.listen()
+            # Not waited for (see TpmFilter.listen); close() queues behind it.
+            serving = asyncio.run_coroutine_threadsafe(tpm_filter.serve(), self._loop)
+            serving.add_done_callback(functools.partial(_report_serve, name))
             self._filters[name] = tpm_filter
             return endpoint
 
@@ -467,3 +512,9 @@ class FilterHost:
             coroutine.close()
             raise StateError("filter host is not running; call start() first")
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+
+def _report_serve(name: str, serving) -> None:
+    """Log a filter that could not start serving (FilterHost.open does not wait)."""
+    if not serving.cancelled() and serving.exception() is not None:
+        log.error("filter %s: serving its sockets: %s", name, serving.exception())
