@@ -238,7 +238,6 @@ def test_a_client_is_served_however_soon_it_connects(
     """open() returns once the sockets listen, before the loop serves them: a
     client connecting at once waits in the backlog and gets its answer; a
     filter closed at once leaves no socket and no descriptor behind."""
-    fds = len(os.listdir("/proc/self/fd"))
     for i in range(20):
         endpoint = filter_host.open(f"f{i}", swtpm_socket, short_tmp / f"f{i}")
         (answer,) = exchange(endpoint.data_path, pcr_read_command(16))
@@ -250,7 +249,7 @@ def test_a_client_is_served_however_soon_it_connects(
         filter_host.close(f"f{i}")
 
     assert filter_host.names() == []
-    assert len(os.listdir("/proc/self/fd")) == fds
+    assert listening_under(short_tmp) == []
 
 
 def test_a_socket_path_that_cannot_be_bound_is_an_error(
@@ -258,10 +257,29 @@ def test_a_socket_path_that_cannot_be_bound_is_an_error(
 ):
     """A directory where the socket should be: open() raises, keeps nothing open."""
     (short_tmp / "f" / "tpm.sock").mkdir(parents=True)
-    fds = len(os.listdir("/proc/self/fd"))
 
     with pytest.raises(OSError):
         filter_host.open("f", swtpm_socket, short_tmp / "f")
 
     assert filter_host.names() == []
-    assert len(os.listdir("/proc/self/fd")) == fds
+    assert listening_under(short_tmp) == []
+
+
+def listening_under(directory) -> list[str]:
+    """Paths under `directory` that a socket of this process is bound to."""
+    bound = {}
+    with open("/proc/net/unix") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            if len(fields) == 8:
+                bound[fields[6]] = fields[7]
+    ours = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                path = bound.get(target[8:-1], "")
+                if path.startswith(str(directory)):
+                    ours.append(path)
+    return ours
