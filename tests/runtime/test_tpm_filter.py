@@ -14,7 +14,7 @@ import pytest
 
 from cvtpm.errors import StateError
 from cvtpm.runtime import ctrl_commands as ctrl
-from cvtpm.runtime.tpm_filter import TpmFilter, UpstreamError
+from cvtpm.runtime.tpm_filter import FilterHost, TpmFilter, UpstreamError
 
 pytestmark = pytest.mark.swtpm
 
@@ -283,3 +283,11 @@ def listening_under(directory) -> list[str]:
                 if path.startswith(str(directory)):
                     ours.append(path)
     return ours
+
+
+def test_a_filter_host_not_started_opens_nothing(swtpm_socket, short_tmp):
+    """open() before start() is a StateError, and no socket is made."""
+    with pytest.raises(StateError, match="not running; call start"):
+        FilterHost().open("f", swtpm_socket, short_tmp / "f")
+
+    assert not (short_tmp / "f").exists()

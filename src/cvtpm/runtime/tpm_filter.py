@@ -431,11 +431,10 @@ class FilterHost:
                 timeout=self.timeout,
                 lease=lease,
             )
-            if self._loop is None:
-                raise StateError("filter host is not running; call start() first")
+            loop = self._running_loop()
             endpoint = tpm_filter.listen()
             # Not waited for (see TpmFilter.listen); close() queues behind it.
-            serving = asyncio.run_coroutine_threadsafe(tpm_filter.serve(), self._loop)
+            serving = asyncio.run_coroutine_threadsafe(tpm_filter.serve(), loop)
             serving.add_done_callback(functools.partial(_report_serve, name))
             self._filters[name] = tpm_filter
             return endpoint
@@ -507,14 +506,22 @@ class FilterHost:
     def __exit__(self, *exc_info) -> None:
         self.stop()
 
-    def _call(self, coroutine):
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
-            coroutine.close()
             raise StateError("filter host is not running; call start() first")
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        return self._loop
+
+    def _call(self, coroutine):
+        try:
+            loop = self._running_loop()
+        except StateError:
+            coroutine.close()
+            raise
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
 
 
 def _report_serve(name: str, serving) -> None:
     """Log a filter that could not start serving (FilterHost.open does not wait)."""
-    if not serving.cancelled() and serving.exception() is not None:
-        log.error("filter %s: serving its sockets: %s", name, serving.exception())
+    failure = None if serving.cancelled() else serving.exception()
+    if failure is not None:
+        log.error("filter %s: serving its sockets: %s", name, failure)
