@@ -43,13 +43,34 @@ def test_state_is_parsed():
         json.dumps({**STATE, "id": ""}),
         json.dumps({**STATE, "pid": -1}),
         json.dumps({**STATE, "bundle": 7}),
+        json.dumps({**STATE, "bundle": "relative/b"}),
+        json.dumps({**STATE, "pid": True}),
         json.dumps({**STATE, "annotations": ["x"]}),
+        '{"id": "abc", "x": ' + "[" * 100_000 + "]" * 100_000 + "}",
     ],
 )
 def test_bad_state_is_a_parse_error(text):
     """Malformed state is a ParseError, never a crash."""
     with pytest.raises(ParseError):
         oci.parse_state(text)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (os.mkfifo, "is not a regular file"),
+        (os.mkdir, "is not a regular file"),
+        (lambda p: p.write_bytes(b"{" + b" " * oci.MAX_CONFIG_SIZE), "larger than"),
+        (lambda p: p.write_text("[" * 100_000 + "]" * 100_000), "nested too deeply"),
+        (lambda p: p.write_text("{"), "cannot read the OCI config"),
+        (lambda p: None, "cannot read the OCI config .*No such file"),
+    ],
+)
+def test_a_bad_config_json_is_a_config_error(tmp_path, make, message):
+    """A FIFO (never waited on), a directory, a huge or deep or broken file."""
+    make(tmp_path / "config.json")
+    with pytest.raises(ConfigError, match=message):
+        oci.read_config(tmp_path)
 
 
 def test_request_from_annotations(tmp_path):

@@ -4,11 +4,15 @@
  *     cvtpm-hook [--run-dir DIR] [--state-dir DIR] [--json] STAGE
  *
  * The compiled twin of hook_main.py, with the same arguments, messages and
- * exit codes (tests run both against the same cases; one difference: in an
- * error answer that is not valid JSON, this may still find the "detail").
- * A runtime starts the
+ * exit codes; tests run both against the same cases.  A runtime starts the
  * hook for every container, and Python's own start-up, 9 ms here, is a
  * quarter of what runc takes to run a container; this starts in under one.
+ *
+ * It reads JSON only as far as it needs to, so it differs from the script
+ * where a document is not valid JSON below its top level (or is nested
+ * deeper than Python's parser goes): in an error answer it may still find
+ * the "detail", and in a state without annotations it may still read the
+ * bundle's config.json where the script asks the daemon.
  *
  * It hands the container's state (stdin) to the cvtpm daemon on its unix
  * socket as one HTTP/1.1 request, where the stage runs
@@ -25,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -40,6 +45,8 @@
 #define STATE_DIR_HEADER "X-Cvtpm-State-Dir"
 /* The daemon's answers are a few hundred bytes; this bounds a stranger's. */
 #define MAX_ANSWER_SIZE (16 << 20)
+/* A bundle's config.json larger than this is left to the daemon to refuse. */
+#define MAX_CONFIG_SIZE (16 << 20)
 
 #define USAGE                                                                  \
     "usage: cvtpm-hook [--run-dir DIR] [--state-dir DIR] [--json]"            \
@@ -117,6 +124,59 @@ static int read_all(int fd, struct buf *b, size_t limit)
             return 0;
         }
         put(b, chunk, (size_t)n);
+    }
+    return 1;
+}
+
+/*
+ * `data` for a one-line message: control bytes as \xNN, and bytes of 0x80
+ * and above too unless `keep_utf8` (hook_main.shown and _one_line).
+ */
+static const char *shown(const char *data, size_t len, int keep_utf8)
+{
+    struct buf out = {0};
+    char hex[5];
+
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)data[i];
+        if ((c >= 0x20 && c < 0x7F) || (keep_utf8 && c >= 0x80)) {
+            put(&out, &data[i], 1);
+        } else {
+            snprintf(hex, sizeof hex, "\\x%02x", c);
+            puts_buf(&out, hex);
+        }
+    }
+    puts_buf(&out, "");
+    return out.data;
+}
+
+/*
+ * Whether `data` is UTF-8 as Python's strict decoder takes it: no overlong
+ * forms, no surrogates, nothing above U+10FFFF.
+ */
+static int valid_utf8(const unsigned char *p, size_t len)
+{
+    const unsigned char *end = p + len;
+
+    while (p < end) {
+        unsigned char c = *p++, lo = 0x80, hi = 0xBF; /* the next byte's range */
+        int more;
+        if (c < 0x80) {
+            more = 0;
+        } else if (c >= 0xC2 && c < 0xE0) {
+            more = 1;
+        } else if (c >= 0xE0 && c < 0xF0) { /* no overlongs, no surrogates */
+            more = 2, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+        } else if (c >= 0xF0 && c < 0xF5) { /* no overlongs, nothing > U+10FFFF */
+            more = 3, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+        } else {
+            return 0;
+        }
+        if (end - p < more)
+            return 0;
+        for (int i = 0; i < more; i++, p++, lo = 0x80, hi = 0xBF)
+            if (*p < lo || *p > hi)
+                return 0;
     }
     return 1;
 }
@@ -260,13 +320,19 @@ static const char *skip_value(const char *p, const char *end)
 /*
  * The string value of top-level key `key` of the JSON object `doc`, into
  * `out`; false if `doc` is not one whole object holding it as a string.
- * (Values are skipped by their brackets and quotes, not checked.)
+ * (Values are skipped by their brackets and quotes, not checked.)  A key
+ * given twice counts as its last, as in Python's json.
  */
 static int top_level_string(const char *doc, size_t len, const char *key,
                             struct buf *out)
 {
-    const char *end = doc + len, *p = skip_space(doc, end);
+    const char *end = doc + len, *p = doc;
     int found = 0;
+
+    /* json.loads(bytes) reads past a UTF-8 byte order mark. */
+    if (len >= 3 && memcmp(doc, "\xEF\xBB\xBF", 3) == 0)
+        p += 3;
+    p = skip_space(p, end);
 
     if (p >= end || *p++ != '{')
         return 0;
@@ -278,9 +344,11 @@ static int top_level_string(const char *doc, size_t len, const char *key,
         if (p == NULL || (p = skip_space(p, end)) >= end || *p++ != ':')
             return 0;
         p = skip_space(p, end);
-        int wanted = !found && name.len == strlen(key) && name.data != NULL &&
+        int wanted = name.len == strlen(key) && name.data != NULL &&
                      strcmp(name.data, key) == 0;
         free(name.data);
+        if (wanted && out->data != NULL)
+            out->data[0] = '\0', out->len = 0;
         p = wanted ? json_string(p, end, out, 0) : skip_value(p, end);
         if (p == NULL || (p = skip_space(p, end)) >= end)
             return 0;
@@ -330,15 +398,19 @@ static int asks(const char *state, size_t len)
         return enabled(state, len);
 
     struct buf bundle = {0}, path = {0}, config = {0};
+    /* Runtimes give an absolute path; anything else the daemon refuses. */
     if (!top_level_string(state, len, "bundle", &bundle) || bundle.data == NULL ||
-        strlen(bundle.data) != bundle.len)
+        strlen(bundle.data) != bundle.len || bundle.data[0] != '/')
         return 1;
     puts_buf(&path, bundle.data);
     puts_buf(&path, "/config.json");
-    int fd = open(path.data, O_RDONLY | O_CLOEXEC);
+    /* Non-blocking: a FIFO there must not hold the container's start. */
+    int fd = open(path.data, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return 1;
-    int whole = read_all(fd, &config, (size_t)-2);
+    struct stat st;
+    int whole = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+                read_all(fd, &config, MAX_CONFIG_SIZE) && config.len <= MAX_CONFIG_SIZE;
     close(fd);
     return !whole || enabled(config.data ? config.data : "", config.len);
 }
@@ -359,13 +431,17 @@ static void header_value(struct buf *b, const char *text)
     }
 }
 
-/* Why the daemon's socket failed us (errno), and exit 1. */
-static void unreachable(const char *socket_path) __attribute__((noreturn));
+/* Why the daemon's socket failed us (errno), before or after `connected`. */
+static void unreachable(const char *socket_path, int connected)
+    __attribute__((noreturn));
 
-static void unreachable(const char *socket_path)
+static void unreachable(const char *socket_path, int connected)
 {
     if (errno == EAGAIN || errno == EWOULDBLOCK)
         fail(1, "the cvtpm daemon did not answer within %d s", TIMEOUT_SECONDS);
+    if (connected)
+        fail(1, "the cvtpm daemon at %s broke off the exchange: %s", socket_path,
+             strerror(errno));
     fail(1, "cannot reach the cvtpm daemon at %s: %s; is `cvtpm daemon` running?",
          socket_path, strerror(errno));
 }
@@ -379,7 +455,8 @@ static void post(const char *socket_path, const char *target, const struct buf *
 
     puts_buf(&request, "POST ");
     puts_buf(&request, target);
-    puts_buf(&request, " HTTP/1.1\r\nHost: cvtpm\r\nContent-Type: application/json\r\n");
+    puts_buf(&request, " HTTP/1.1\r\nHost: cvtpm\r\n");
+    puts_buf(&request, "Content-Type: application/json\r\n");
     snprintf(line, sizeof line, "Content-Length: %zu\r\n", state->len);
     puts_buf(&request, line);
     puts_buf(&request, "Connection: close\r\n");
@@ -401,19 +478,20 @@ static void post(const char *socket_path, const char *target, const struct buf *
     strcpy(addr.sun_path, socket_path);
     int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct timeval timeout = {.tv_sec = TIMEOUT_SECONDS};
-    if (sock < 0 || setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout) ||
+    if (sock < 0 ||
+        setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout) ||
         setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout) ||
         connect(sock, (struct sockaddr *)&addr, sizeof addr) != 0)
-        unreachable(socket_path);
+        unreachable(socket_path, 0);
 
     for (size_t sent = 0; sent < request.len;) {
         ssize_t n = send(sock, request.data + sent, request.len - sent, MSG_NOSIGNAL);
         if (n < 0 && errno != EINTR)
-            unreachable(socket_path);
+            unreachable(socket_path, 1);
         sent += n > 0 ? (size_t)n : 0;
     }
     if (!read_all(sock, answer, MAX_ANSWER_SIZE))
-        unreachable(socket_path);
+        unreachable(socket_path, 1);
     if (answer->len > MAX_ANSWER_SIZE)
         fail(1, "the cvtpm daemon's answer is larger than %d bytes", MAX_ANSWER_SIZE);
     close(sock);
@@ -437,17 +515,17 @@ static int parse_answer(const struct buf *raw, const char **body, size_t *body_l
     const char *version = skip_space(data, line_end), *version_end = version;
     while (version_end < line_end && !is_space(*version_end))
         version_end++;
-    if (version_end - version < 5 || strncmp(version, "HTTP/", 5) || version_end == line_end)
-        fail(1, "the cvtpm daemon's answer is not HTTP");
     const char *status = skip_space(version_end, line_end), *status_end = status;
+    if (version_end - version < 5 || strncmp(version, "HTTP/", 5) || status == line_end)
+        fail(1, "the cvtpm daemon's answer is not HTTP");
     while (status_end < line_end && !is_space(*status_end))
         status_end++;
     int digits = status_end - status == 3;
     for (const char *d = status; digits && d < status_end; d++)
         digits = *d >= '0' && *d <= '9';
     if (!digits)
-        fail(1, "the cvtpm daemon's answer has no status: %.*s",
-             (int)(line_end - data), data);
+        fail(1, "the cvtpm daemon's answer has no status: %s",
+             shown(data, (size_t)(line_end - data), 0));
     int code = atoi(status);
 
     *body = head_end + 4;
@@ -506,7 +584,7 @@ int main(int argc, char **argv)
         } else if (stage_name(arg) != NULL && stage == NULL) {
             stage = stage_name(arg);
         } else {
-            fail(2, "unexpected argument '%s'\n" USAGE, arg);
+            fail(2, "unexpected argument '%s'\n" USAGE, shown(arg, strlen(arg), 0));
         }
     }
     if (stage == NULL)
@@ -547,9 +625,11 @@ int main(int argc, char **argv)
     size_t body_len;
     int status = parse_answer(&answer, &body, &body_len);
     if (status != 200) {
+        /* Python's json reads no answer that is not UTF-8 as a whole. */
         struct buf detail = {0};
-        if (top_level_string(body, body_len, "detail", &detail) && detail.len)
-            fail(1, "%s", detail.data);
+        if (valid_utf8((const unsigned char *)body, body_len) &&
+            top_level_string(body, body_len, "detail", &detail) && detail.len)
+            fail(1, "%s", shown(detail.data, detail.len, 1));
         fail(1, "the cvtpm daemon answered %d", status);
     }
     if (as_json) {

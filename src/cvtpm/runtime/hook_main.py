@@ -47,6 +47,8 @@ USAGE = (
 )
 # The OCI state is a few kilobytes; anything far larger is not one.
 MAX_STATE_SIZE = 1 << 20
+# A bundle's config.json larger than this is left to the daemon to refuse.
+MAX_CONFIG_SIZE = 16 << 20
 # Making a vTPM on demand (an empty pool, an RSA EK) can take seconds.
 TIMEOUT = 120.0
 STATE_DIR_HEADER = "X-Cvtpm-State-Dir"
@@ -68,13 +70,24 @@ def main(argv=None):
             print(__doc__.strip())
             return 0
         as_json = options.pop("as_json")
-        answer = run(sys.stdin.buffer.read(MAX_STATE_SIZE + 1), **options)
+        answer = run(_read_stdin(), **options)
     except HookError as exc:
         print(f"cvtpm-hook: error: {exc}", file=sys.stderr)
         return exc.exit_code
     if as_json:
         print(answer.decode("utf-8", "replace"))
     return 0
+
+
+def _read_stdin():
+    # A runtime gives a pipe; a closed or write-only stdin is a clear error.
+    try:
+        return sys.stdin.buffer.read(MAX_STATE_SIZE + 1)
+    except AttributeError:  # no stdin at all (fd 0 closed)
+        reason = os.strerror(9)  # EBADF, as read(2) on a closed fd says
+    except OSError as exc:
+        reason = exc.strerror
+    raise HookError(f"cannot read the OCI state on stdin: {reason}")
 
 
 def run(state, stage, run_dir=None, state_dir=None):
@@ -112,10 +125,32 @@ def asks(state):
     import json  # only for this rare case
 
     try:
-        with open(os.path.join(json.loads(state)["bundle"], "config.json"), "rb") as f:
-            return _enabled(f.read())
-    except (ValueError, OSError, KeyError, TypeError):
+        bundle = json.loads(state)["bundle"]
+        # Runtimes give an absolute path; anything else the daemon refuses.
+        config = _read_config(bundle) if os.path.isabs(bundle) else None
+    except (ValueError, OSError, KeyError, TypeError, RecursionError):
         return True
+    return True if config is None else _enabled(config)
+
+
+def _read_config(bundle):
+    """The bundle's config.json, or None if it is no regular file or too large.
+
+    Opened non-blocking: a FIFO there must not hold the container's start.
+    """
+    fd = os.open(
+        os.path.join(bundle, "config.json"), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    )
+    try:
+        if (os.fstat(fd).st_mode & 0o170000) != 0o100000:  # S_ISREG
+            return None
+        chunks, size = [], 0
+        while size <= MAX_CONFIG_SIZE and (chunk := os.read(fd, 1 << 16)):
+            chunks.append(chunk)
+            size += len(chunk)
+        return None if size > MAX_CONFIG_SIZE else b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _enabled(document):
@@ -153,7 +188,9 @@ def _parse_args(argv):
         elif arg in STAGE_NAMES and stage is None:
             stage = arg
         else:
-            raise HookError(f"unexpected argument {arg!r}\n{USAGE}", 2)
+            raise HookError(
+                f"unexpected argument '{shown(os.fsencode(arg))}'\n{USAGE}", 2
+            )
     if stage is None:
         raise HookError(f"which stage? (create-runtime or poststop)\n{USAGE}", 2)
     return {"stage": stage, **options}
@@ -174,9 +211,11 @@ def _post(socket_path, target, body, state_dir):
 
     # One request per connection; the answer ends when the daemon closes it.
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    connected = False
     try:
         sock.settimeout(TIMEOUT)
         sock.connect(socket_path)
+        connected = True
         sock.sendall(request)
         chunks = []
         while chunk := sock.recv(65536):
@@ -186,8 +225,13 @@ def _post(socket_path, target, body, state_dir):
             f"the cvtpm daemon did not answer within {TIMEOUT:.0f} s"
         ) from None
     except OSError as exc:
+        reason = exc.strerror or exc
+        if connected:
+            raise HookError(
+                f"the cvtpm daemon at {socket_path} broke off the exchange: {reason}"
+            ) from None
         raise HookError(
-            f"cannot reach the cvtpm daemon at {socket_path}: {exc.strerror or exc};"
+            f"cannot reach the cvtpm daemon at {socket_path}: {reason};"
             " is `cvtpm daemon` running?"
         ) from None
     finally:
@@ -203,7 +247,7 @@ def parse_answer(raw):
     if not sep or len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
         raise HookError("the cvtpm daemon's answer is not HTTP")
     if not (parts[1].isdigit() and len(parts[1]) == 3):
-        raise HookError(f"the cvtpm daemon's answer has no status: {lines[0]!r}")
+        raise HookError(f"the cvtpm daemon's answer has no status: {shown(lines[0])}")
     for line in lines[1:]:
         name, _, value = line.partition(b":")
         name, value = name.strip().lower(), value.strip()
@@ -223,11 +267,27 @@ def _detail(body):
 
     try:
         answer = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     detail = answer.get("detail") if isinstance(answer, dict) else None
     # FastAPI's validation errors give a list, no sentence for the runtime.
-    return detail if isinstance(detail, str) else None
+    if not isinstance(detail, str):
+        return None
+    return "".join(map(_one_line, detail))
+
+
+def _one_line(c):
+    """A character of a detail as the runtime's one-line message shows it."""
+    if c < " " or c == "\x7f":  # control characters as \xNN
+        return f"\\x{ord(c):02x}"
+    if "\ud800" <= c <= "\udfff":  # a lone surrogate, which UTF-8 cannot hold
+        return "\ufffd"
+    return c
+
+
+def shown(raw):
+    """`raw` (bytes) with every byte outside printable ASCII as \\xNN."""
+    return "".join(chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}" for b in raw)
 
 
 def header_value(text):

@@ -9,6 +9,7 @@ a vTPM with the annotation `io.cvtpm.vtpm=enabled`; the others refine the reques
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,8 @@ EXPOSE_CHOICES = ("auto", "socket", "device")
 
 # The largest IMA policy a hook will read; real ones are a few kilobytes.
 MAX_POLICY_SIZE = 1 << 20
+# A bundle's config.json larger than this is refused (hook_main has the same).
+MAX_CONFIG_SIZE = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -95,13 +98,19 @@ def parse_state(text: str) -> OciState:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ParseError(f"OCI state is not JSON: {exc.msg}", offset=exc.pos) from exc
+    except RecursionError:
+        raise ParseError("OCI state is nested too deeply") from None
     if not isinstance(data, dict):
         raise ParseError("OCI state is not a JSON object")
 
-    container_id = _field(data, "id", str)
-    bundle = _field(data, "bundle", str)
+    container_id = _string_field(data, "id")
+    bundle = _string_field(data, "bundle")
+    # The OCI runtime spec (runtime.md, State): "the absolute path to the
+    # container's bundle directory".
+    if not os.path.isabs(bundle):
+        raise ParseError(f"OCI state: bundle {bundle!r} is not an absolute path")
     pid = data.get("pid")
-    if pid is not None and (not isinstance(pid, int) or pid <= 0):
+    if pid is not None and (type(pid) is not int or pid <= 0):
         raise ParseError(f"OCI state: pid is not a positive integer: {pid!r}")
     annotations = data.get("annotations") or {}
     if not isinstance(annotations, dict):
@@ -119,10 +128,12 @@ def parse_state(text: str) -> OciState:
 def read_config(bundle: Path) -> dict[str, Any]:
     """The bundle's config.json; raises ConfigError if it is missing or unreadable."""
     path = bundle / "config.json"
+    raw = read_regular_file(path, "the OCI config", MAX_CONFIG_SIZE)
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read the OCI config {path}: {exc}") from exc
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise ConfigError(f"cannot read the OCI config {path}: {reason}") from None
 
 
 def rootfs_path(bundle: Path, config: dict[str, Any]) -> Path:
@@ -193,8 +204,8 @@ def _read_policy(path: Path) -> str:
         ) from None
 
 
-def _field(data: dict, name: str, kind: type):
+def _string_field(data: dict, name: str) -> str:
     value = data.get(name)
-    if not isinstance(value, kind) or not value:
-        raise ParseError(f"OCI state: {name} is missing or not a {kind.__name__}")
+    if not isinstance(value, str) or not value:
+        raise ParseError(f"OCI state: {name} is missing or not a non-empty string")
     return value
