@@ -150,3 +150,20 @@ def test_a_fifo_token_file_is_refused(tmp_path):
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 1 and "is not a regular file" in done.stderr
+
+
+def test_policy_create_with_binds(tmp_path, capsys):
+    """--bind takes `cvtpm run`'s HOST[:INSIDE]; a bad one is a usage error."""
+    (tmp_path / "rootfs").mkdir()
+    (tmp_path / "tool").write_bytes(b"tool")
+    (tmp_path / "tool").chmod(0o755)
+    rootfs = str(tmp_path / "rootfs")
+
+    code = main(["policy", "create", rootfs, "--bind", f"{tmp_path}/tool:/opt/tool"])
+    out = capsys.readouterr().out
+    assert code == 0 and '"/opt/tool"' in out
+
+    code, err = run(tmp_path, capsys, "policy", "create", rootfs, "--bind", "rel:/x")
+    assert code == 2 and one_line(err) and "both paths must be absolute" in err
+    code, err = run(tmp_path, capsys, "policy", "create", rootfs, "--bind", "/nope")
+    assert code == 2 and one_line(err) and "/nope does not exist" in err

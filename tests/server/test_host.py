@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import threading
@@ -91,6 +92,35 @@ def test_container_gets_vtpm_list_and_socket(host, runc, short_tmp):
         host.paths.run / "containers" / "web" / "tpm" / "container.json"
     ).exists()
     runc.wait(cid)
+
+
+def test_programs_on_every_mount_of_the_container_are_measured(host, runc, short_tmp):
+    """A program run from a tmpfs or from a bind-mounted volume is listed like
+    one from the rootfs: each of the container's mounts is marked."""
+    bundle = Bundle(short_tmp / "b")
+    make_program(bundle.rootfs, "/opt/r", b"r")
+    volume = short_tmp / "volume"
+    volume.mkdir()
+    make_program(volume, "/v", b"v")
+    bundle._config["mounts"] += [
+        {"destination": "/vol", "type": "bind", "source": str(volume),
+         "options": ["rbind", "ro"]},
+        {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "nodev"]},
+    ]  # fmt: skip
+    bundle.set_script(
+        "/opt/r/true; mkdir /scratch/s; cp /opt/r/true /scratch/s/true; "
+        "echo x >> /scratch/s/true; /scratch/s/true && /vol/v/true"
+    )
+
+    run(host, runc, bundle, "mounts")
+
+    listed = {e.path: e.file_digest for e in entries(host, "mounts")}
+    assert listed["/opt/r/true"] == sha256_file(bundle.rootfs / "opt/r/true")
+    assert listed["/vol/v/true"] == sha256_file(volume / "v/true")
+    copied = (bundle.rootfs / "opt/r/true").read_bytes() + b"x\n"
+    assert listed["/scratch/s/true"] == hashlib.sha256(copied).digest()
+    assert not any(path.startswith(("/proc/", "/sys/")) for path in listed)
 
 
 def test_evidence_quotes_pcr10_and_returns_the_list(host, runc, short_tmp):

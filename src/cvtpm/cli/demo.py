@@ -71,10 +71,11 @@ class Demo:
         self.header("Starting the verifier and writing an allowlist of the rootfs")
         self.start_verifier()
         # --all-files: the default IMA policy also measures the files root
-        # reads (like the kernel's tcb policy), so those must be allowed too.
+        # reads (like the kernel's tcb policy), so those must be allowed too;
+        # --tpm2-tools: the container runs the host's, lent by `cvtpm run`.
         self.cli(
-            "policy", "create", "--all-files", str(self.rootfs), "-o",
-            str(self.policy_path),
+            "policy", "create", "--all-files", "--tpm2-tools", str(self.rootfs),
+            "-o", str(self.policy_path),
         )  # fmt: skip
         self.detail(f"allowlist: {self.policy_path}")
 
@@ -207,10 +208,11 @@ class Demo:
             raise DemoFailed("the verifier did not answer")
         colour = "green" if result["trusted"] else "red"
         click.secho(f"  verdict: {result['verdict']}", fg=colour, bold=True)
-        self.detail(
-            f"entries {result['start_index']}..{result['verified_index']} verified "
-            f"({result['new_entries']} new), quote over PCR 10 checked"
+        first, new = result["start_index"], result["new_entries"]
+        checked = (
+            f"entries {first}..{first + new - 1} checked" if new else "no new entry"
         )
+        self.detail(f"{checked}, quote over PCR 10 checked")
         for failure in result["failures"]:
             index = failure.get("index")
             where = f" at entry {index}" if index is not None else ""

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cvtpm.attest.policy import Digest, create_policy, dump
+from cvtpm.cli.binds import bind_options, parse_binds
 from cvtpm.errors import ConfigError, UsageError
 from cvtpm.ima import entry as ima_entry
 from cvtpm.measure.hostpcrs import default_host_pcrs
@@ -37,18 +38,31 @@ def policy():
     is_flag=True,
     help="Hash every regular file, not only executables and libraries.",
 )
+@bind_options(
+    "Allow the files of a host path bound at INSIDE too, as `cvtpm run --bind`"
+    " binds it (repeatable).",
+    "Allow the host's tpm2-tools too, as `cvtpm run --tpm2-tools` lends them.",
+)
 @click.option(
     "--boot-aggregate/--no-boot-aggregate",
     default=True,
     show_default=True,
     help="Allow the boot_aggregate that containers on this host log first.",
 )
-def create(rootfs, output, alg, all_files, boot_aggregate):
-    """Allow every executable and library under ROOTFS with its digest (cvtpm JSON)."""
+def create(rootfs, output, alg, all_files, binds, tpm2_tools, boot_aggregate):
+    """Allow every executable and library under ROOTFS with its digest (cvtpm JSON).
+
+    A file a container runs from a bind mount is measured like one of its
+    rootfs: name the same --bind and --tpm2-tools as for `cvtpm run`.
+    """
     try:
-        policy = create_policy(Path(rootfs), alg, all_files=all_files)
+        policy = create_policy(
+            Path(rootfs), alg, all_files=all_files, binds=parse_binds(binds, tpm2_tools)
+        )
     except ValueError as exc:
         raise UsageError(f"--alg {alg}: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from None
 
     if boot_aggregate:
         # The first entry of every container list on this host: derived from

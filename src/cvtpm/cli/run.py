@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from cvtpm.cli.binds import bind_options, parse_binds
 from cvtpm.errors import ConfigError, ParseError, UsageError
 from cvtpm.files import read_regular_file
 from cvtpm.ima.policy import parse_policy
@@ -15,18 +16,6 @@ from cvtpm.runtime import runner
 from cvtpm.runtime.bundle import RunSpec, oci_config
 from cvtpm.runtime.expose import resolve_expose
 from cvtpm.runtime.hook import refuse_exposed_state
-from cvtpm.runtime.rootfs import tpm2_tools_binds
-
-
-def _bind(value: str) -> tuple[Path, Path]:
-    host, _, inside = value.partition(":")
-    host_path = Path(host)
-    inside_path = Path(inside or host)
-    if not host_path.is_absolute() or not inside_path.is_absolute():
-        raise UsageError(f"--bind {value}: both paths must be absolute")
-    if not host_path.exists():
-        raise UsageError(f"--bind {value}: {host_path} does not exist")
-    return host_path, inside_path
 
 
 def _check_policy(path: Path) -> str:
@@ -65,17 +54,9 @@ def _check_policy(path: Path) -> str:
     show_default=True,
     help="Filtered socket at /run/tpm, or /dev/tpm0 via vtpm-proxy.",
 )
-@click.option(
-    "--bind",
-    "binds",
-    multiple=True,
-    metavar="HOST[:INSIDE]",
-    help="Bind-mount a host path read-only into the container (repeatable).",
-)
-@click.option(
-    "--tpm2-tools",
-    is_flag=True,
-    help="Lend the host's tpm2-tools read-only: `tpm2 pcrread` works inside.",
+@bind_options(
+    "Bind-mount a host path read-only into the container (repeatable).",
+    "Lend the host's tpm2-tools read-only: `tpm2 pcrread` works inside.",
 )
 @click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE")
 @click.argument("rootfs", type=click.Path(file_okay=False, exists=True, path_type=Path))
@@ -120,7 +101,7 @@ def run(
         policy=policy.absolute() if policy else None,
         parent=parent,
         expose=resolve_expose(expose),
-        binds=[_bind(b) for b in binds] + (tpm2_tools_binds() if tpm2_tools else []),
+        binds=parse_binds(binds, tpm2_tools),
         env=environment,
     )
     # The daemon refuses these too, but from inside runc's hook error.

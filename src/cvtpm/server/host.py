@@ -26,6 +26,7 @@ from cvtpm.measure.agent import DEFAULT_BUSY_POLL, Agent
 from cvtpm.measure.container import ContainerSpec
 from cvtpm.measure.hostpcrs import default_host_pcrs
 from cvtpm.measure.journal import BINARY_NAME, retire_list
+from cvtpm.measure.mounts import container_mounts
 from cvtpm.names import check_name
 from cvtpm.pidwatch import PidWatcher
 from cvtpm.runtime.hook import release_rootfs
@@ -388,7 +389,7 @@ class Host:
                 else (lambda: self.idle.client(name, tcti))
             ),
             pid=request.pid,
-            mounts=[_container_root(request)],
+            mounts=container_mounts(request.pid, request.rootfs),
             parent=request.parent,
             policy=policy,
             new_vtpm=new_vtpm,
@@ -500,15 +501,6 @@ def _alive(pid: int) -> bool:
             return stat.read().rpartition(b")")[2].split()[0] != b"Z"
     except (OSError, IndexError):
         return False
-
-
-def _container_root(request: ContainerRequest) -> str:
-    """The path, seen from the host, of the container's root mount."""
-    # Before pivot_root (a createRuntime hook), the rootfs is at its host path
-    # inside the container's mount namespace; after it (a daemon re-adopting a
-    # running container), it is the namespace's root itself.
-    before_pivot = f"/proc/{request.pid}/root{request.rootfs}"
-    return before_pivot if os.path.isdir(before_pivot) else f"/proc/{request.pid}/root"
 
 
 def _public(info: dict) -> dict:

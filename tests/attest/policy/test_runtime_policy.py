@@ -449,3 +449,34 @@ def test_a_measurement_gap_has_its_own_reason():
     evaluator = PolicyEvaluator(RuntimePolicy())
     (failure,) = evaluator.evaluate(violation(MEASUREMENT_GAP), 7)
     assert failure.reason == "policy.measurement_gap" and failure.index == 7
+
+
+def test_create_policy_with_binds(tmp_path):
+    """A bound directory's files appear under the path inside; a bound file
+    under its own (its host name's link followed, as a bind mount does)."""
+    root = tmp_path / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "sh").write_bytes(b"sh")
+    (root / "bin" / "sh").chmod(0o755)
+    volume = tmp_path / "volume"
+    (volume / "tools").mkdir(parents=True)
+    (volume / "tools" / "run").write_bytes(b"run")
+    (volume / "tools" / "run").chmod(0o755)
+    (volume / "notes.txt").write_bytes(b"notes")
+    library = tmp_path / "libx.so.1.2"
+    library.write_bytes(b"lib")
+    (tmp_path / "libx.so.1").symlink_to(library)
+
+    policy = create_policy(
+        root,
+        binds=[
+            (volume, Path("/vol")),
+            (tmp_path / "libx.so.1", Path("/lib/libx.so.1")),
+        ],
+    )
+
+    assert policy.digests == {
+        "/bin/sh": {sha256(b"sh")},
+        "/vol/tools/run": {sha256(b"run")},
+        "/lib/libx.so.1": {sha256(b"lib")},
+    }

@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 import stat
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from cvtpm.attest.policy.model import Digest, RuntimePolicy
@@ -17,7 +18,11 @@ _LIBRARY = re.compile(r"\.so(\.\d+)*$")
 
 
 def create_policy(
-    rootfs: Path, alg: str = "sha256", *, all_files: bool = False
+    rootfs: Path,
+    alg: str = "sha256",
+    *,
+    all_files: bool = False,
+    binds: Iterable[tuple[Path, Path]] = (),
 ) -> RuntimePolicy:
     """Hash every regular executable or shared library under `rootfs`.
 
@@ -25,7 +30,9 @@ def create_policy(
     "/", spaces as "_" like the kernel logs them). Symbolic links are never
     followed, so nothing outside `rootfs` is read; IMA logs a file under its
     resolved path, which the walk reaches on its own. With `all_files`, every
-    regular file is hashed (for containers that measure reads too).
+    regular file is hashed (for containers that measure reads too). Each of
+    `binds` (host path, path inside) adds the files of a host file or
+    directory that is bind-mounted into the container, under the path inside.
     """
     hash_function(alg)  # ValueError early for an algorithm we cannot compute
     root = Path(rootfs)
@@ -33,18 +40,30 @@ def create_policy(
         raise NotADirectoryError(f"{root} is not a directory")
 
     digests: dict[str, frozenset[Digest]] = {}
-    for directory, subdirs, files in os.walk(root, followlinks=False):
-        subdirs.sort()
-        for name in sorted(files):
-            path = Path(directory, name)
-            info = path.lstat()
-            if not stat.S_ISREG(info.st_mode):
-                continue  # symlinks, devices, fifos, sockets
-            if not (all_files or info.st_mode & 0o111 or _LIBRARY.search(name)):
-                continue
-            inside = "/" + path.relative_to(root).as_posix()
-            digests[kernel_name(inside)] = frozenset({Digest(alg, _hash(path, alg))})
+    for host, inside in [(root, Path("/")), *binds]:
+        for path, seen in _files(Path(host), Path(inside), all_files):
+            digests[kernel_name(seen)] = frozenset({Digest(alg, _hash(path, alg))})
     return RuntimePolicy(digests=digests)
+
+
+def _files(host: Path, inside: Path, all_files: bool) -> Iterator[tuple[Path, str]]:
+    """(host path, path inside) of each file under `host` a policy allows."""
+    if not host.is_dir():  # a single file bound (a bind mount follows the link)
+        candidates = [(host.resolve(), inside.as_posix())]
+    else:
+        candidates = []
+        for directory, subdirs, files in os.walk(host, followlinks=False):
+            subdirs.sort()
+            for name in sorted(files):
+                path = Path(directory, name)
+                seen = (inside / path.relative_to(host)).as_posix()
+                candidates.append((path, seen))
+    for path, seen in candidates:
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode):
+            continue  # symlinks, devices, fifos, sockets
+        if all_files or info.st_mode & 0o111 or _LIBRARY.search(path.name):
+            yield path, seen
 
 
 def _hash(path: Path, alg: str) -> bytes:
