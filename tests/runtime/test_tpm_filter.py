@@ -291,3 +291,24 @@ def test_a_filter_host_not_started_opens_nothing(swtpm_socket, short_tmp):
         FilterHost().open("f", swtpm_socket, short_tmp / "f")
 
     assert not (short_tmp / "f").exists()
+
+
+def test_a_filter_that_cannot_serve_refuses_clients(
+    swtpm_socket, filter_host, short_tmp, monkeypatch, caplog
+):
+    """If the loop cannot take the sockets over, a client is refused at once (and
+    the failure logged), rather than left waiting in the backlog."""
+
+    async def broken(*args, **kwargs):
+        raise OSError("no more watches")
+
+    monkeypatch.setattr(asyncio, "start_unix_server", broken)
+    endpoint = filter_host.open("f", swtpm_socket, short_tmp / "f")
+    filter_host._call(asyncio.sleep(0))  # the loop has run serve() by now
+
+    for path in (endpoint.data_path, endpoint.ctrl_path):
+        with pytest.raises(ConnectionRefusedError), socket.socket(socket.AF_UNIX) as c:
+            c.connect(str(path))
+    assert "filter f: serving its sockets: no more watches" in caplog.text
+    filter_host.close("f")
+    assert listening_under(short_tmp) == []

@@ -164,7 +164,9 @@ class TpmFilter:
                         self._tracked(handler), sock=sock, backlog=_BACKLOG
                     )
                 except BaseException:
+                    # Refuse clients rather than leave them in the backlog.
                     sock.close()
+                    self._close_listening()
                     raise
                 self._servers.append(server)
         log.info(
