@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cvtpm.runtime.tpm_filter import FilterHost
+from cvtpm.runtime.filter_host import FilterHost
 
 
 def wait_for_socket(path: Path, process: subprocess.Popen, timeout: float = 10.0):

@@ -14,7 +14,8 @@ import pytest
 
 from cvtpm.errors import StateError
 from cvtpm.runtime import ctrl_commands as ctrl
-from cvtpm.runtime.tpm_filter import FilterHost, TpmFilter, UpstreamError
+from cvtpm.runtime.filter_host import FilterHost
+from cvtpm.runtime.tpm_filter import TpmFilter, UpstreamError
 
 pytestmark = pytest.mark.swtpm
 

@@ -29,8 +29,8 @@ from cvtpm.measure.journal import BINARY_NAME, retire_list
 from cvtpm.measure.mounts import container_mounts
 from cvtpm.names import check_name
 from cvtpm.pidwatch import PidWatcher
+from cvtpm.runtime.filter_host import FilterHost
 from cvtpm.runtime.hook import release_rootfs
-from cvtpm.runtime.tpm_filter import FilterHost
 from cvtpm.tpm.client import TpmClient
 from cvtpm.vtpm import swtpm
 from cvtpm.vtpm.idle import IdleReleaser
