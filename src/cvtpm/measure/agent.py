@@ -31,6 +31,7 @@ from cvtpm.measure.container import Container, ContainerSpec
 from cvtpm.measure.eventfile import EventFile
 from cvtpm.measure.hashing import DigestCache
 from cvtpm.measure.journal import MeasurementList
+from cvtpm.measure.violations import ReadWriteViolations
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +74,7 @@ class Agent:
         self.host_pcrs = host_pcrs
         self._containers: dict[str, Container] = {}
         self._by_ns: dict[int, Container] = {}
-        # (st_dev, st_ino) -> containers that measured it for a reader: the
-        # kernel's IMA_MAY_EMIT_TOMTOU flag, kept per list.
-        self._tomtou: dict[tuple[int, int], set[Container]] = {}
+        self._violations = ReadWriteViolations()
         # pid -> (file key, task) of an exec just allowed, whose own open is
         # the pid's next event (see _triage).
         self._exec_opens: dict[int, tuple[tuple[int, int], procinfo.Task]] = {}
@@ -177,9 +176,9 @@ class Agent:
         not find a measured container's list empty.  A container not measured
         is left alone; a failure raises, as a measured access would be denied.
         """
-        with self._lock:
-            container = self._containers.get(name)
-        if container is None:
+        try:
+            container = self._measured(name)
+        except StateError:
             return
         with container.mlist.lock:
             if not container.closed:
@@ -207,8 +206,7 @@ class Agent:
             container = self._containers.pop(name)
             if self._by_ns.get(container.mnt_ns) is container:
                 del self._by_ns[container.mnt_ns]
-            for readers in self._tomtou.values():
-                readers.discard(container)
+        self._violations.forget(container)
 
         # The marks vanish with the mount when the container is gone; remove
         # them only while the mount is still there.
@@ -229,25 +227,26 @@ class Agent:
         For a vTPM that restarted (its PCRs were reset): without this, the
         replay would wait for the container's next measured access.
         """
-        with self._lock:
-            container = self._containers.get(name)
-        if container is None:
-            raise StateError(f"container {name!r} is not measured")
+        container = self._measured(name)
         with container.mlist.lock:
             container.drop_tpm()
             container.tpm()
 
     def record_gap(self, name: str) -> None:
         """Log a measurement gap in a container's list (see MEASUREMENT_GAP)."""
-        with self._lock:
-            container = self._containers.get(name)
-        if container is None:
-            raise StateError(f"container {name!r} is not measured")
+        container = self._measured(name)
         gap = ima_entry.violation(
             ima_entry.MEASUREMENT_GAP, self.template, self.hash_algorithm
         )
         with container.mlist.lock:
             container.record(gap)
+
+    def _measured(self, name: str) -> Container:
+        with self._lock:
+            container = self._containers.get(name)
+        if container is None:
+            raise StateError(f"container {name!r} is not measured")
+        return container
 
     def containers(self) -> list[str]:
         """Names of the containers being measured."""
@@ -401,8 +400,7 @@ class Agent:
 
         # 3. Who: the container of the thread, by mount namespace.
         container = self._container_of(task)
-        with self._lock:
-            readers_of = set(self._tomtou.get(file.key, ()))
+        readers_of = self._violations.readers_of(file.key)
         if container is None and not readers_of:
             return None
 
@@ -420,7 +418,7 @@ class Agent:
             # Asked first: it is a dict lookup, and a cached exec is most events.
             if func == Func.BPRM_CHECK and node.measured.get(file.key) == file.version:
                 continue
-            decision = self._decide(node, file, func, mask, task)
+            decision = node.decide(file, func, mask, task)
             if decision.measure:
                 records.append((node, decision))
 
@@ -435,30 +433,14 @@ class Agent:
 
     def _check_tomtou(self, file: EventFile, flagged: set[Container]) -> None:
         """Log ToMToU where a measured reader still has the file open."""
-        # ima_rdwr_violation_check tests i_readcount; /proc/*/fd stands in.
-        if not procinfo.open_for_read_elsewhere(*file.key):
+        if not self._violations.tomtou(file):
             return
-        with self._lock:
-            self._tomtou.pop(file.key, None)
         for c in flagged:
             with c.mlist.lock:
                 log.warning("%s: ToMToU violation on %r", c.name, file.path())
                 c.record(
                     ima_entry.violation(file.path(), self.template, self.hash_algorithm)
                 )
-
-    @staticmethod
-    def _decide(c: Container, file: EventFile, func, mask: int, task):
-        """The container's IMA policy on this access."""
-        # The ids and the filesystem are read only if a rule asks for them.
-        return c.policy.should_measure(
-            func=func,
-            mask=mask,
-            uid=lambda: task.uid,
-            euid=lambda: task.euid,
-            fowner=file.st.st_uid,
-            fsmagic=file.fsmagic,
-        )
 
     def _record(self, c: Container, file: EventFile, func, mask: int, decision) -> None:
         """Measure the file into one list as the policy `decision` said to."""
@@ -473,40 +455,15 @@ class Agent:
         with c.mlist.lock:
             # ima_main.c process_measurement: violations are checked for
             # FILE_CHECK, before the measurement; write opens were handled above.
-            reading = not mask & procinfo.MAY_WRITE
-            if func == Func.FILE_CHECK and reading and self._open_writers(c, file):
+            reading = func == Func.FILE_CHECK and not mask & procinfo.MAY_WRITE
+            if reading and self._violations.open_writers(c, file):
                 log.warning("%s: open_writers violation on %r", c.name, file.path())
                 c.record(
                     ima_entry.violation(file.path(), template, self.hash_algorithm)
                 )
             if c.measured.get(key) != version:
-                c.record(self._entry(template, file))
+                c.record(file.entry(template, self.hash_algorithm))
                 c.measured[key] = version
-
-    def _open_writers(self, c: Container, file: EventFile) -> bool:
-        """The reader half of ima_rdwr_violation_check (ima_main.c)."""
-        with self._lock:
-            self._tomtou.setdefault(file.key, set()).add(c)
-
-        # open_writers: a read open of a file someone has open for write; once
-        # per writer period.  The kernel clears the flag when the last writer
-        # closes; here the first read open that finds no writer clears it.
-        if procinfo.open_for_write(file.fd):
-            if file.key not in c.emitted_open_writers:
-                c.emitted_open_writers.add(file.key)
-                return True
-        else:
-            c.emitted_open_writers.discard(file.key)
-        return False
-
-    def _entry(self, template: str, file: EventFile) -> ima_entry.Entry:
-        alg = self.hash_algorithm
-        digest = file.digest(alg)
-        if template == "ima-sig":
-            return ima_entry.ima_sig(file.path(), digest, alg, file.signature())
-        if template == "ima":
-            return ima_entry.ima_legacy(file.path(), file.digest("sha1"))
-        return ima_entry.make_entry(template, file.path(), digest, alg)
 
     def _container_of(self, task: procinfo.Task) -> Container | None:
         """The container whose mount namespace the thread is in, or descends from.

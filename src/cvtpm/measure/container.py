@@ -13,6 +13,7 @@ from typing import Any
 from cvtpm.errors import TpmError
 from cvtpm.ima.entry import Entry
 from cvtpm.measure import procinfo
+from cvtpm.measure.eventfile import EventFile
 from cvtpm.measure.journal import Extender, MeasurementList, extend
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,18 @@ class Container:
             out.append(node)
             node = node.parent
         return out
+
+    def decide(self, file: EventFile, func, mask: int, task: procinfo.Task):
+        """This container's IMA policy on an access (a Decision)."""
+        # The ids and the filesystem are read only if a rule asks for them.
+        return self.policy.should_measure(
+            func=func,
+            mask=mask,
+            uid=lambda: task.uid,
+            euid=lambda: task.euid,
+            fowner=file.st.st_uid,
+            fsmagic=file.fsmagic,
+        )
 
     def begin(self) -> Extender:
         """The connected vTPM, and a new list begun with boot_aggregate.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from cvtpm.ima.entry import Entry, ima_legacy, ima_sig, make_entry
 from cvtpm.measure import procinfo
 from cvtpm.measure.hashing import DigestCache, hash_fd
 
@@ -51,6 +52,14 @@ class EventFile:
         if self._fsmagic is None:
             self._fsmagic = procinfo.fs_magic(self.fd)
         return self._fsmagic
+
+    def entry(self, template: str, alg: str) -> Entry:
+        """The file's list entry in `template`, its digest in `alg`."""
+        if template == "ima-sig":
+            return ima_sig(self.path(), self.digest(alg), alg, self.signature())
+        if template == "ima":  # the legacy template: sha1 whatever was asked
+            return ima_legacy(self.path(), self.digest("sha1"))
+        return make_entry(template, self.path(), self.digest(alg), alg)
 
     def signature(self) -> bytes:
         """The file's security.ima signature (for ima-sig), or b"" if none."""
