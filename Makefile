@@ -18,7 +18,8 @@ setup-test: setup
 	./scripts/setup-host test
 
 $(STAMP): pyproject.toml setup.py src/cvtpm/attest/_rawlist.c \
-		src/cvtpm/runtime/cvtpm_hook.c scripts/setup-host
+		src/cvtpm/runtime/cvtpm_hook.c src/cvtpm/runtime/hook_text.c \
+		src/cvtpm/runtime/hook_text.h scripts/setup-host
 	./scripts/setup-host run
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip

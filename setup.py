@@ -11,7 +11,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 WARNINGS = ["-Wall", "-Wextra", "-Wno-unused-parameter"]
-HOOK_SOURCE = "src/cvtpm/runtime/cvtpm_hook.c"
+HOOK_SOURCES = ["src/cvtpm/runtime/cvtpm_hook.c", "src/cvtpm/runtime/hook_text.c"]
 HOOK_PROGRAM = "cvtpm-hook"
 
 
@@ -25,7 +25,7 @@ class BuildExtAndHook(build_ext):
         # editable install, the build tree (and so the wheel) otherwise.
         package_dir = Path(self.get_ext_fullpath("cvtpm.runtime.x")).parent
         objects = self.compiler.compile(
-            [HOOK_SOURCE], output_dir=self.build_temp, extra_postargs=["-O2", *WARNINGS]
+            HOOK_SOURCES, output_dir=self.build_temp, extra_postargs=["-O2", *WARNINGS]
         )
         self.compiler.link_executable(objects, HOOK_PROGRAM, output_dir=str(package_dir))
 
