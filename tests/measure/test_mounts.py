@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-import os
+import json
+import sys
+import time
+
+import pytest
 
 from cvtpm.measure import mounts
 
@@ -31,20 +35,54 @@ def test_mountinfo_points_and_types():
     ]
 
 
-def test_the_mounts_of_this_process_root_first():
-    """For a process after pivot_root (here: this one), its root, then every
-    mount but the kernel's pseudo filesystems."""
-    pid = os.getpid()
+# A createRuntime hook that writes what container_mounts sees, before
+# pivot_root, for the rootfs spelled as given and spelled otherwise.
+HOOK = """
+import json, sys
+from cvtpm.measure import mounts
+state = json.load(sys.stdin)
+rootfs = sys.argv[2]
+spelled = rootfs + "/../" + rootfs.rsplit("/", 1)[1] + "//"
+seen = [mounts.container_mounts(state["pid"], r) for r in (rootfs, spelled)]
+open(sys.argv[1], "w").write(json.dumps(seen))
+"""
+
+
+@pytest.mark.root
+@pytest.mark.runc
+def test_a_runc_container_before_and_after_pivot_root(runc, bundle_factory, tmp_path):
+    """Before pivot_root (a createRuntime hook) the mounts lie under the rootfs's
+    host path, however that path is spelled; after it, under the namespace's
+    root, even if the container makes a directory of its rootfs's host path."""
+    bundle = bundle_factory()
+    rootfs = str(bundle.rootfs)
+    seen_file = tmp_path / "seen.json"
+    bundle.set_script(f"mkdir -p {rootfs}/dev; touch /ready; sleep 30")
+    bundle._config["hooks"] = {
+        "createRuntime": [
+            {"path": sys.executable,
+             "args": [sys.executable, "-c", HOOK, str(seen_file), rootfs]}
+        ]
+    }  # fmt: skip
+    bundle.set_script(f"mkdir -p {rootfs}/dev; touch /ready; sleep 30")
+    cid, pid = runc.create(bundle)
     root = f"/proc/{pid}/root"
-    points = mounts.mount_points(pid)
 
-    marked = mounts.container_mounts(pid, "/nonexistent-rootfs")
+    # 1. In the hook: the host's root, the rootfs's mounts below it.
+    before, spelled = json.loads(seen_file.read_text())
+    assert spelled == before
+    assert before[0] == root + rootfs
+    assert f"{root}{rootfs}/dev" in before  # runc's /dev, a tmpfs
+    assert not any(p.endswith(("/proc", "/sys", "/dev/pts")) for p in before)
 
-    assert marked[0] == root
-    expected = {
-        root + point
-        for point, fstype in points
-        if point != "/" and fstype not in mounts.PSEUDO_FILESYSTEMS
-    }
-    assert set(marked[1:]) == expected and len(marked) == len(set(marked))
-    assert f"{root}/proc" not in marked
+    # 2. Pivoted (as a daemon adopting it finds it), and the container's own
+    # copy of its host path must not make it look as if it were not.
+    runc.start(cid)
+    deadline = time.monotonic() + 20
+    while not (bundle.rootfs / "ready").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    after = mounts.container_mounts(pid, rootfs)
+    assert after[0] == root and f"{root}/dev" in after
+    # runc masks /proc/acpi and the like after pivot_root, with more mounts.
+    assert {p.replace(root + rootfs, root) for p in before} <= set(after)

@@ -30,13 +30,17 @@ def container_mounts(pid: int, rootfs: str) -> list[str]:
     """The paths, as the host reaches them, of the container's mounts to mark.
 
     `pid` is the container's first process, `rootfs` its root filesystem's
-    host path.  Before pivot_root (a createRuntime hook) the mounts lie under
-    `rootfs` in the container's namespace; after it (a daemon adopting a
-    running container) the namespace's root is the container's.  The root
-    comes first; kernel pseudo filesystems are left out.
+    host path.  Before pivot_root (a createRuntime hook), when the process's
+    root is still the host's, the mounts lie under `rootfs` in the
+    container's namespace; after it (a daemon adopting a running container)
+    the namespace's root is the container's.  The root comes first; kernel
+    pseudo filesystems are left out.
     """
     proc_root = f"/proc/{pid}/root"
-    base = rootfs.rstrip("/") if os.path.isdir(proc_root + rootfs) else ""
+    # mountinfo shows clean paths with links resolved; so must the prefix be.
+    base = os.path.realpath(rootfs).rstrip("/")
+    if not _is_host_root(proc_root):
+        base = ""  # pivoted: the namespace's root is the container's
     paths = [proc_root + base if base else proc_root]
     for point, fstype in mount_points(pid):
         below_root = point.startswith(base + "/") if base else point != "/"
@@ -46,6 +50,15 @@ def container_mounts(pid: int, rootfs: str) -> list[str]:
         if path not in paths:
             paths.append(path)
     return paths
+
+
+def _is_host_root(proc_root: str) -> bool:
+    """Whether a process's root is the host's, as before pivot_root.
+
+    Asked of the directory itself, not of a path the container could make.
+    """
+    seen, host = os.stat(proc_root), os.stat("/")
+    return (seen.st_dev, seen.st_ino) == (host.st_dev, host.st_ino)
 
 
 def mount_points(pid: int) -> list[tuple[str, str]]:

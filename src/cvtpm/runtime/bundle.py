@@ -96,7 +96,7 @@ def oci_config(spec: RunSpec, paths: Paths) -> dict[str, Any]:
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
             "noNewPrivileges": True,
         },
-        "root": {"path": str(spec.rootfs.absolute()), "readonly": False},
+        "root": {"path": str(spec.rootfs.resolve()), "readonly": False},
         "hostname": spec.hostname,
         "mounts": _mounts(spec),
         "hooks": runc_hooks(paths),
