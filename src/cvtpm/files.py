@@ -43,3 +43,37 @@ def read_regular_file(
     finally:
         os.close(fd)
     return b"".join(chunks)
+
+
+def write_regular_file(path: str | os.PathLike, data: bytes, what: str) -> None:
+    """Write `data` to `path`, which must be a regular file or not exist yet.
+
+    Opened non-blocking, so that a FIFO is refused instead of waited on, and
+    refused before it is truncated if it is anything but a regular file.
+    """
+    shown = Path(path)
+    try:
+        # A FIFO without a reader would answer ENXIO, which says nothing.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ConfigError(f"{what} {shown} is not a regular file")
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write {what} {shown}: {exc.strerror}") from None
+    try:
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot write {what} {shown}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{what} {shown} is not a regular file")
+        os.ftruncate(fd, 0)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as exc:
+        raise ConfigError(f"cannot write {what} {shown}: {exc.strerror}") from None
+    finally:
+        os.close(fd)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -28,7 +29,7 @@ def test_policy_create_into_a_missing_directory(tmp_path, capsys):
     out = tmp_path / "no" / "such" / "policy.json"
     code, err = run(tmp_path, capsys, "policy", "create", str(tmp_path / "rootfs"),
                     "-o", str(out))  # fmt: skip
-    assert code == 1 and f"cannot write {out}" in err
+    assert code == 1 and f"cannot write the policy {out}: No such file" in err
 
 
 def test_policy_create_warns_about_an_empty_rootfs_and_takes_known_algs(
@@ -40,6 +41,24 @@ def test_policy_create_warns_about_an_empty_rootfs_and_takes_known_algs(
     assert code == 0 and "no executable or library found" in err
     code, _ = run(tmp_path, capsys, "policy", "create", str(tmp_path), "--alg", "md5")
     assert code == 2
+
+
+def test_policy_create_refuses_fifos(tmp_path, capsys):
+    """A FIFO as ROOTFS or as -o is one line and exit 1, never a wait; as a
+    --bind source it is named in a warning."""
+    (tmp_path / "rootfs" / "bin").mkdir(parents=True)
+    (tmp_path / "rootfs" / "bin" / "sh").write_bytes(b"sh")
+    (tmp_path / "rootfs" / "bin" / "sh").chmod(0o755)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    rootfs = str(tmp_path / "rootfs")
+
+    code, err = run(tmp_path, capsys, "policy", "create", str(fifo))
+    assert code == 1 and one_line(err) and f"cannot read {fifo}: Not a dir" in err
+    code, err = run(tmp_path, capsys, "policy", "create", rootfs, "-o", str(fifo))
+    assert code == 1 and one_line(err) and f"the policy {fifo} is not a regular" in err
+    code, err = run(tmp_path, capsys, "policy", "create", rootfs, "--bind", str(fifo))
+    assert code == 0 and f"warning: --bind {fifo} is no file or directory" in err
 
 
 def test_install_hooks_into_a_file(tmp_path, capsys):

@@ -9,6 +9,7 @@ import click
 from cvtpm.attest.policy import Digest, create_policy, dump
 from cvtpm.cli.binds import bind_options, parse_binds
 from cvtpm.errors import ConfigError, UsageError
+from cvtpm.files import write_regular_file
 from cvtpm.ima import entry as ima_entry
 from cvtpm.measure.hostpcrs import default_host_pcrs
 
@@ -55,14 +56,18 @@ def create(rootfs, output, alg, all_files, binds, tpm2_tools, boot_aggregate):
     A file a container runs from a bind mount is measured like one of its
     rootfs: name the same --bind and --tpm2-tools as for `cvtpm run`.
     """
+    bound = parse_binds(binds, tpm2_tools)
+    for host, _ in bound:
+        if not (host.is_dir() or host.is_file()):
+            click.echo(f"warning: --bind {host} is no file or directory", err=True)
     try:
-        policy = create_policy(
-            Path(rootfs), alg, all_files=all_files, binds=parse_binds(binds, tpm2_tools)
-        )
+        policy = create_policy(Path(rootfs), alg, all_files=all_files, binds=bound)
     except ValueError as exc:
         raise UsageError(f"--alg {alg}: {exc}") from exc
     except OSError as exc:
-        raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from None
+        raise ConfigError(
+            f"cannot read {exc.filename or rootfs}: {exc.strerror}"
+        ) from None
 
     if boot_aggregate:
         # The first entry of every container list on this host: derived from
@@ -75,10 +80,7 @@ def create(rootfs, output, alg, all_files, binds, tpm2_tools, boot_aggregate):
 
     text = dump(policy)
     if output:
-        try:
-            Path(output).write_text(text)
-        except OSError as exc:
-            raise ConfigError(f"cannot write {output}: {exc.strerror}") from None
+        write_regular_file(output, text.encode(), "the policy")
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -37,7 +38,7 @@ def create_policy(
     hash_function(alg)  # ValueError early for an algorithm we cannot compute
     root = Path(rootfs)
     if not root.is_dir():
-        raise NotADirectoryError(f"{root} is not a directory")
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(root))
 
     digests: dict[str, frozenset[Digest]] = {}
     for host, inside in [(root, Path("/")), *binds]:
