@@ -257,6 +257,14 @@ def serve_once(path: Path, answer: bytes) -> list[bytes]:
             "no vTPMs",
         ),
         (
+            b'HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{"a',
+            "the cvtpm daemon's answer is cut short (3 of 50 bytes)",
+        ),
+        (  # C1 controls and line separators do not break the line either
+            b'HTTP/1.1 409 X\r\n\r\n{"detail": "a\\u0085b\\u2028c\\u2029"}',
+            "a\\x85b\\u2028c\\u2029",
+        ),
+        (
             b"HTTP/1.1 500 Oops\r\n\r\n" + b"[" * 100_000 + b"]" * 100_000,
             "the cvtpm daemon answered 500",
         ),
@@ -273,6 +281,16 @@ def test_bad_answers_are_named(hook, short_tmp, answer, message):
     done = hook("--run-dir", str(short_tmp), "poststop", stdin=stdin)
     assert done.returncode == 1
     assert error_of(done) == message
+
+
+def test_a_run_dir_with_control_characters_is_shown_on_one_line(hook, short_tmp):
+    """The socket path in a message has its control bytes escaped."""
+    run_dir = f"{short_tmp}/\x01q\nz"
+    done = hook("--run-dir", run_dir, "poststop", stdin=state(short_tmp, ENABLED))
+    assert done.returncode == 1 and done.stderr.count(b"\n") == 1
+    assert error_of(done).startswith(
+        f"cannot reach the cvtpm daemon at {short_tmp}/\\x01q\\x0az/daemon.sock:"
+    )
 
 
 def test_a_daemon_that_breaks_off_is_not_called_unreachable(hook, short_tmp):
@@ -378,6 +396,18 @@ def test_it_imports_no_part_of_cvtpm():
         (b'{"annotations": {"other": "1"}}', False),
         (b'{"id": "x", "bundle": "/nonexistent"}', True),  # the daemon will say
         (b'{"id": "x", "bundle": 7}', True),
+        # A repeated key counts as its last; an escape may spell the key.
+        (b'{"annotations": {"io.cvtpm.vtpm": "no", "io.cvtpm.vtpm": "enabled"}}', True),
+        (
+            b'{"annotations": {"io.cvtpm.vtpm": "enabled", "io.cvtpm.vtpm": "no"}}',
+            False,
+        ),
+        (b'{"annotations": {"io.cvtpm.vt\\u0070m": "enabled"}}', True),
+        # An empty or null map: config.json decides, as for the daemon.
+        (b'{"bundle": "%s", "annotations": {}}', False),
+        (b'{"bundle": "%s", "annotations": null}', False),
+        (b'{"bundle": "%e", "annotations": { }}', True),
+        (b'{"bundle": "%e", "annotations": {"other": "1"}}', False),
         (b'{"id": "x", "bundle": ""}', True),  # not absolute: the daemon refuses
         (b'{"id": "x", "bundle": "."}', True),
         (b'{"bundle": "/nonexistent", "bundle": "%s"}', False),  # the last counts
@@ -389,9 +419,13 @@ def test_it_imports_no_part_of_cvtpm():
 def test_what_goes_to_the_daemon(hook, short_tmp, monkeypatch, state, asks):
     """Only annotations (of the state, else of config.json) without the key skip."""
     (short_tmp / "config.json").write_text('{"annotations": {"other": "1"}}')
+    enabled = short_tmp / "enabled"  # %e: a bundle whose config.json asks
+    enabled.mkdir()
+    (enabled / "config.json").write_text(json.dumps({"annotations": ENABLED}))
     # A config.json in the working directory is no bundle's.
     monkeypatch.chdir(short_tmp)
     state = state.replace(b"%s", str(short_tmp).encode())
+    state = state.replace(b"%e", str(enabled).encode())
     done = hook("--run-dir", str(short_tmp), "--json", "create-runtime", stdin=state)
     if asks:
         assert done.returncode == 1 and "cannot reach" in error_of(done)

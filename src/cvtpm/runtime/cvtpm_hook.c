@@ -82,14 +82,42 @@ void fail(int code, const char *format, ...)
 
 /* -- does the container ask for a vTPM? ---------------------------------- */
 
-/* Whether `doc`'s io.cvtpm.vtpm may be "enabled" (true when unsure). */
+/*
+ * Whether the state has an "annotations" key, and none of it is {} or null
+ * (hook_main._holds_annotations).
+ */
+static int holds_annotations(const char *state, size_t len)
+{
+    const char *end = state + len, *at = state;
+    int found = 0;
+
+    while ((at = memfind(at, (size_t)(end - at), "\"annotations\"")) != NULL) {
+        found = 1;
+        at += strlen("\"annotations\"");
+        const char *p = skip_space(at, end);
+        if (p >= end || *p != ':')
+            continue;
+        p = skip_space(p + 1, end);
+        if ((end - p >= 4 && memcmp(p, "null", 4) == 0) ||
+            (p < end && *p == '{' && skip_space(p + 1, end) < end &&
+             *skip_space(p + 1, end) == '}'))
+            return 0;
+    }
+    return found;
+}
+
+/*
+ * Whether `doc`'s io.cvtpm.vtpm may be "enabled" (true when unsure): its
+ * last spelling counts, as in a JSON parser, and without one a document
+ * with escapes may spell the key in them.
+ */
 static int enabled(const char *doc, size_t len)
 {
     const char *end = doc + len;
-    const char *at = memfind(doc, len, "\"" ANNOTATION_ENABLE "\"");
+    const char *at = memfind_last(doc, len, "\"" ANNOTATION_ENABLE "\"");
 
     if (at == NULL)
-        return 0;
+        return memfind(doc, len, "\\u") != NULL;
     const char *p = skip_space(at + strlen(ANNOTATION_ENABLE) + 2, end);
     if (p >= end || *p != ':')
         return 1;
@@ -110,11 +138,11 @@ static int enabled(const char *doc, size_t len)
 /*
  * False only if the container's annotations surely do not ask for a vTPM,
  * by hook_main.asks' rules: the state's annotations, or without them (runc
- * leaves out an empty map) the bundle's config.json.
+ * leaves out an empty map; others write {} or null) the bundle's config.json.
  */
 static int asks(const char *state, size_t len)
 {
-    if (memfind(state, len, "\"annotations\"") != NULL)
+    if (holds_annotations(state, len))
         return enabled(state, len);
 
     struct buf bundle = {0}, path = {0}, config = {0};
@@ -159,11 +187,12 @@ static void unreachable(const char *socket_path, int connected)
 {
     if (errno == EAGAIN || errno == EWOULDBLOCK)
         fail(1, "the cvtpm daemon did not answer within %d s", TIMEOUT_SECONDS);
+    const char *reason = strerror(errno);
+    const char *where = shown(socket_path, strlen(socket_path), 0);
     if (connected)
-        fail(1, "the cvtpm daemon at %s broke off the exchange: %s", socket_path,
-             strerror(errno));
+        fail(1, "the cvtpm daemon at %s broke off the exchange: %s", where, reason);
     fail(1, "cannot reach the cvtpm daemon at %s: %s; is `cvtpm daemon` running?",
-         socket_path, strerror(errno));
+         where, reason);
 }
 
 /* POST the state to the daemon; its whole answer, in `answer`. */
@@ -194,7 +223,7 @@ static void post(const char *socket_path, const char *target, const struct buf *
         fail(1,
              "cannot reach the cvtpm daemon at %s: AF_UNIX path too long;"
              " is `cvtpm daemon` running?",
-             socket_path);
+             shown(socket_path, strlen(socket_path), 0));
     strcpy(addr.sun_path, socket_path);
     int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct timeval timeout = {.tv_sec = TIMEOUT_SECONDS};
@@ -253,16 +282,25 @@ static int parse_answer(const struct buf *raw, const char **body, size_t *body_l
     for (const char *p = line_end + 2; p < head_end;) {
         const char *next = memfind(p, (size_t)(head_end + 2 - p), "\r\n");
         const char *colon = memchr(p, ':', (size_t)(next - p));
-        size_t name_len = colon ? (size_t)(colon - p) : 0;
-        if (colon && name_len == 14 && strncasecmp(p, "content-length", 14) == 0) {
+        /* The name stripped of white space, as hook_main.py strips it. */
+        const char *name = colon ? skip_space(p, colon) : p, *name_end = colon;
+        while (colon && name_end > name && is_space(name_end[-1]))
+            name_end--;
+        size_t name_len = colon ? (size_t)(name_end - name) : 0;
+        if (colon && name_len == 14 && strncasecmp(name, "content-length", 14) == 0) {
             const char *v = skip_space(colon + 1, next);
             char *v_end;
             unsigned long long length = strtoull(v, &v_end, 10);
             int digits = v < next && *v >= '0' && *v <= '9';
-            if (digits && skip_space(v_end, next) == next && length < *body_len)
+            if (digits && skip_space(v_end, next) == next) {
+                if (length > *body_len)
+                    fail(1,
+                         "the cvtpm daemon's answer is cut short (%zu of %.*s bytes)",
+                         *body_len, (int)(v_end - v), v);
                 *body_len = (size_t)length;
+            }
         } else if (colon && name_len == 17 &&
-                   strncasecmp(p, "transfer-encoding", 17) == 0) {
+                   strncasecmp(name, "transfer-encoding", 17) == 0) {
             fail(1, "the cvtpm daemon's answer is chunked; expected a length");
         }
         p = next + 2;

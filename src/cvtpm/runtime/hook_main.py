@@ -117,10 +117,11 @@ def asks(state):
     annotations as plain JSON text, so a state that holds annotations but
     not io.cvtpm.vtpm, or holds it with a plain string value other than
     "enabled", did not ask. A state without annotations (runc leaves out an
-    empty map) sends the hook to the bundle's config.json. Anything else
-    goes to the daemon, which parses it and decides.
+    empty map; others write {} or null) sends the hook to the bundle's
+    config.json, as the daemon goes there too. Anything else goes to the
+    daemon, which parses it and decides.
     """
-    if b'"annotations"' in state:
+    if _holds_annotations(state):
         return _enabled(state)
     import json  # only for this rare case
 
@@ -153,12 +154,28 @@ def _read_config(bundle):
         os.close(fd)
 
 
+def _holds_annotations(state):
+    """Whether the state has an "annotations" key, and none of it is {} or null."""
+    parts = state.split(b'"annotations"')
+    for rest in parts[1:]:
+        rest = rest.lstrip()
+        value = rest[1:].lstrip() if rest.startswith(b":") else b""
+        empty_map = value[:1] == b"{" and value[1:].lstrip()[:1] == b"}"
+        if value.startswith(b"null") or empty_map:
+            return False
+    return len(parts) > 1
+
+
 def _enabled(document):
-    """Whether `document`'s io.cvtpm.vtpm may be "enabled" (True when unsure)."""
+    """Whether `document`'s io.cvtpm.vtpm may be "enabled" (True when unsure).
+
+    A key given twice counts as its last, as in a JSON parser; a document
+    with escapes may spell the key in them, so without it, it is unsure.
+    """
     key = b'"' + ANNOTATION_ENABLE.encode() + b'"'
-    at = document.find(key)
+    at = document.rfind(key)
     if at < 0:
-        return False
+        return b"\\u" in document
     rest = document[at + len(key) :].lstrip()
     if not rest.startswith(b":"):
         return True
@@ -228,10 +245,12 @@ def _post(socket_path, target, body, state_dir):
         reason = exc.strerror or exc
         if connected:
             raise HookError(
-                f"the cvtpm daemon at {socket_path} broke off the exchange: {reason}"
+                f"the cvtpm daemon at {shown(os.fsencode(socket_path))} broke off the"
+                f" exchange: {reason}"
             ) from None
         raise HookError(
-            f"cannot reach the cvtpm daemon at {socket_path}: {reason};"
+            f"cannot reach the cvtpm daemon at {shown(os.fsencode(socket_path))}:"
+            f" {reason};"
             " is `cvtpm daemon` running?"
         ) from None
     finally:
@@ -252,6 +271,11 @@ def parse_answer(raw):
         name, _, value = line.partition(b":")
         name, value = name.strip().lower(), value.strip()
         if name == b"content-length" and value.isdigit():
+            if len(content) < int(value):
+                raise HookError(
+                    f"the cvtpm daemon's answer is cut short ({len(content)} of"
+                    f" {value.decode()} bytes)"
+                )
             content = content[: int(value)]
         elif name == b"transfer-encoding":
             raise HookError("the cvtpm daemon's answer is chunked; expected a length")
@@ -278,8 +302,10 @@ def _detail(body):
 
 def _one_line(c):
     """A character of a detail as the runtime's one-line message shows it."""
-    if c < " " or c == "\x7f":  # control characters as \xNN
+    if c < " " or "\x7f" <= c <= "\x9f":  # control characters as \xNN
         return f"\\x{ord(c):02x}"
+    if c in "\u2028\u2029":  # line and paragraph separators
+        return f"\\u{ord(c):04x}"
     if "\ud800" <= c <= "\udfff":  # a lone surrogate, which UTF-8 cannot hold
         return "\ufffd"
     return c

@@ -55,21 +55,34 @@ int read_all(int fd, struct buf *b, size_t limit)
 
 /*
  * `data` for a one-line message: control bytes as \xNN, and bytes of 0x80
- * and above too unless `keep_utf8` (hook_main.shown and _one_line).
+ * and above too unless `keep_utf8`; with it (UTF-8 text), C1 controls as
+ * \xNN and U+2028/U+2029 as \uNNNN (hook_main.shown and _one_line).
  */
 const char *shown(const char *data, size_t len, int keep_utf8)
 {
+    const unsigned char *p = (const unsigned char *)data, *end = p + len;
     struct buf out = {0};
-    char hex[5];
+    char hex[8];
 
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)data[i];
-        if ((c >= 0x20 && c < 0x7F) || (keep_utf8 && c >= 0x80)) {
-            put(&out, &data[i], 1);
+    while (p < end) {
+        /* In UTF-8: a C1 control is C2 80..9F, U+2028/9 is E2 80 A8/A9. */
+        int c1 = keep_utf8 && end - p > 1 && p[0] == 0xC2 && p[1] >= 0x80 &&
+                 p[1] <= 0x9F;
+        int separator = keep_utf8 && end - p > 2 && p[0] == 0xE2 && p[1] == 0x80 &&
+                        (p[2] == 0xA8 || p[2] == 0xA9);
+        if (c1) {
+            snprintf(hex, sizeof hex, "\\x%02x", p[1]);
+            p += 2;
+        } else if (separator) {
+            snprintf(hex, sizeof hex, "\\u%04x", 0x2000 + p[2] - 0x80);
+            p += 3;
+        } else if ((*p >= 0x20 && *p < 0x7F) || (keep_utf8 && *p >= 0x80)) {
+            put(&out, p++, 1);
+            continue;
         } else {
-            snprintf(hex, sizeof hex, "\\x%02x", c);
-            puts_buf(&out, hex);
+            snprintf(hex, sizeof hex, "\\x%02x", *p++);
         }
+        puts_buf(&out, hex);
     }
     puts_buf(&out, "");
     return out.data;
@@ -109,6 +122,17 @@ int valid_utf8(const unsigned char *p, size_t len)
 const char *memfind(const char *hay, size_t len, const char *needle)
 {
     return memmem(hay, len, needle, strlen(needle));
+}
+
+/* The last `needle` in `hay`, or NULL (Python's bytes.rfind). */
+const char *memfind_last(const char *hay, size_t len, const char *needle)
+{
+    const char *last = NULL, *end = hay + len;
+
+    for (const char *at = hay; (at = memfind(at, (size_t)(end - at), needle)) != NULL;
+         at++)
+        last = at;
+    return last;
 }
 
 /* Python's bytes.strip() white space, which hook_main.py's rules use. */

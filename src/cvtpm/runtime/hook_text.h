@@ -23,10 +23,11 @@ void put(struct buf *b, const void *data, size_t len);
 void puts_buf(struct buf *b, const char *text);
 int read_all(int fd, struct buf *b, size_t limit);
 
-/* Bytes: a one-line rendering, a UTF-8 check, a search, white space. */
+/* Bytes: a one-line rendering, a UTF-8 check, searches, white space. */
 const char *shown(const char *data, size_t len, int keep_utf8);
 int valid_utf8(const unsigned char *p, size_t len);
 const char *memfind(const char *hay, size_t len, const char *needle);
+const char *memfind_last(const char *hay, size_t len, const char *needle);
 int is_space(char c);
 const char *skip_space(const char *p, const char *end);
 
