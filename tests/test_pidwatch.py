@@ -38,3 +38,45 @@ def test_an_exit_is_reported_once_and_a_live_process_never():
         watcher.stop()
         long.kill()
         long.wait()
+
+
+def test_processes_watched_while_it_waits():
+    """Processes watched after run() has started waiting are reported when they
+    exit (no wake-up is needed to add one); unwatched or replaced ones are not."""
+    exited: list[str] = []
+    lock = threading.Lock()
+    all_in = threading.Event()
+
+    def on_exit(key: str) -> None:
+        with lock:
+            exited.append(key)
+            if len(exited) == 15:
+                all_in.set()
+
+    watcher = PidWatcher(on_exit)
+    thread = threading.Thread(target=watcher.run, daemon=True)
+    thread.start()
+    go = subprocess.Popen(["sleep", "30"])  # outlives the test: never reported
+    children = []
+    try:
+        for i in range(20):
+            child = subprocess.Popen(["sleep", "0.3"])
+            children.append(child)
+            assert watcher.watch(f"c{i}", child.pid)
+        for i in range(15, 20):
+            watcher.unwatch(f"c{i}")
+        assert watcher.watch("c0", go.pid) is True  # c0 is now the long one
+        replacement = subprocess.Popen(["sleep", "0.3"])
+        children.append(replacement)
+        assert watcher.watch("late", replacement.pid)
+
+        assert all_in.wait(10)
+        for child in children:
+            child.wait()
+        with lock:
+            assert sorted(exited) == sorted([*(f"c{i}" for i in range(1, 15)), "late"])
+        assert watcher.watched() == ["c0"]
+    finally:
+        watcher.stop()
+        go.kill()
+        go.wait()

@@ -25,8 +25,14 @@ class PidWatcher:
     def __init__(self, on_exit: Callable[[str], None]):
         self.on_exit = on_exit
         self._pidfds: dict[str, int] = {}
+        self._keys: dict[int, str] = {}  # the other way round
         self._lock = threading.Lock()
+        # epoll, not poll: a pidfd is added from the caller's thread while
+        # run() waits, so a watch costs no wake-up and no rebuilt fd set
+        # (a host watches thousands of processes).
+        self._epoll = select.epoll()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._epoll.register(self._wake_r, select.EPOLLIN)
         self._stopping = threading.Event()
 
     def watch(self, key: str, pid: int) -> bool:
@@ -37,19 +43,21 @@ class PidWatcher:
             return False
         with self._lock:
             old = self._pidfds.pop(key, None)
+            if old is not None:
+                del self._keys[old]
+                os.close(old)  # which also takes it out of the epoll set
             self._pidfds[key] = pidfd
-        if old is not None:
-            os.close(old)
-        os.write(self._wake_w, b"w")
+            self._keys[pidfd] = key
+            self._epoll.register(pidfd, select.EPOLLIN)
         return True
 
     def unwatch(self, key: str) -> None:
         """Stop watching `key`; nothing is called for it any more."""
         with self._lock:
             pidfd = self._pidfds.pop(key, None)
-        if pidfd is not None:
-            os.close(pidfd)
-        os.write(self._wake_w, b"u")
+            if pidfd is not None:
+                del self._keys[pidfd]
+                os.close(pidfd)
 
     def watched(self) -> list[str]:
         """The keys being watched."""
@@ -59,18 +67,14 @@ class PidWatcher:
     def run(self) -> None:
         """Wait for exits until `stop()`."""
         while not self._stopping.is_set():
-            with self._lock:
-                by_fd = {fd: key for key, fd in self._pidfds.items()}
-            poller = select.poll()
-            poller.register(self._wake_r, select.POLLIN)
-            for fd in by_fd:
-                poller.register(fd, select.POLLIN)
-
-            for fd, _ in poller.poll():
+            for fd, _ in self._epoll.poll():
                 if fd == self._wake_r:
                     _drain(self._wake_r)
-                elif fd in by_fd:
-                    self._exited(by_fd[fd], fd)
+                    continue
+                with self._lock:
+                    key = self._keys.get(fd)
+                if key is not None:
+                    self._exited(key, fd)
 
     def stop(self) -> None:
         """End `run()` and release every pidfd."""
@@ -80,6 +84,7 @@ class PidWatcher:
             for fd in self._pidfds.values():
                 os.close(fd)
             self._pidfds.clear()
+            self._keys.clear()
 
     def _exited(self, key: str, pidfd: int) -> None:
         with self._lock:
@@ -88,7 +93,8 @@ class PidWatcher:
                 # pidfd closed since, whose number a live process's now has.
                 return
             del self._pidfds[key]
-        os.close(pidfd)
+            del self._keys[pidfd]
+            os.close(pidfd)
         try:
             self.on_exit(key)
         except Exception:
