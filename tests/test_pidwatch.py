@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import subprocess
 import threading
 
@@ -80,3 +82,38 @@ def test_processes_watched_while_it_waits():
         watcher.stop()
         go.kill()
         go.wait()
+
+
+def test_pidfds_numbered_past_1024(tmp_path):
+    """A host with thousands of processes watched has pidfds of 1024 and more:
+    their exits are reported like any other, and the watch goes on."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    ballast = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
+    exited: list[str] = []
+    done = threading.Event()
+
+    def on_exit(key: str) -> None:
+        exited.append(key)
+        if len(exited) == 2:
+            done.set()
+
+    watcher = PidWatcher(on_exit)
+    thread = threading.Thread(target=watcher.run, daemon=True)
+    thread.start()
+    try:
+        for key in ("first", "second"):
+            child = subprocess.Popen(["true"])
+            assert watcher.watch(key, child.pid)
+            assert watcher._pidfds[key] >= 1024
+            child.wait()
+        assert done.wait(10) and sorted(exited) == ["first", "second"]
+        assert thread.is_alive()
+    finally:
+        watcher.stop()
+        watcher.stop()  # a second stop does nothing
+        for fd in ballast:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    thread.join(10)
+    assert not thread.is_alive()

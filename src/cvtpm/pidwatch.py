@@ -6,6 +6,7 @@ reused pid can never be mistaken for the watched process (pidfd_open(2)).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -44,8 +45,7 @@ class PidWatcher:
         with self._lock:
             old = self._pidfds.pop(key, None)
             if old is not None:
-                del self._keys[old]
-                os.close(old)  # which also takes it out of the epoll set
+                self._forget(old)
             self._pidfds[key] = pidfd
             self._keys[pidfd] = key
             self._epoll.register(pidfd, select.EPOLLIN)
@@ -56,8 +56,7 @@ class PidWatcher:
         with self._lock:
             pidfd = self._pidfds.pop(key, None)
             if pidfd is not None:
-                del self._keys[pidfd]
-                os.close(pidfd)
+                self._forget(pidfd)
 
     def watched(self) -> list[str]:
         """The keys being watched."""
@@ -66,25 +65,38 @@ class PidWatcher:
 
     def run(self) -> None:
         """Wait for exits until `stop()`."""
-        while not self._stopping.is_set():
-            for fd, _ in self._epoll.poll():
-                if fd == self._wake_r:
-                    _drain(self._wake_r)
-                    continue
-                with self._lock:
-                    key = self._keys.get(fd)
-                if key is not None:
-                    self._exited(key, fd)
+        try:
+            while not self._stopping.is_set():
+                for fd, _ in self._epoll.poll():
+                    if fd == self._wake_r:
+                        _drain(self._wake_r)
+                        continue
+                    with self._lock:
+                        key = self._keys.get(fd)
+                    if key is not None:
+                        self._exited(key, fd)
+        finally:
+            # The wake-up pipe stays: stop() may still be writing to it.
+            self._epoll.close()
 
     def stop(self) -> None:
-        """End `run()` and release every pidfd."""
+        """End `run()` and release every pidfd (once; later calls do nothing)."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
         os.write(self._wake_w, b"s")
         with self._lock:
-            for fd in self._pidfds.values():
-                os.close(fd)
+            for fd in list(self._keys):
+                self._forget(fd)
             self._pidfds.clear()
-            self._keys.clear()
+
+    def _forget(self, pidfd: int) -> None:
+        # Unregistered before it is closed: a copy of the pidfd in a forked
+        # child would otherwise keep it in the epoll set (call with the lock).
+        self._keys.pop(pidfd, None)
+        with contextlib.suppress(OSError, ValueError):
+            self._epoll.unregister(pidfd)
+        os.close(pidfd)
 
     def _exited(self, key: str, pidfd: int) -> None:
         with self._lock:
@@ -93,8 +105,7 @@ class PidWatcher:
                 # pidfd closed since, whose number a live process's now has.
                 return
             del self._pidfds[key]
-            del self._keys[pidfd]
-            os.close(pidfd)
+            self._forget(pidfd)
         try:
             self.on_exit(key)
         except Exception:
@@ -104,7 +115,10 @@ class PidWatcher:
 
 def _readable(pidfd: int) -> bool:
     """True if the process of `pidfd` has exited (its pidfd polls readable)."""
-    return bool(select.select([pidfd], [], [], 0)[0])
+    # poll, not select: select cannot take a descriptor of 1024 or more.
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _drain(fd: int) -> None:
