@@ -313,3 +313,30 @@ def test_a_filter_that_cannot_serve_refuses_clients(
     assert "filter f: serving its sockets: no more watches" in caplog.text
     filter_host.close("f")
     assert listening_under(short_tmp) == []
+
+
+def test_a_daemon_restart_keeps_the_directory_a_container_shows(
+    swtpm_socket, short_tmp
+):
+    """The sockets' directory is bind-mounted into the container: a filter host
+    that stops (the daemon's orderly stop) leaves it, so the next one makes
+    its sockets in the very directory the container's mount shows. Closing a
+    container's filter for good removes it."""
+    directory = short_tmp / "c1"
+    first = FilterHost().start()
+    first.open("c1", swtpm_socket, directory)
+    inode = directory.stat().st_ino
+    first.stop()
+    assert directory.stat().st_ino == inode
+    assert not (directory / "tpm.sock").exists()
+
+    second = FilterHost().start()
+    try:
+        endpoint = second.open("c1", swtpm_socket, directory)
+        assert directory.stat().st_ino == inode
+        (answer,) = exchange(endpoint.data_path, pcr_read_command(16))
+        assert answer[6:10] == b"\x00\x00\x00\x00"
+        second.close("c1")
+        assert not directory.exists()
+    finally:
+        second.stop()

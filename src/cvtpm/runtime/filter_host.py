@@ -108,12 +108,15 @@ class FilterHost:
             raise
         return chip
 
-    def close(self, name: str) -> None:
-        """Stop the filter of container `name`, remove its sockets; no-op if absent."""
+    def close(self, name: str, keep_directory: bool = False) -> None:
+        """Stop the filter of container `name`, remove its sockets; no-op if absent.
+
+        With `keep_directory` the sockets' directory stays (see stop()).
+        """
         with self._guard:
             tpm_filter = self._filters.pop(name, None)
             if tpm_filter is not None:
-                self._call(tpm_filter.close())
+                self._call(tpm_filter.close(remove_directory=not keep_directory))
             device = self._devices.pop(name, None)
         if device is not None:
             chip, task = device
@@ -134,11 +137,16 @@ class FilterHost:
             return sorted(self._filters)
 
     def stop(self) -> None:
-        """Close every filter and end the loop thread."""
+        """Close every filter and end the loop thread.
+
+        The directories stay: each is bind-mounted into a container that may
+        outlive the daemon, and the next daemon's filter makes its sockets
+        in the same directory, which the container's mount still shows.
+        """
         if self._loop is None:
             return
         for name in self.names():
-            self.close(name)
+            self.close(name, keep_directory=True)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()

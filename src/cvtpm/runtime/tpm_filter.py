@@ -175,8 +175,10 @@ class TpmFilter:
             sock.close()
         self._listening.clear()
 
-    async def close(self) -> None:
-        """Stop listening, end every client connection and remove the sockets."""
+    async def close(self, remove_directory: bool = True) -> None:
+        """Stop listening, end every client connection and remove the sockets
+        (and their directory, unless a container still shows it: see
+        FilterHost.stop)."""
         async with self._setup:
             self._close_listening()
             for server in self._servers:
@@ -191,8 +193,9 @@ class TpmFilter:
             for path in (self.endpoint.data_path, self.endpoint.ctrl_path):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-            with contextlib.suppress(OSError):
-                self.endpoint.directory.rmdir()
+            if remove_directory:
+                with contextlib.suppress(OSError):
+                    self.endpoint.directory.rmdir()
             log.info("filter %s closed", self.endpoint.name)
 
     def _tracked(self, handler):
