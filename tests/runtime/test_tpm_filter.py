@@ -8,6 +8,8 @@ import os
 import socket
 import struct
 import subprocess
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -340,3 +342,32 @@ def test_a_daemon_restart_keeps_the_directory_a_container_shows(
         assert not directory.exists()
     finally:
         second.stop()
+
+
+def test_a_lease_taken_for_a_cancelled_command_is_left(swtpm_socket, short_tmp):
+    """A command cancelled while its vTPM is being started (a close, a timeout)
+    still leaves the lease once the start is done: the vTPM can idle again."""
+    events: list[str] = []
+    entered = threading.Event()
+
+    @contextlib.contextmanager
+    def lease():
+        time.sleep(0.3)  # a released vTPM starting
+        events.append("enter")
+        entered.set()
+        yield
+        events.append("exit")
+
+    relay = TpmFilter("c1", swtpm_socket, short_tmp / "unused", lease=lease)
+
+    async def cancel_midway():
+        task = asyncio.create_task(relay._transact_data(pcr_read_command(16)))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.to_thread(entered.wait, 5)
+        await asyncio.sleep(0.05)  # the done callback runs on the loop
+
+    asyncio.run(cancel_midway())
+    assert events == ["enter", "exit"]

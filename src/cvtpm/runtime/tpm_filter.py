@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -370,7 +371,13 @@ class TpmFilter:
         loop = asyncio.get_running_loop()
         try:
             held = self.lease()
-            await loop.run_in_executor(None, held.__enter__)
+            entering = loop.run_in_executor(None, held.__enter__)
+            # Shielded: a command cancelled meanwhile (a close, a timeout)
+            # cannot stop the thread, so the lease is left once it is taken.
+            await asyncio.shield(entering)
+        except asyncio.CancelledError:
+            entering.add_done_callback(functools.partial(_leave, held))
+            raise
         except Exception as exc:
             raise UpstreamError(f"vTPM could not be started: {exc}") from exc
         try:
@@ -385,3 +392,9 @@ class TpmFilter:
         if not HEADER_SIZE <= size <= MAX_RESPONSE_SIZE:
             raise UpstreamError(f"vTPM announced a response of {size} bytes")
         return head + await reader.readexactly(size - HEADER_SIZE)
+
+
+def _leave(held: AbstractContextManager, entering: asyncio.Future) -> None:
+    """Leave a lease whose command was cancelled while it was being taken."""
+    if not entering.cancelled() and entering.exception() is None:
+        held.__exit__(None, None, None)
