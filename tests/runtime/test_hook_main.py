@@ -260,6 +260,18 @@ def serve_once(path: Path, answer: bytes) -> list[bytes]:
             b'HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{"a',
             "the cvtpm daemon's answer is cut short (3 of 50 bytes)",
         ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n{}",
+            "the cvtpm daemon's answer is not JSON",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding\r\n\r\n{}",
+            "the cvtpm daemon's answer is chunked; expected a length",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\n\r\n{" + b" " * (16 << 20),
+            "the cvtpm daemon's answer is larger than 16777216 bytes",
+        ),
         (  # C1 controls and line separators do not break the line either
             b'HTTP/1.1 409 X\r\n\r\n{"detail": "a\\u0085b\\u2028c\\u2029"}',
             "a\\x85b\\u2028c\\u2029",
@@ -364,6 +376,8 @@ def test_the_compiled_hook_has_the_same_constants():
     assert defined["STATE_DIR_HEADER"] == hook_main.STATE_DIR_HEADER
     assert "#define MAX_STATE_SIZE (1 << 20)" in source
     assert hook_main.MAX_STATE_SIZE == 1 << 20
+    assert "#define MAX_ANSWER_SIZE (16 << 20)" in source
+    assert hook_main.MAX_ANSWER_SIZE == 16 << 20
     assert f"#define TIMEOUT_SECONDS {hook_main.TIMEOUT:.0f}" in source
 
 
@@ -403,6 +417,12 @@ def test_it_imports_no_part_of_cvtpm():
             False,
         ),
         (b'{"annotations": {"io.cvtpm.vt\\u0070m": "enabled"}}', True),
+        (
+            b'{"annotations": {"io.cvtpm.vtpm": "no", "io.cvtpm.vt\\u0070m": "on"}}',
+            True,
+        ),
+        # Not ASCII: the daemon's str.strip() takes a no-break space away.
+        (b'{"annotations": {"io.cvtpm.vtpm": "enabled\xc2\xa0"}}', True),
         # An empty or null map: config.json decides, as for the daemon.
         (b'{"bundle": "%s", "annotations": {}}', False),
         (b'{"bundle": "%s", "annotations": null}', False),

@@ -9,10 +9,12 @@
  * quarter of what runc takes to run a container; this starts in under one.
  *
  * It reads JSON only as far as it needs to, so it differs from the script
- * where a document is not valid JSON below its top level (or is nested
- * deeper than Python's parser goes): in an error answer it may still find
- * the "detail", and in a state without annotations it may still read the
- * bundle's config.json where the script asks the daemon.
+ * where a document is not valid JSON (below its top level; or with \v or
+ * \f as white space, raw control characters or bytes that are not UTF-8
+ * in a string) or is nested deeper than Python's parser goes: in an error
+ * answer it may still find the "detail", and in a state without
+ * annotations it may still read the bundle's config.json where the script
+ * asks the daemon.
  *
  * It hands the container's state (stdin) to the cvtpm daemon on its unix
  * socket as one HTTP/1.1 request, where the stage runs
@@ -108,8 +110,7 @@ static int holds_annotations(const char *state, size_t len)
 
 /*
  * Whether `doc`'s io.cvtpm.vtpm may be "enabled" (true when unsure): its
- * last spelling counts, as in a JSON parser, and without one a document
- * with escapes may spell the key in them.
+ * last spelling counts, as in a JSON parser (hook_main._enabled).
  */
 static int enabled(const char *doc, size_t len)
 {
@@ -118,6 +119,8 @@ static int enabled(const char *doc, size_t len)
 
     if (at == NULL)
         return memfind(doc, len, "\\u") != NULL;
+    if (memfind(at, (size_t)(end - at), "\\u") != NULL)
+        return 1; /* a later spelling with escapes may count */
     const char *p = skip_space(at + strlen(ANNOTATION_ENABLE) + 2, end);
     if (p >= end || *p != ':')
         return 1;
@@ -126,9 +129,13 @@ static int enabled(const char *doc, size_t len)
     if (json_string(p, end, &value, 1) == NULL)
         return 1;
 
-    /* Compared as hook_main.py does: stripped of white space, any case. */
+    /* Compared as hook_main.py does: stripped of white space, any case;
+     * unsure if not ASCII (the daemon strips Unicode white space too). */
     const char *v = value.data ? value.data : "";
     const char *v_end = v + value.len;
+    for (const char *c = v; c < v_end; c++)
+        if ((unsigned char)*c >= 0x80)
+            return 1;
     v = skip_space(v, v_end);
     while (v_end > v && is_space(v_end[-1]))
         v_end--;
@@ -282,11 +289,12 @@ static int parse_answer(const struct buf *raw, const char **body, size_t *body_l
     for (const char *p = line_end + 2; p < head_end;) {
         const char *next = memfind(p, (size_t)(head_end + 2 - p), "\r\n");
         const char *colon = memchr(p, ':', (size_t)(next - p));
-        /* The name stripped of white space, as hook_main.py strips it. */
-        const char *name = colon ? skip_space(p, colon) : p, *name_end = colon;
-        while (colon && name_end > name && is_space(name_end[-1]))
+        /* The name stripped of white space, as hook_main.py strips it (a
+         * line without a colon is all name). */
+        const char *name_end = colon ? colon : next, *name = skip_space(p, name_end);
+        while (name_end > name && is_space(name_end[-1]))
             name_end--;
-        size_t name_len = colon ? (size_t)(name_end - name) : 0;
+        size_t name_len = (size_t)(name_end - name);
         if (colon && name_len == 14 && strncasecmp(name, "content-length", 14) == 0) {
             const char *v = skip_space(colon + 1, next);
             char *v_end;
@@ -299,13 +307,13 @@ static int parse_answer(const struct buf *raw, const char **body, size_t *body_l
                          *body_len, (int)(v_end - v), v);
                 *body_len = (size_t)length;
             }
-        } else if (colon && name_len == 17 &&
-                   strncasecmp(name, "transfer-encoding", 17) == 0) {
+        } else if (name_len == 17 && strncasecmp(name, "transfer-encoding", 17) == 0) {
             fail(1, "the cvtpm daemon's answer is chunked; expected a length");
         }
         p = next + 2;
     }
-    if (code == 200 && *skip_space(*body, *body + *body_len) != '{')
+    const char *first = skip_space(*body, *body + *body_len);
+    if (code == 200 && (first == *body + *body_len || *first != '{'))
         fail(1, "the cvtpm daemon's answer is not JSON");
     return code;
 }

@@ -47,6 +47,7 @@ USAGE = (
 )
 # The OCI state is a few kilobytes; anything far larger is not one.
 MAX_STATE_SIZE = 1 << 20
+MAX_ANSWER_SIZE = 16 << 20
 # A bundle's config.json larger than this is left to the daemon to refuse.
 MAX_CONFIG_SIZE = 16 << 20
 # Making a vTPM on demand (an empty pool, an RSA EK) can take seconds.
@@ -169,20 +170,24 @@ def _holds_annotations(state):
 def _enabled(document):
     """Whether `document`'s io.cvtpm.vtpm may be "enabled" (True when unsure).
 
-    A key given twice counts as its last, as in a JSON parser; a document
-    with escapes may spell the key in them, so without it, it is unsure.
+    A key given twice counts as its last, as in a JSON parser. Unsure: a
+    document with escapes where a spelling of the key could hide (anywhere,
+    without a plain one; after the last plain one), and a value that is not
+    ASCII (the daemon strips Unicode white space too).
     """
     key = b'"' + ANNOTATION_ENABLE.encode() + b'"'
     at = document.rfind(key)
     if at < 0:
         return b"\\u" in document
+    if b"\\u" in document[at:]:
+        return True
     rest = document[at + len(key) :].lstrip()
     if not rest.startswith(b":"):
         return True
     rest = rest[1:].lstrip()
     end = rest.find(b'"', 1)
     value = rest[1:end]
-    if not rest.startswith(b'"') or end < 0 or b"\\" in value:
+    if not rest.startswith(b'"') or end < 0 or b"\\" in value or not value.isascii():
         return True
     return value.strip().lower() == b"enabled"
 
@@ -234,9 +239,14 @@ def _post(socket_path, target, body, state_dir):
         sock.connect(socket_path)
         connected = True
         sock.sendall(request)
-        chunks = []
+        chunks, size = [], 0
         while chunk := sock.recv(65536):
             chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_ANSWER_SIZE:
+                raise HookError(
+                    f"the cvtpm daemon's answer is larger than {MAX_ANSWER_SIZE} bytes"
+                )
     except TimeoutError:
         raise HookError(
             f"the cvtpm daemon did not answer within {TIMEOUT:.0f} s"

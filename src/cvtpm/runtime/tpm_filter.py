@@ -149,6 +149,9 @@ class TpmFilter:
                 sock.listen(_BACKLOG)
         except BaseException:
             self._close_listening()
+            for path in (self.endpoint.data_path, self.endpoint.ctrl_path):
+                with contextlib.suppress(OSError):
+                    path.unlink()
             raise
         return self.endpoint
 
