@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from cvtpm.errors import ParseError
 from cvtpm.measure import mounts
 
 # The shape of /proc/PID/mountinfo (proc(5)): optional fields before "-",
@@ -19,8 +20,15 @@ MOUNTINFO = (
     b"32 31 0:7 / /dev/pts rw - devpts devpts rw\n"
     b"40 22 8:1 /srv/data /my\\040volume ro - ext4 /dev/vda rw\n"
     b"41 22 0:8 / /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n"
-    b"garbage line\n"
 )
+
+
+def test_a_line_that_is_no_mount_is_an_error():
+    """A line without its "-" separator and type is refused, not skipped: a
+    mount that cannot be read cannot be marked."""
+    bad = MOUNTINFO.replace(b"30 22 0:5 / /proc rw,nosuid - proc", b"30 22 0:5 / /proc")
+    with pytest.raises(ParseError, match="mountinfo line 2 is not a mount"):
+        mounts.parse_mountinfo(bad)
 
 
 def test_mountinfo_points_and_types():
@@ -39,6 +47,7 @@ def test_mountinfo_points_and_types():
 # pivot_root, for the rootfs spelled as given and spelled otherwise.
 HOOK = """
 import json, sys
+from cvtpm.errors import ParseError
 from cvtpm.measure import mounts
 state = json.load(sys.stdin)
 rootfs = sys.argv[2]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 
+from cvtpm.errors import ParseError
+
 # The kernel's own pseudo filesystems (mountinfo's type field): no image ships
 # files on them and nothing on them is run; cvtpm's default policy measures
 # nothing there (its dont_measure fsmagic rules). A mark would only put every
@@ -68,16 +70,22 @@ def mount_points(pid: int) -> list[tuple[str, str]]:
 
 
 def parse_mountinfo(data: bytes) -> list[tuple[str, str]]:
-    """(mount point, filesystem type) of each line of a /proc/PID/mountinfo."""
+    """(mount point, filesystem type) of each line of a /proc/PID/mountinfo.
+
+    Raises ParseError on a line that is not a mount (proc(5) has the format).
+    """
     out = []
-    for line in data.splitlines():
+    for number, line in enumerate(data.splitlines(), 1):
         # ID PARENT MAJ:MIN ROOT POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER
         fields = line.split(b" ")
         try:
             separator = fields.index(b"-", 6)
             fstype = fields[separator + 1].decode()
         except (ValueError, IndexError, UnicodeDecodeError):
-            continue
+            # Fail closed: a mount that cannot be read cannot be marked.
+            raise ParseError(
+                f"mountinfo line {number} is not a mount: {line!r}"
+            ) from None
         point = _OCTAL_ESCAPE.sub(lambda m: bytes([int(m[1], 8)]), fields[4])
         out.append((os.fsdecode(point), fstype))
     return out

@@ -95,8 +95,14 @@ class FilterHost:
             if name in self._filters or name in self._devices:
                 raise StateError(f"container {name!r} already has a TPM exposed")
             chip = tpm_device.new_chip()
-            relay = TpmFilter(name, Path(upstream), Path("/nonexistent"), policy,
-                              timeout=self.timeout, lease=lease)  # fmt: skip
+            relay = TpmFilter(
+                name,
+                Path(upstream),
+                Path("/nonexistent"),
+                policy,
+                timeout=self.timeout,
+                lease=lease,
+            )
             task = asyncio.run_coroutine_threadsafe(
                 relay.serve_device(chip), self._loop
             )

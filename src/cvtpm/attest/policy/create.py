@@ -53,7 +53,8 @@ def _files(host: Path, inside: Path, all_files: bool) -> Iterator[tuple[Path, st
         candidates = [(host.resolve(), inside.as_posix())]
     else:
         candidates = []
-        for directory, subdirs, files in os.walk(host, followlinks=False):
+        # onerror: a directory that cannot be read is an error, not a gap.
+        for directory, subdirs, files in os.walk(host, onerror=_raise):
             subdirs.sort()
             for name in sorted(files):
                 path = Path(directory, name)
@@ -68,7 +69,15 @@ def _files(host: Path, inside: Path, all_files: bool) -> Iterator[tuple[Path, st
 
 
 def _hash(path: Path, alg: str) -> bytes:
-    # O_NOFOLLOW: a file swapped for a symlink after the walk is not followed.
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    # O_NOFOLLOW: a file swapped for a symlink after the walk is not followed;
+    # O_NONBLOCK: nor is one swapped for a FIFO waited on.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "no longer a regular file", str(path))
     with os.fdopen(fd, "rb") as handle:
         return hashlib.file_digest(handle, hash_function(alg)).digest()
+
+
+def _raise(error: OSError) -> None:
+    raise error
