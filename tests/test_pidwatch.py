@@ -45,19 +45,7 @@ def test_an_exit_is_reported_once_and_a_live_process_never():
 def test_processes_watched_while_it_waits():
     """Processes watched after run() has started waiting are reported when they
     exit (no wake-up is needed to add one); unwatched or replaced ones are not."""
-    exited: list[str] = []
-    lock = threading.Lock()
-    all_in = threading.Event()
-
-    def on_exit(key: str) -> None:
-        with lock:
-            exited.append(key)
-            if len(exited) == 15:
-                all_in.set()
-
-    watcher = PidWatcher(on_exit)
-    thread = threading.Thread(target=watcher.run, daemon=True)
-    thread.start()
+    watcher, thread, exited, all_in = running_watcher(15)
     go = subprocess.Popen(["sleep", "30"])  # outlives the test: never reported
     children = []
     try:
@@ -75,8 +63,7 @@ def test_processes_watched_while_it_waits():
         assert all_in.wait(10)
         for child in children:
             child.wait()
-        with lock:
-            assert sorted(exited) == sorted([*(f"c{i}" for i in range(1, 15)), "late"])
+        assert sorted(exited) == sorted([*(f"c{i}" for i in range(1, 15)), "late"])
         assert watcher.watched() == ["c0"]
     finally:
         watcher.stop()
@@ -90,17 +77,7 @@ def test_pidfds_numbered_past_1024(tmp_path):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
     ballast = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
-    exited: list[str] = []
-    done = threading.Event()
-
-    def on_exit(key: str) -> None:
-        exited.append(key)
-        if len(exited) == 2:
-            done.set()
-
-    watcher = PidWatcher(on_exit)
-    thread = threading.Thread(target=watcher.run, daemon=True)
-    thread.start()
+    watcher, thread, exited, done = running_watcher(2)
     try:
         for key in ("first", "second"):
             child = subprocess.Popen(["true"])
@@ -117,3 +94,22 @@ def test_pidfds_numbered_past_1024(tmp_path):
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     thread.join(10)
     assert not thread.is_alive()
+
+
+def running_watcher(count: int):
+    """A watcher whose run() has started: (watcher, its thread, the keys
+    reported so far, an Event set once `count` have been)."""
+    exited: list[str] = []
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def on_exit(key: str) -> None:
+        with lock:
+            exited.append(key)
+            if len(exited) == count:
+                done.set()
+
+    watcher = PidWatcher(on_exit)
+    thread = threading.Thread(target=watcher.run, daemon=True)
+    thread.start()
+    return watcher, thread, exited, done
