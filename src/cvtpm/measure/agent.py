@@ -180,25 +180,26 @@ class Agent:
             container = self._measured(name)
         except StateError:
             return
-        with container.mlist.lock:
-            if not container.closed:
-                container.begin()
+        self._begin(container)
 
     def _begin_later(self, container: Container) -> None:
         """Begin a new container's list in a worker (see add_container)."""
+        try:
+            self._begin(container)
+        except Exception as exc:
+            # Nothing measured is lost: the first measured access begins
+            # the list itself, or is denied.
+            log.warning(
+                "%s: beginning its list: %s; its first measured access tries again",
+                container.name,
+                exc,
+            )
+
+    @staticmethod
+    def _begin(container: Container) -> None:
         with container.mlist.lock:
-            if container.closed:
-                return
-            try:
+            if not container.closed:
                 container.begin()
-            except Exception as exc:
-                # Nothing measured is lost: the first measured access begins
-                # the list itself, or is denied.
-                log.warning(
-                    "%s: beginning its list: %s; its first measured access tries again",
-                    container.name,
-                    exc,
-                )
 
     def remove_container(self, name: str) -> None:
         """Stop measuring a container; its list stays on disk."""

@@ -104,7 +104,7 @@ class FilterHost:
                 lease=lease,
             )
             task = asyncio.run_coroutine_threadsafe(
-                relay.serve_device(chip), self._loop
+                relay.serve_device(chip), self._running_loop()
             )
             self._devices[name] = (chip, task)
         try:

@@ -252,15 +252,13 @@ def _post(socket_path, target, body, state_dir):
             f"the cvtpm daemon did not answer within {TIMEOUT:.0f} s"
         ) from None
     except OSError as exc:
-        reason = exc.strerror or exc
+        reason, where = exc.strerror or exc, shown(os.fsencode(socket_path))
         if connected:
             raise HookError(
-                f"the cvtpm daemon at {shown(os.fsencode(socket_path))} broke off the"
-                f" exchange: {reason}"
+                f"the cvtpm daemon at {where} broke off the exchange: {reason}"
             ) from None
         raise HookError(
-            f"cannot reach the cvtpm daemon at {shown(os.fsencode(socket_path))}:"
-            f" {reason};"
+            f"cannot reach the cvtpm daemon at {where}: {reason};"
             " is `cvtpm daemon` running?"
         ) from None
     finally:

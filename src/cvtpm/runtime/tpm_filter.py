@@ -75,6 +75,11 @@ class FilterEndpoint:
         return Path(str(self.data_path) + CTRL_SUFFIX)
 
     @property
+    def sockets(self) -> tuple[Path, Path]:
+        """The data and control sockets' paths."""
+        return self.data_path, self.ctrl_path
+
+    @property
     def directory(self) -> Path:
         """The directory holding both sockets; this is what gets bind-mounted."""
         return self.data_path.parent
@@ -149,7 +154,7 @@ class TpmFilter:
                 sock.listen(_BACKLOG)
         except BaseException:
             self._close_listening()
-            for path in (self.endpoint.data_path, self.endpoint.ctrl_path):
+            for path in self.endpoint.sockets:
                 with contextlib.suppress(OSError):
                     path.unlink()
             raise
@@ -194,7 +199,7 @@ class TpmFilter:
                 await server.wait_closed()
             self._servers.clear()
 
-            for path in (self.endpoint.data_path, self.endpoint.ctrl_path):
+            for path in self.endpoint.sockets:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
             if remove_directory:
