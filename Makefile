@@ -18,13 +18,14 @@ setup-test: setup
 	./scripts/setup-host test
 
 $(STAMP): pyproject.toml setup.py src/cvtpm/attest/_rawlist.c \
+		src/cvtpm/measure/_execcache.c \
 		src/cvtpm/runtime/cvtpm_hook.c src/cvtpm/runtime/hook_text.c \
 		src/cvtpm/runtime/hook_text.h scripts/setup-host
 	./scripts/setup-host run
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# Editable, with the C parts (cvtpm.attest._rawlist, the cvtpm-hook
-	# program) built in place.
+	# Editable, with the C parts (cvtpm.attest._rawlist,
+	# cvtpm.measure._execcache, the cvtpm-hook program) built in place.
 	$(BIN)/pip install -q -e '.[dev]'
 	# Byte-code ahead of time: where PYTHONDONTWRITEBYTECODE is set, every
 	# cvtpm-hook run would compile its modules again (container start time).

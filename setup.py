@@ -1,6 +1,7 @@
 """The build of cvtpm's C parts; everything else is declared in pyproject.toml.
 
 - cvtpm.attest._rawlist, a C module: the verifier's loops over a binary list.
+- cvtpm.measure._execcache, a C module: the agent's answers to cached execs.
 - cvtpm/runtime/cvtpm-hook, a program: the OCI hook runtimes start for every
   container (the compiled twin of cvtpm/runtime/hook_main.py).
 """
@@ -37,7 +38,12 @@ setup(
             ["src/cvtpm/attest/_rawlist.c"],
             libraries=["crypto"],
             extra_compile_args=["-O2", *WARNINGS],
-        )
+        ),
+        Extension(
+            "cvtpm.measure._execcache",
+            ["src/cvtpm/measure/_execcache.c"],
+            extra_compile_args=["-O2", *WARNINGS],
+        ),
     ],
     cmdclass={"build_ext": BuildExtAndHook},
 )

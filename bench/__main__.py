@@ -107,7 +107,7 @@ def rows() -> list[tuple[str, str, str, str]]:
         base = lat["no_agent"]
         for key, label in (
             ("agent_cached", "cached file"),
-            ("agent_cached_no_busy_poll", "cached file, --busy-poll 0"),
+            ("agent_cached_busy_poll", "cached file, --busy-poll 2000"),
             ("agent_new_file", "new 2 MB file"),
         ):
             figures = lat[key]

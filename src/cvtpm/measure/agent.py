@@ -15,10 +15,8 @@ import contextlib
 import logging
 import os
 import resource
-import select
 import stat
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +27,7 @@ from cvtpm.ima.policy import Func
 from cvtpm.measure import fanotify, procinfo
 from cvtpm.measure.container import Container, ContainerSpec
 from cvtpm.measure.eventfile import EventFile
+from cvtpm.measure.execcache import ExecCache
 from cvtpm.measure.hashing import DigestCache
 from cvtpm.measure.journal import MeasurementList
 from cvtpm.measure.violations import ReadWriteViolations
@@ -41,7 +40,7 @@ _MAX_ANCESTRY = 64
 # Execs allowed whose own open has not been seen yet; more means a leak.
 _MAX_PENDING_EXECS = 4096
 # Seconds the reader keeps polling after an event before it sleeps (see run).
-DEFAULT_BUSY_POLL = 0.002
+DEFAULT_BUSY_POLL = 0.0
 
 
 class Agent:
@@ -80,6 +79,8 @@ class Agent:
         self._exec_opens: dict[int, tuple[tuple[int, int], procinfo.Task]] = {}
         # File versions hashed for any container (the kernel's iint hash).
         self._digests = DigestCache()
+        # Execs that record nothing, answered as they are read.
+        self._exec_cache = ExecCache()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -148,6 +149,7 @@ class Agent:
             with self._lock:
                 self._containers[spec.name] = container
                 self._by_ns[container.mnt_ns] = container
+                self._exec_cache.forget(container.mnt_ns)
 
             # 3. The marks: every exec and open on the container's mounts.
             for path in spec.resolved_mounts():
@@ -162,6 +164,7 @@ class Agent:
                     del self._containers[spec.name]
                 if self._by_ns.get(container.mnt_ns) is container:
                     del self._by_ns[container.mnt_ns]
+                    self._exec_cache.forget(container.mnt_ns)
             with mlist.lock:
                 container.close()
             raise
@@ -207,6 +210,7 @@ class Agent:
             container = self._containers.pop(name)
             if self._by_ns.get(container.mnt_ns) is container:
                 del self._by_ns[container.mnt_ns]
+                self._exec_cache.forget(container.mnt_ns)
         self._violations.forget(container)
 
         # The marks vanish with the mount when the container is gone; remove
@@ -264,37 +268,30 @@ class Agent:
         self._thread.start()
 
     def run(self) -> None:
-        """Read events and hand each to a worker until stop() is called.
+        """Read events and answer or hand each to a worker until stop() is called.
 
-        Every event is a process waiting, so the reader does not go to sleep
-        as soon as the queue is empty: for `busy_poll` seconds after the last
-        event it keeps polling, yielding the CPU to anything else runnable.
-        Waking a sleeping reader costs a process 0.1-1 ms per event on a
-        virtual machine's idle CPU, and a shell script's execs come a fraction
-        of a millisecond apart; polling costs CPU only while events flow.
+        The reader (ExecCache.serve) answers execs the agent has judged before
+        and hands the rest to _dispatch.  With `busy_poll` it keeps polling
+        that long after an event instead of sleeping, yielding the CPU to
+        anything runnable.  By default it sleeps at once: on 2 cores a cached
+        exec took 35-50 us more than without the agent when sleeping, 55-80
+        us when polling for 2 ms, and more when polling for less (the poller
+        takes the CPU the woken process needs); a host with cores to spare
+        may differ.
         """
-        last_event = -self.busy_poll
         while not self._stopping.is_set():
-            if time.monotonic() - last_event >= self.busy_poll:
-                ready, _, _ = select.select([self.group, self._wake_r], [], [])
-                if self._wake_r in ready:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(self._wake_r, 64)
-                    continue
-            got = False
-            for event in fanotify.read_events(self.group):
-                got = True
-                if event.fd < 0:
-                    log.error("fanotify queue overflow (mask 0x%x)", event.mask)
-                    continue
-                if not event.is_permission:
-                    os.close(event.fd)
-                    continue
-                self._dispatch(event)
-            if got:
-                last_event = time.monotonic()
+            self._exec_cache.serve(
+                self.group, self._wake_r, self.busy_poll, self._dispatch_all
+            )
+
+    def _dispatch_all(self, events: list[fanotify.Event]) -> None:
+        for event in events:
+            if event.fd < 0:
+                log.error("fanotify queue overflow (mask 0x%x)", event.mask)
+            elif not event.is_permission:
+                os.close(event.fd)
             else:
-                os.sched_yield()
+                self._dispatch(event)
 
     def stop(self) -> None:
         """Stop the loop, finish events in flight, close lists and an own group.
@@ -314,6 +311,7 @@ class Agent:
             containers = list(self._containers.values())
             self._containers.clear()
             self._by_ns.clear()
+            self._exec_cache.clear()
         for container in containers:
             with container.mlist.lock:
                 container.close()
@@ -415,15 +413,38 @@ class Agent:
         # kernel checks violations for FILE_CHECK only (ima_main.c,
         # process_measurement).
         records = []
-        for node in container.chain() if container is not None else ():
+        chain = container.chain() if container is not None else []
+        measured = 0
+        for node in chain:
             # Asked first: it is a dict lookup, and a cached exec is most events.
             if func == Func.BPRM_CHECK and node.measured.get(file.key) == file.version:
+                measured += 1
                 continue
             decision = node.decide(file, func, mask, task)
             if decision.measure:
                 records.append((node, decision))
+        if chain and measured == len(chain):
+            self._cache_exec(chain, task, file)
 
         return _Work(file, func, mask, task, records, tomtou)
+
+    def _cache_exec(self, chain: list[Container], task: procinfo.Task, file) -> None:
+        """Have the exec's later twins answered as they are read (see ExecCache).
+
+        For an exec that every list of the chain holds at this version.  Its
+        open must record nothing either, whoever the thread is: no policy of
+        the chain may measure a FILE_CHECK with MAY_EXEC.
+        """
+        for node in chain:
+            rules_for = getattr(node.policy, "rules_for", None)
+            if rules_for is None or rules_for(Func.FILE_CHECK, procinfo.MAY_EXEC):
+                return
+        with self._lock:
+            # The container's own namespace only (threads of a nested one are
+            # traced each time), and only while it is measured: a forgotten
+            # namespace's number may come back as another container's.
+            if self._by_ns.get(task.mnt_ns) is chain[0]:
+                self._exec_cache.add(task.mnt_ns, file)
 
     def _carry_out(self, work: _Work) -> None:
         """Record violations and measurements; raises if any cannot be recorded."""
