@@ -79,11 +79,11 @@ def _pooled(paths: Paths) -> int:
 class Bundles:
     """One bundle directory per container id; with or without cvtpm's hooks."""
 
-    def __init__(self, work: Path, rootfs: Path, paths: Paths):
-        self.work = work
+    def __init__(self, run: Path, rootfs: Path, paths: Paths):
+        self.run_dir = run
         self.rootfs = rootfs
         self.paths = paths
-        self.runc_root = work / "runc"
+        self.runc_root = run / "runc"
 
     def run(self, cid: str, cvtpm: bool) -> float:
         """Seconds of `runc run` of one container, from start to its removal."""
@@ -92,7 +92,7 @@ class Bundles:
         if not cvtpm:
             del config["hooks"]
             config["annotations"] = {}
-        bundle = write_bundle(self.work / "bundles" / cid, config)
+        bundle = write_bundle(self.run_dir / "bundles" / cid, config)
         command = ["runc", "--root", str(self.runc_root), "run", "--bundle"]
         start = time.perf_counter()
         done = subprocess.run(
@@ -151,13 +151,19 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="cvc", dir="/tmp"))
-    paths = Paths(state=work / "s", run=work / "r").ensure()
+    # A host's layout: what lives only while the host runs (runc's state,
+    # the bundles, cvtpm's run directory) on a tmpfs, as /run is on Debian;
+    # vTPM states, lists and the rootfs on disk.
+    run = work / "run"
+    run.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "cvtpm-bench", str(run)], check=True)
+    paths = Paths(state=work / "s", run=run / "cvtpm").ensure()
     daemon = None
     try:
         rootfs = busybox_rootfs(work / "rootfs")
         daemon = Daemon(paths, args.pool)
         daemon.wait_for_pool(args.pool)
-        bundles = Bundles(work, rootfs, paths)
+        bundles = Bundles(run, rootfs, paths)
         bundles.run("warm-a", cvtpm=False)
         bundles.run("warm-c", cvtpm=True)
 
@@ -170,6 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         if daemon is not None:
             daemon.stop()
+        subprocess.run(["umount", "--lazy", str(run)], check=False)
         shutil.rmtree(work, ignore_errors=True)
 
     result = {

@@ -27,7 +27,7 @@ from cvtpm.ima.policy import Func
 from cvtpm.measure import fanotify, procinfo
 from cvtpm.measure.container import Container, ContainerSpec
 from cvtpm.measure.eventfile import EventFile
-from cvtpm.measure.execcache import ExecCache
+from cvtpm.measure.execcache import ExecCache, exec_opens_unmeasured
 from cvtpm.measure.hashing import DigestCache
 from cvtpm.measure.journal import MeasurementList
 from cvtpm.measure.violations import ReadWriteViolations
@@ -35,8 +35,6 @@ from cvtpm.measure.violations import ReadWriteViolations
 log = logging.getLogger(__name__)
 
 MARK_MASK = fanotify.FAN_OPEN_EXEC_PERM | fanotify.FAN_OPEN_PERM
-# How far up the process tree an unknown thread is traced to a container.
-_MAX_ANCESTRY = 64
 # Execs allowed whose own open has not been seen yet; more means a leak.
 _MAX_PENDING_EXECS = 4096
 # Seconds the reader keeps polling after an event before it sleeps (see run).
@@ -429,16 +427,9 @@ class Agent:
         return _Work(file, func, mask, task, records, tomtou)
 
     def _cache_exec(self, chain: list[Container], task: procinfo.Task, file) -> None:
-        """Have the exec's later twins answered as they are read (see ExecCache).
-
-        For an exec that every list of the chain holds at this version.  Its
-        open must record nothing either, whoever the thread is: no policy of
-        the chain may measure a FILE_CHECK with MAY_EXEC.
-        """
-        for node in chain:
-            rules_for = getattr(node.policy, "rules_for", None)
-            if rules_for is None or rules_for(Func.FILE_CHECK, procinfo.MAY_EXEC):
-                return
+        """Have the exec's twins answered as they are read (see execcache)."""
+        if not exec_opens_unmeasured(chain):
+            return
         with self._lock:
             # The container's own namespace only (threads of a nested one are
             # traced each time), and only while it is measured: a forgotten
@@ -500,19 +491,8 @@ class Agent:
             if found is not None:
                 return found
             by_ns = dict(self._by_ns)
-
-        ppid = task.ppid
-        for _ in range(_MAX_ANCESTRY):
-            if ppid <= 1:
-                return None
-            try:
-                parent = procinfo.task(ppid)
-            except (OSError, KeyError):
-                return None
-            if parent.mnt_ns in by_ns:
-                return by_ns[parent.mnt_ns]
-            ppid = parent.ppid
-        return None
+        ancestor = procinfo.nearest_ancestor_in(task, by_ns.keys())
+        return None if ancestor is None else by_ns[ancestor.mnt_ns]
 
 
 @dataclass

@@ -10,11 +10,27 @@ namespace itself, with the GIL released, and hands every other event over.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from cvtpm.ima.policy import Func
+from cvtpm.measure import procinfo
 from cvtpm.measure._execcache import ExecCache as _Table
 from cvtpm.measure.eventfile import EventFile
 from cvtpm.measure.fanotify import Event
+
+
+def exec_opens_unmeasured(chain: Sequence) -> bool:
+    """True if no policy of the chain of containers can measure an exec's open.
+
+    That open is a FILE_CHECK with MAY_EXEC (fs/exec.c, do_open_execat); a
+    rule that may measure it, whatever else it asks of the thread or file,
+    keeps every exec in the chain with the agent.
+    """
+    for container in chain:
+        rules_for = getattr(container.policy, "rules_for", None)
+        if rules_for is None or rules_for(Func.FILE_CHECK, procinfo.MAY_EXEC):
+            return False
+    return True
 
 
 class ExecCache:

@@ -13,6 +13,7 @@ import errno
 import fcntl
 import os
 import platform
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -76,6 +77,28 @@ class Task:
 def task(tid: int) -> Task:
     """The thread `tid`, as far as an event needs it (see Task)."""
     return Task(tid=tid, mnt_ns=mnt_ns_of(tid))
+
+
+def nearest_ancestor_in(
+    child: Task, namespaces: Collection[int], depth: int = 64
+) -> Task | None:
+    """The nearest ancestor of `child` whose mount namespace is in `namespaces`.
+
+    None when there is none within `depth` generations below init, or when
+    an ancestor exits while the chain is followed.
+    """
+    ppid = child.ppid
+    for _ in range(depth):
+        if ppid <= 1:
+            return None
+        try:
+            parent = task(ppid)
+        except (OSError, KeyError):
+            return None
+        if parent.mnt_ns in namespaces:
+            return parent
+        ppid = parent.ppid
+    return None
 
 
 def mnt_ns_of(pid: int) -> int:
