@@ -6,10 +6,11 @@ Exec latency is timed inside the container, one exec at a time, by a small
 static program (exectime.c) that spawns a program and waits for it: with no
 agent, with the agent and an already measured program (cache hit), the same
 with the agent polling for 2 ms after each event (--busy-poll 2000), and with
-the agent hashing a new program (a distinct 2 MB busybox copy) every time. The figures are the median and 99th
-percentile of each, and what the agent adds to those of no agent. The hashing
-rate compares cvtpm's fd hashing with `sha256sum` on the same files, read from
-page cache. Results go to bench/results/measure.json.
+the agent hashing a new program (a distinct 2 MB busybox copy) every time.
+The figures are the median and 99th percentile of each, and what the agent
+adds to those of no agent. The hashing rate compares cvtpm's fd hashing with
+`sha256sum` on the same files, read from page cache. Results go to
+bench/results/measure.json.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/fanotify.h>
 #include <poll.h>
 #include <pthread.h>
@@ -29,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -41,11 +43,21 @@
 #define MAX_VERSIONS (1 << 17)
 #define FIRST_SLOTS 1024
 
-/* One file version allowed in one mount namespace; ns 0 is a free slot. */
+/*
+ * One file version allowed where it was seen: `where` is the mount the event
+ * came through (its unique mount id, which the kernel never hands out
+ * again), or, on kernels before 6.8 that have none, the mount namespace of
+ * the thread (marked NS_KEY).  `owner` is the mount namespace of the
+ * container that allowed it, for forget(); 0 is a free slot.
+ */
 struct version {
-    uint64_t ns, dev, ino;
+    uint64_t owner, where, dev, ino;
     int64_t ctime, mtime;
 };
+#define NS_KEY (1ULL << 63)
+#ifndef STATX_MNT_ID_UNIQUE
+#define STATX_MNT_ID_UNIQUE 0x4000U /* include/uapi/linux/stat.h, Linux 6.8 */
+#endif
 /* A slot freed by forget(); searches go on past it. */
 #define GONE UINT64_MAX
 
@@ -80,7 +92,7 @@ mix(uint64_t h, uint64_t v)
 static size_t
 slot_of(const struct version *v, size_t capacity)
 {
-    uint64_t h = mix(mix(mix(mix(mix(0, v->ns), v->dev), v->ino),
+    uint64_t h = mix(mix(mix(mix(mix(0, v->where), v->dev), v->ino),
                          (uint64_t)v->ctime), (uint64_t)v->mtime);
     return (size_t)h & (capacity - 1);
 }
@@ -88,7 +100,7 @@ slot_of(const struct version *v, size_t capacity)
 static int
 same(const struct version *a, const struct version *b)
 {
-    return a->ns == b->ns && a->dev == b->dev && a->ino == b->ino &&
+    return a->where == b->where && a->dev == b->dev && a->ino == b->ino &&
            a->ctime == b->ctime && a->mtime == b->mtime;
 }
 
@@ -101,9 +113,9 @@ find(ExecCache *self, const struct version *v)
 
     for (;;) {
         struct version *s = &self->slots[i];
-        if (s->ns == 0)
+        if (s->owner == 0)
             return reuse != NULL ? reuse : s;
-        if (s->ns == GONE) {
+        if (s->owner == GONE) {
             if (reuse == NULL)
                 reuse = s;
         } else if (same(s, v)) {
@@ -128,7 +140,7 @@ rebuild(ExecCache *self, size_t capacity)
     self->capacity = capacity;
     self->used = self->gone = 0;
     for (size_t i = 0; i < old_capacity; i++) {
-        if (old[i].ns != 0 && old[i].ns != GONE) {
+        if (old[i].owner != 0 && old[i].owner != GONE) {
             *find(self, &old[i]) = old[i];
             self->used++;
         }
@@ -143,7 +155,12 @@ contains(ExecCache *self, const struct version *v)
     int found;
 
     pthread_mutex_lock(&self->lock);
-    found = self->slots != NULL && find(self, v)->ns == v->ns;
+    if (self->slots != NULL) {
+        const struct version *s = find(self, v);
+        found = s->owner != 0 && s->owner != GONE;
+    } else {
+        found = 0;
+    }
     pthread_mutex_unlock(&self->lock);
     return found;
 }
@@ -175,6 +192,34 @@ nanoseconds(const struct timespec *t)
     return (int64_t)t->tv_sec * 1000000000LL + t->tv_nsec;
 }
 
+static int64_t
+statx_ns(const struct statx_timestamp *t)
+{
+    return (int64_t)t->tv_sec * 1000000000LL + t->tv_nsec;
+}
+
+/*
+ * The event's file: its statx, and where the access was made (see struct
+ * version).  A unique mount id costs nothing; a thread's namespace costs a
+ * /proc lookup, about 25 us for a process just made.  0, or -1 if unknown.
+ */
+static int
+locate(int fd, int tid, struct statx *sx, uint64_t *where)
+{
+    uint64_t ns;
+
+    if (statx(fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS | STATX_MNT_ID_UNIQUE, sx) != 0)
+        return -1;
+    if (sx->stx_mask & STATX_MNT_ID_UNIQUE) {
+        *where = sx->stx_mnt_id & ~NS_KEY;
+        return 0;
+    }
+    if (mnt_ns_of(tid, &ns) != 0)
+        return -1;
+    *where = ns | NS_KEY;
+    return 0;
+}
+
 /* Allow the access; 0 when the kernel took the answer (the fd is then closed). */
 static int
 allow(int group, int fd)
@@ -202,12 +247,12 @@ take_pending(ExecCache *self, int32_t tid, struct pending *out)
 }
 
 static void
-note_pending(ExecCache *self, int32_t tid, const struct stat *st)
+note_pending(ExecCache *self, int32_t tid, const struct version *v)
 {
     if (self->pending_count == MAX_PENDING)
         self->pending_count = 0;
     self->pending[self->pending_count++] =
-        (struct pending){.tid = tid, .dev = st->st_dev, .ino = st->st_ino};
+        (struct pending){.tid = tid, .dev = v->dev, .ino = v->ino};
 }
 
 /* One event: 1 if answered here, 0 if it is the agent's. */
@@ -215,8 +260,8 @@ static int
 answer(ExecCache *self, int group, const struct fanotify_event_metadata *m)
 {
     struct pending exec;
-    struct version v;
-    struct stat st;
+    struct version v = {0};
+    struct statx sx;
     int had_exec;
 
     if (m->fd < 0)
@@ -224,31 +269,29 @@ answer(ExecCache *self, int group, const struct fanotify_event_metadata *m)
 
     // Whatever the thread's event is, it ends the wait for an exec's open.
     had_exec = take_pending(self, m->pid, &exec);
-    if (!(m->mask & (FAN_OPEN_EXEC_PERM | FAN_OPEN_PERM)))
-        return 0;
-    if (fstat(m->fd, &st) != 0 || !S_ISREG(st.st_mode))
-        return 0;
 
     if (m->mask & FAN_OPEN_EXEC_PERM) {
-        v = (struct version){
-            .dev = st.st_dev,
-            .ino = st.st_ino,
-            .ctime = nanoseconds(&st.st_ctim),
-            .mtime = nanoseconds(&st.st_mtim),
-        };
-        if (mnt_ns_of(m->pid, &v.ns) != 0 || !contains(self, &v))
+        if (locate(m->fd, m->pid, &sx, &v.where) != 0 || !S_ISREG(sx.stx_mode))
             return 0;
-        if (allow(group, m->fd) != 0)
+        v.dev = makedev(sx.stx_dev_major, sx.stx_dev_minor);
+        v.ino = sx.stx_ino;
+        v.ctime = statx_ns(&sx.stx_ctime);
+        v.mtime = statx_ns(&sx.stx_mtime);
+        if (!contains(self, &v) || allow(group, m->fd) != 0)
             return 0;
-        note_pending(self, m->pid, &st);
+        note_pending(self, m->pid, &v);
         __atomic_add_fetch(&self->answered, 1, __ATOMIC_RELAXED);
         return 1;
     }
 
     // The open of an exec answered here: the same file, the same thread.
-    if (had_exec && exec.dev == (uint64_t)st.st_dev && exec.ino == st.st_ino)
-        return allow(group, m->fd) == 0;
-    return 0;
+    if (!(m->mask & FAN_OPEN_PERM) || !had_exec)
+        return 0;
+    if (statx(m->fd, "", AT_EMPTY_PATH, STATX_INO, &sx) != 0)
+        return 0;
+    if (makedev(sx.stx_dev_major, sx.stx_dev_minor) != exec.dev || sx.stx_ino != exec.ino)
+        return 0;
+    return allow(group, m->fd) == 0;
 }
 
 /* Hand `count` events, from `metadata` on, to the agent (GIL held). */
@@ -414,9 +457,10 @@ serve(ExecCache *self, PyObject *args)
 /* ---- the table, for the agent ----------------------------------------- */
 
 PyDoc_STRVAR(add_doc,
-"add(mnt_ns, st_dev, st_ino, ctime_ns, mtime_ns) -> bool\n\n"
-"Allow later execs of this file version in `mnt_ns` as they are read.\n"
-"False when the table is full (those execs then go to the agent).");
+"add(owner, where, st_dev, st_ino, ctime_ns, mtime_ns) -> bool\n\n"
+"Allow later execs of this file version made `where` (see where()), for\n"
+"the container whose mount namespace is `owner`. False when the table is\n"
+"full (those execs then go to the agent).");
 
 static PyObject *
 add(ExecCache *self, PyObject *args)
@@ -424,11 +468,12 @@ add(ExecCache *self, PyObject *args)
     struct version v;
     struct version *slot;
 
-    if (!PyArg_ParseTuple(args, "KKKLL:add", &v.ns, &v.dev, &v.ino, &v.ctime,
-                          &v.mtime))
+    if (!PyArg_ParseTuple(args, "KKKKLL:add", &v.owner, &v.where, &v.dev, &v.ino,
+                          &v.ctime, &v.mtime))
         return NULL;
-    if (v.ns == 0 || v.ns == GONE) {
-        PyErr_Format(PyExc_ValueError, "mount namespace %llu", (unsigned long long)v.ns);
+    if (v.owner == 0 || v.owner == GONE) {
+        PyErr_Format(PyExc_ValueError, "mount namespace %llu",
+                     (unsigned long long)v.owner);
         return NULL;
     }
 
@@ -451,8 +496,8 @@ add(ExecCache *self, PyObject *args)
     }
 
     slot = find(self, &v);
-    if (slot->ns == 0 || slot->ns == GONE) {
-        if (slot->ns == GONE)
+    if (slot->owner == 0 || slot->owner == GONE) {
+        if (slot->owner == GONE)
             self->gone--;
         *slot = v;
         self->used++;
@@ -462,20 +507,20 @@ add(ExecCache *self, PyObject *args)
 }
 
 PyDoc_STRVAR(forget_doc,
-"forget(mnt_ns)\n\nDrop every version allowed in `mnt_ns`.");
+"forget(owner)\n\nDrop every version the container `owner` allowed.");
 
 static PyObject *
 forget(ExecCache *self, PyObject *args)
 {
-    unsigned long long ns;
+    unsigned long long owner;
 
-    if (!PyArg_ParseTuple(args, "K:forget", &ns))
+    if (!PyArg_ParseTuple(args, "K:forget", &owner))
         return NULL;
 
     pthread_mutex_lock(&self->lock);
     for (size_t i = 0; i < self->capacity; i++) {
-        if (self->slots[i].ns == ns) {
-            self->slots[i].ns = GONE;
+        if (self->slots[i].owner == owner && owner != 0) {
+            self->slots[i].owner = GONE;
             self->used--;
             self->gone++;
         }
@@ -561,10 +606,38 @@ static PyMethodDef cache_methods[] = {
 
 static PySequenceMethods cache_sequence = {.sq_length = (lenfunc)length};
 
+PyDoc_STRVAR(where_doc,
+"where(fd, tid) -> int\n\n"
+"Where serve() finds the access to `fd` by thread `tid` made, as add()\n"
+"takes it: the unique id of the fd's mount, or the thread's mount\n"
+"namespace on kernels before 6.8. OSError if neither can be read.");
+
+static PyObject *
+where(PyObject *module, PyObject *args)
+{
+    struct statx sx;
+    uint64_t found;
+    int fd, tid;
+
+    if (!PyArg_ParseTuple(args, "ii:where", &fd, &tid))
+        return NULL;
+    if (locate(fd, tid, &sx, &found) != 0) {
+        if (errno == 0)
+            errno = EPROTO;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromUnsignedLongLong(found);
+}
+
+static PyMethodDef module_methods[] = {
+    {"where", where, METH_VARARGS, where_doc},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyTypeObject cache_type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "cvtpm.measure._execcache.ExecCache",
-    .tp_doc = "File versions whose exec is allowed as it is read, per mount namespace.",
+    .tp_doc = "File versions whose exec is allowed as it is read (see add).",
     .tp_basicsize = sizeof(ExecCache),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = new_cache,
@@ -579,6 +652,7 @@ static struct PyModuleDef module = {
     .m_name = "cvtpm.measure._execcache",
     .m_doc = "The agent's reader, which answers execs seen before (see ExecCache).",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC

@@ -435,7 +435,7 @@ class Agent:
             # traced each time), and only while it is measured: a forgotten
             # namespace's number may come back as another container's.
             if self._by_ns.get(task.mnt_ns) is chain[0]:
-                self._exec_cache.add(task.mnt_ns, file)
+                self._exec_cache.add(task.mnt_ns, task.tid, file)
 
     def _carry_out(self, work: _Work) -> None:
         """Record violations and measurements; raises if any cannot be recorded."""

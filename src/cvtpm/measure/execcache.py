@@ -4,8 +4,14 @@ The exec of a program that every list of the container's chain holds at this
 version (the kernel's IMA_MEASURED, with an unchanged i_version) records
 nothing, and neither does the open the exec makes when no policy of the chain
 measures a FILE_CHECK with MAY_EXEC.  Once the agent has judged such an exec,
-its reader (the C module _execcache) answers the same exec in the same mount
-namespace itself, with the GIL released, and hands every other event over.
+its reader (the C module _execcache) answers the same exec made the same way
+itself, with the GIL released, and hands every other event over.
+
+"The same way" is through the same mount, named by the unique mount id
+statx(2) gives since Linux 6.8: a mount belongs to one mount namespace, and
+finding it costs nothing, while reading a new process's /proc/PID/ns/mnt
+costs a cached exec about 25 us.  Older kernels fall back to the thread's
+mount namespace.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from collections.abc import Callable, Sequence
 from cvtpm.ima.policy import Func
 from cvtpm.measure import procinfo
 from cvtpm.measure._execcache import ExecCache as _Table
+from cvtpm.measure._execcache import where
 from cvtpm.measure.eventfile import EventFile
 from cvtpm.measure.fanotify import Event
 
@@ -34,12 +41,13 @@ def exec_opens_unmeasured(chain: Sequence) -> bool:
 
 
 class ExecCache:
-    """Per mount namespace, the file versions whose exec is allowed as read.
+    """The file versions whose exec is allowed as read, and where.
 
     The agent adds a version once it has judged an exec of it to record
-    nothing, and forgets a namespace when its container stops being measured:
-    after that the namespace's inode number may come back as another
-    container's.
+    nothing, for the container it judged it for, and forgets a container
+    when it stops being measured, and when a container starts: a mount
+    namespace's inode number, and on old kernels a mount id, may come back
+    as another container's.
     """
 
     def __init__(self):
@@ -63,16 +71,22 @@ class ExecCache:
 
         self._table.serve(group, wake, busy_poll, hand_over)
 
-    def add(self, mnt_ns: int, file: EventFile) -> bool:
-        """Let later execs of this version of `file` in `mnt_ns` through.
+    def add(self, owner: int, tid: int, file: EventFile) -> bool:
+        """Let later execs of this version of `file` made as thread `tid`
+        made this one through, for the container of mount namespace `owner`.
 
-        False when the table is full: those execs then go to the agent.
+        False when the table is full, or where the access was made cannot be
+        read: those execs then go to the agent.
         """
-        return self._table.add(mnt_ns, *file.key, *file.version)
+        try:
+            made = where(file.fd, tid)
+        except OSError:
+            return False
+        return self._table.add(owner, made, *file.key, *file.version)
 
-    def forget(self, mnt_ns: int) -> None:
-        """Drop what was let through in a namespace."""
-        self._table.forget(mnt_ns)
+    def forget(self, owner: int) -> None:
+        """Drop what the container of mount namespace `owner` let through."""
+        self._table.forget(owner)
 
     def clear(self) -> None:
         """Drop everything."""
