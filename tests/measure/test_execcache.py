@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import threading
+import time
 
 import pytest
 from cvtpm.measure._execcache import ExecCache as Table
@@ -417,3 +419,45 @@ def test_a_container_no_longer_measured_leaves_nothing_allowed(
     assert allowed == 1
     assert len(agent._exec_cache) == 0
     assert "/opt/a/true" in measured(read_list(tmp_path / "l"))
+
+
+@pytest.mark.root
+@pytest.mark.runc
+@pytest.mark.swtpm
+def test_a_container_sharing_pid_namespaces_has_its_execs_judged(
+    agent, runc, bundle_factory, swtpm_factory, tmp_path
+):
+    """A container in another's pid namespace can run that one's programs
+    through /proc/1/root; each run is measured into its own list, never
+    answered on the strength of the other's."""
+    first, second = bundle_factory(), bundle_factory()
+    program = make_program(first.rootfs, "/opt/a", b"a")
+    first.set_script("/opt/a/true; /opt/a/true; /opt/a/true; touch /data/ran; sleep 5")
+    second.set_script("/proc/1/root/opt/a/true; /proc/1/root/opt/a/true")
+    tpm_a, tpm_b = swtpm_factory("a"), swtpm_factory("b")
+
+    with tpm_a.client() as client_a, tpm_b.client() as client_b:
+        cid_a, pid_a = runc.create(first)
+        agent.add_container(ContainerSpec("a", tmp_path / "la", client_a, pid=pid_a))
+        runc.start(cid_a)
+        for _ in range(200):
+            if (first.rootfs / "data/ran").exists():
+                break
+            time.sleep(0.05)
+        answered = agent._exec_cache.answered
+
+        second.join_pid_namespace(pid_a)
+        cid_b, pid_b = runc.create(second)
+        agent.add_container(ContainerSpec("b", tmp_path / "lb", client_b, pid=pid_b))
+        runc.start(cid_b)
+        runc.wait(cid_b)
+        agent.remove_container("b")
+        subprocess.run(["runc", "--root", str(runc.root), "kill", cid_a, "KILL"])
+        runc.wait(cid_a)
+        agent.remove_container("a")
+
+    assert answered == 1  # the first container's third exec, before the second
+    assert agent._exec_cache.answered == answered
+    listed_b = measured(read_list(tmp_path / "lb"))
+    assert [sha256_file(program)] in listed_b.values()
+    assert tpm_b.pcr10() == replay(read_list(tmp_path / "lb"), "sha256")

@@ -52,6 +52,13 @@ class Bundle:
         ]
         (self.directory / "config.json").write_text(json.dumps(config))
 
+    def join_pid_namespace(self, pid: int) -> None:
+        """Make the container's processes share the pid namespace of `pid`."""
+        for ns in self._config["linux"]["namespaces"]:
+            if ns["type"] == "pid":
+                ns["path"] = f"/proc/{pid}/ns/pid"
+        (self.directory / "config.json").write_text(json.dumps(self._config))
+
 
 class Runc:
     """Create, start and wait for containers with runc; deletes them all at the end."""
