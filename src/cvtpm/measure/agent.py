@@ -151,7 +151,7 @@ class Agent:
                 self._containers[spec.name] = container
                 self._by_ns[container.mnt_ns] = container
                 self._exec_cache.forget(container.mnt_ns)
-                self._decide_exec_cache(container)
+                self._exec_cache.admit(container, self._containers.values())
 
             # 3. The marks: every exec and open on the container's mounts.
             for path in spec.resolved_mounts():
@@ -429,30 +429,6 @@ class Agent:
             self._cache_exec(chain, task, file)
 
         return _Work(file, func, mask, task, records, tomtou)
-
-    def _decide_exec_cache(self, container: Container) -> None:
-        """Whether the reader may answer the container's execs (lock held).
-
-        It may not while another measured container's processes can see its
-        processes, or it theirs (a shared pid namespace, or one above the
-        other): they could run its programs through /proc/PID/root, and the
-        reader, which knows the mount and not the thread, would answer for
-        the wrong list.  Its own ancestors and descendants are not others:
-        their lists get what its list gets.  The decision stays made.
-        """
-        mine = container.pid_namespaces
-        container.exec_cache = mine is not None
-        for other in self._containers.values():
-            if other is container or container in other.chain():
-                continue
-            if other in container.chain():
-                continue
-            theirs = other.pid_namespaces
-            if mine is None or theirs is None or mine[0] in theirs or theirs[0] in mine:
-                container.exec_cache = False
-                if other.exec_cache:
-                    other.exec_cache = False
-                    self._exec_cache.forget(other.mnt_ns)
 
     def _cache_exec(self, chain: list[Container], task: procinfo.Task, file) -> None:
         """Have the exec's twins answered as they are read (see execcache)."""

@@ -16,7 +16,7 @@ mount namespace.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from cvtpm.ima.policy import Func
 from cvtpm.measure import procinfo
@@ -83,6 +83,31 @@ class ExecCache:
         except OSError:
             return False
         return self._table.add(owner, made, *file.key, *file.version)
+
+    def admit(self, container, measured: Iterable) -> None:
+        """Decide whether the reader may answer a new container's execs.
+
+        It may not while another measured container's processes can see its
+        processes, or it theirs (a shared pid namespace, or one above the
+        other): they could run its programs through /proc/PID/root, and the
+        reader, which knows the mount and not the thread, would answer for
+        the wrong list.  Its own ancestors and descendants are not others:
+        their lists get what its list gets.  The decision stays made for the
+        container's life.  `measured` holds the containers measured now.
+        """
+        mine = container.pid_namespaces
+        container.exec_cache = mine is not None
+        for other in measured:
+            if other is container or container in other.chain():
+                continue
+            if other in container.chain():
+                continue
+            theirs = other.pid_namespaces
+            if mine is None or theirs is None or mine[0] in theirs or theirs[0] in mine:
+                container.exec_cache = False
+                if other.exec_cache:
+                    other.exec_cache = False
+                    self.forget(other.mnt_ns)
 
     def forget(self, owner: int) -> None:
         """Drop what the container of mount namespace `owner` let through."""
