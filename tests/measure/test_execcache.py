@@ -153,3 +153,53 @@ def test_a_container_sharing_pid_namespaces_has_its_execs_judged(
     listed_b = measured(read_list(tmp_path / "lb"))
     assert [sha256_file(program)] in listed_b.values()
     assert tpm_b.pcr10() == replay(read_list(tmp_path / "lb"), "sha256")
+
+
+def test_execs_of_another_containers_files_go_to_the_executing_threads_list(
+    agent, runc, bundle_factory, swtpm_factory, tmp_path
+):
+    """A container with the host's /proc runs a program in another's root:
+    each exec is its own list's, and what it ran lets none of the other's
+    execs through."""
+    victim, prober = bundle_factory(), bundle_factory()
+    program = make_program(victim.rootfs, "/opt/x", b"x")
+    victim.set_script(
+        "touch /data/up; while [ ! -e /data/go ]; do sleep 0.05; done; "
+        "/opt/x/true; touch /data/done; sleep 5"
+    )
+    tpm_a, tpm_b = swtpm_factory("a"), swtpm_factory("b")
+
+    with tpm_a.client() as client_a, tpm_b.client() as client_b:
+        cid_a, pid_a = runc.create(victim)
+        agent.add_container(ContainerSpec("a", tmp_path / "la", client_a, pid=pid_a))
+        runc.start(cid_a)
+        wait_for(victim.rootfs / "data/up")
+
+        theirs = f"/hostproc/{pid_a}/root"
+        prober.set_script(
+            f"{theirs}/opt/x/true; {theirs}/opt/x/true; {theirs}/opt/x/true; "
+            f"touch {theirs}/data/go"
+        )
+        prober.add_mount("/hostproc", "/proc")
+        cid_b, pid_b = runc.create(prober)
+        agent.add_container(ContainerSpec("b", tmp_path / "lb", client_b, pid=pid_b))
+        runc.start(cid_b)
+        runc.wait(cid_b)
+        wait_for(victim.rootfs / "data/done")
+        subprocess.run(["runc", "--root", str(runc.root), "kill", cid_a, "KILL"])
+        runc.wait(cid_a)
+        agent.remove_container("a")
+        agent.remove_container("b")
+
+    digest = sha256_file(program)
+    assert [digest] in measured(read_list(tmp_path / "lb")).values()
+    assert [digest] in measured(read_list(tmp_path / "la")).values()
+
+
+def wait_for(path, timeout: float = 10) -> None:
+    """Wait until a container has made `path`."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} was not made")
+        time.sleep(0.05)

@@ -11,7 +11,6 @@ import threading
 
 import pytest
 from cvtpm.measure._execcache import ExecCache as Table
-from cvtpm.measure._execcache import where
 
 from cvtpm.measure import fanotify, procinfo
 
@@ -23,15 +22,15 @@ OPEN = fanotify.FAN_OPEN_PERM
 
 def test_the_table_adds_forgets_and_clears():
     table = Table()
-    assert table.add(5, 100, 1, 2, 3, 4) is True
-    assert table.add(5, 100, 1, 2, 3, 4) is True  # twice is once
-    assert table.add(5, 101, 1, 2, 3, 4) is True
-    assert table.add(6, 200, 1, 2, 3, 4) is True
+    assert table.add(5, 1, 2, 3, 4) is True
+    assert table.add(5, 1, 2, 3, 4) is True  # twice is once
+    assert table.add(5, 1, 2, 3, 5) is True
+    assert table.add(6, 1, 2, 3, 4) is True
     assert len(table) == 3
 
-    table.forget(5)  # the container, with all it allowed
+    table.forget(5)
     assert len(table) == 1
-    table.forget(0)  # no container: nothing
+    table.forget(7)  # nothing allowed there
     assert len(table) == 1
     table.clear()
     assert len(table) == 0
@@ -41,20 +40,22 @@ def test_the_table_refuses_a_namespace_no_thread_can_have():
     table = Table()
     for ns in (0, 2**64 - 1):
         with pytest.raises(ValueError, match="mount namespace"):
-            table.add(ns, 100, 1, 2, 3, 4)
+            table.add(ns, 1, 2, 3, 4)
+        with pytest.raises(ValueError, match="mount namespace"):
+            table.forget(ns)
     assert len(table) == 0
 
 
 def test_a_full_table_says_so_and_takes_more_after_a_forget():
     table = Table()
     count = 0
-    while table.add(7, 100, count, 1, 1, 1):
+    while table.add(7, count, 1, 1, 1):
         count += 1
     assert count == len(table) == 2**17
 
     table.forget(7)
     assert len(table) == 0
-    assert table.add(7, 100, 1, 1, 1, 1) is True
+    assert table.add(7, 1, 1, 1, 1) is True
 
 
 def test_the_table_and_serve_take_their_own_arguments_only():
@@ -88,7 +89,6 @@ class FakeGroup:
         st = os.fstat(fd)
         self.table.add(
             procinfo.mnt_ns_of(os.getpid()),
-            where(fd, os.getpid()),
             st.st_dev,
             st.st_ino,
             st.st_ctime_ns,
@@ -206,12 +206,11 @@ def test_a_changed_file_is_no_longer_allowed(group):
     os.close(fd_old)
 
 
-def test_a_version_allowed_elsewhere_is_handed_over(group):
-    """Allowed through another mount (or, on old kernels, another namespace)."""
+def test_a_version_allowed_in_another_namespace_is_handed_over(group):
     fd = group.fd()
     st = os.fstat(fd)
-    elsewhere = where(fd, os.getpid()) + 1
-    group.table.add(1, elsewhere, st.st_dev, st.st_ino, st.st_ctime_ns, st.st_mtime_ns)
+    other = procinfo.mnt_ns_of(os.getpid()) + 1
+    group.table.add(other, st.st_dev, st.st_ino, st.st_ctime_ns, st.st_mtime_ns)
 
     assert group.serve((EXEC, fd, os.getpid())) == []
     assert group.handed == [[(EXEC, fd, os.getpid())]]
@@ -270,26 +269,15 @@ def test_serve_returns_on_wake_and_lets_other_threads_run(group):
     assert group.handed == []
 
 
-def test_where_is_the_unique_mount_id_where_the_kernel_has_one(group):
-    """Linux 6.8 and later (as here): statx's STATX_MNT_ID_UNIQUE, which no
-    other mount ever gets; /proc/self/fdinfo shows the same mount."""
+def test_a_thread_that_is_gone_is_handed_over(group):
+    """Its namespace cannot be read, through a pidfd or /proc."""
     fd = group.fd()
-    found = where(fd, os.getpid())
+    group.allow(fd)
+    gone = 2**22 + 12345  # above the largest pid Linux hands out
+
+    assert group.serve((EXEC, fd, gone)) == []
+    assert group.handed == [[(EXEC, fd, gone)]]
     os.close(fd)
-
-    assert found < 2**63  # not a namespace
-    with open("/proc/self/mountinfo") as f:
-        ids = {int(line.split()[0]) for line in f}
-    # mountinfo shows the old, reusable ids; unique ones start at 2**31.
-    assert found >= 2**31 and found not in ids
-
-
-def test_where_of_a_closed_fd_is_an_oserror():
-    r, w = os.pipe()
-    os.close(r)
-    os.close(w)
-    with pytest.raises(OSError):
-        where(r, os.getpid())
 
 
 def test_a_closed_group_is_an_oserror(group, tmp_path):

@@ -52,6 +52,18 @@ class Bundle:
         ]
         (self.directory / "config.json").write_text(json.dumps(config))
 
+    def add_mount(self, destination: str, source: str) -> None:
+        """Bind-mount host path `source` at `destination`, read-only."""
+        self._config["mounts"].append(
+            {
+                "destination": destination,
+                "type": "bind",
+                "source": source,
+                "options": ["rbind", "ro"],
+            }
+        )
+        (self.directory / "config.json").write_text(json.dumps(self._config))
+
     def join_pid_namespace(self, pid: int) -> None:
         """Make the container's processes share the pid namespace of `pid`."""
         for ns in self._config["linux"]["namespaces"]:

@@ -29,8 +29,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -44,20 +45,21 @@
 #define FIRST_SLOTS 1024
 
 /*
- * One file version allowed where it was seen: `where` is the mount the event
- * came through (its unique mount id, which the kernel never hands out
- * again), or, on kernels before 6.8 that have none, the mount namespace of
- * the thread (marked NS_KEY).  `owner` is the mount namespace of the
- * container that allowed it, for forget(); 0 is a free slot.
+ * One file version allowed for the threads of one mount namespace (a
+ * container's; 0 is a free slot).  The namespace is the thread's, not the
+ * mount's the file was reached through: a container's files can be reached
+ * from elsewhere (/proc/PID/root, a passed fd), and an exec is the list's of
+ * whoever makes it, as the agent decides (Agent._container_of).
  */
 struct version {
-    uint64_t owner, where, dev, ino;
+    uint64_t ns, dev, ino;
     int64_t ctime, mtime;
 };
-#define NS_KEY (1ULL << 63)
-#ifndef STATX_MNT_ID_UNIQUE
-#define STATX_MNT_ID_UNIQUE 0x4000U /* include/uapi/linux/stat.h, Linux 6.8 */
-#endif
+
+/* pidfd_open(2) of a thread, and the pidfd ioctl that opens its mount
+ * namespace (include/uapi/linux/pidfd.h; Linux 6.9 and 6.11). */
+#define PIDFD_THREAD O_EXCL
+#define PIDFD_GET_MNT_NAMESPACE _IO(0xFF, 3)
 /* A slot freed by forget(); searches go on past it. */
 #define GONE UINT64_MAX
 
@@ -92,7 +94,7 @@ mix(uint64_t h, uint64_t v)
 static size_t
 slot_of(const struct version *v, size_t capacity)
 {
-    uint64_t h = mix(mix(mix(mix(mix(0, v->where), v->dev), v->ino),
+    uint64_t h = mix(mix(mix(mix(mix(0, v->ns), v->dev), v->ino),
                          (uint64_t)v->ctime), (uint64_t)v->mtime);
     return (size_t)h & (capacity - 1);
 }
@@ -100,7 +102,7 @@ slot_of(const struct version *v, size_t capacity)
 static int
 same(const struct version *a, const struct version *b)
 {
-    return a->where == b->where && a->dev == b->dev && a->ino == b->ino &&
+    return a->ns == b->ns && a->dev == b->dev && a->ino == b->ino &&
            a->ctime == b->ctime && a->mtime == b->mtime;
 }
 
@@ -113,9 +115,9 @@ find(ExecCache *self, const struct version *v)
 
     for (;;) {
         struct version *s = &self->slots[i];
-        if (s->owner == 0)
+        if (s->ns == 0)
             return reuse != NULL ? reuse : s;
-        if (s->owner == GONE) {
+        if (s->ns == GONE) {
             if (reuse == NULL)
                 reuse = s;
         } else if (same(s, v)) {
@@ -140,7 +142,7 @@ rebuild(ExecCache *self, size_t capacity)
     self->capacity = capacity;
     self->used = self->gone = 0;
     for (size_t i = 0; i < old_capacity; i++) {
-        if (old[i].owner != 0 && old[i].owner != GONE) {
+        if (old[i].ns != 0 && old[i].ns != GONE) {
             *find(self, &old[i]) = old[i];
             self->used++;
         }
@@ -157,7 +159,7 @@ contains(ExecCache *self, const struct version *v)
     pthread_mutex_lock(&self->lock);
     if (self->slots != NULL) {
         const struct version *s = find(self, v);
-        found = s->owner != 0 && s->owner != GONE;
+        found = s->ns != 0 && s->ns != GONE;
     } else {
         found = 0;
     }
@@ -192,32 +194,40 @@ nanoseconds(const struct timespec *t)
     return (int64_t)t->tv_sec * 1000000000LL + t->tv_nsec;
 }
 
-static int64_t
-statx_ns(const struct statx_timestamp *t)
-{
-    return (int64_t)t->tv_sec * 1000000000LL + t->tv_nsec;
-}
+/* Whether this kernel opens a thread's namespace through a pidfd (see below). */
+static int pidfd_namespaces = 1;
 
 /*
- * The event's file: its statx, and where the access was made (see struct
- * version).  A unique mount id costs nothing; a thread's namespace costs a
- * /proc lookup, about 25 us for a process just made.  0, or -1 if unknown.
+ * The inode number of a thread's mount namespace.  Through a pidfd where the
+ * kernel can (about 14 us for a process just made), else from /proc, whose
+ * entries for a new process cost about 25 us to build.
  */
 static int
-locate(int fd, int tid, struct statx *sx, uint64_t *where)
+thread_mnt_ns(int tid, uint64_t *ns)
 {
-    uint64_t ns;
+    struct stat st;
+    int pidfd, nsfd;
 
-    if (statx(fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS | STATX_MNT_ID_UNIQUE, sx) != 0)
-        return -1;
-    if (sx->stx_mask & STATX_MNT_ID_UNIQUE) {
-        *where = sx->stx_mnt_id & ~NS_KEY;
-        return 0;
+    if (__atomic_load_n(&pidfd_namespaces, __ATOMIC_RELAXED)) {
+        pidfd = (int)syscall(SYS_pidfd_open, tid, PIDFD_THREAD);
+        if (pidfd >= 0) {
+            nsfd = ioctl(pidfd, PIDFD_GET_MNT_NAMESPACE, 0);
+            close(pidfd);
+            if (nsfd >= 0) {
+                int ok = fstat(nsfd, &st) == 0;
+                close(nsfd);
+                if (ok && st.st_ino != 0 && st.st_ino != GONE) {
+                    *ns = st.st_ino;
+                    return 0;
+                }
+            } else if (errno == ENOTTY || errno == EINVAL) {
+                __atomic_store_n(&pidfd_namespaces, 0, __ATOMIC_RELAXED);
+            }
+        } else if (errno == EINVAL) {
+            __atomic_store_n(&pidfd_namespaces, 0, __ATOMIC_RELAXED);
+        }
     }
-    if (mnt_ns_of(tid, &ns) != 0)
-        return -1;
-    *where = ns | NS_KEY;
-    return 0;
+    return mnt_ns_of(tid, ns);
 }
 
 /* Allow the access; 0 when the kernel took the answer (the fd is then closed). */
@@ -261,7 +271,7 @@ answer(ExecCache *self, int group, const struct fanotify_event_metadata *m)
 {
     struct pending exec;
     struct version v = {0};
-    struct statx sx;
+    struct stat st;
     int had_exec;
 
     if (m->fd < 0)
@@ -271,12 +281,14 @@ answer(ExecCache *self, int group, const struct fanotify_event_metadata *m)
     had_exec = take_pending(self, m->pid, &exec);
 
     if (m->mask & FAN_OPEN_EXEC_PERM) {
-        if (locate(m->fd, m->pid, &sx, &v.where) != 0 || !S_ISREG(sx.stx_mode))
+        if (fstat(m->fd, &st) != 0 || !S_ISREG(st.st_mode))
             return 0;
-        v.dev = makedev(sx.stx_dev_major, sx.stx_dev_minor);
-        v.ino = sx.stx_ino;
-        v.ctime = statx_ns(&sx.stx_ctime);
-        v.mtime = statx_ns(&sx.stx_mtime);
+        v.dev = st.st_dev;
+        v.ino = st.st_ino;
+        v.ctime = nanoseconds(&st.st_ctim);
+        v.mtime = nanoseconds(&st.st_mtim);
+        if (thread_mnt_ns(m->pid, &v.ns) != 0)
+            return 0;
         if (!contains(self, &v) || allow(group, m->fd) != 0)
             return 0;
         note_pending(self, m->pid, &v);
@@ -287,9 +299,8 @@ answer(ExecCache *self, int group, const struct fanotify_event_metadata *m)
     // The open of an exec answered here: the same file, the same thread.
     if (!(m->mask & FAN_OPEN_PERM) || !had_exec)
         return 0;
-    if (statx(m->fd, "", AT_EMPTY_PATH, STATX_INO, &sx) != 0)
-        return 0;
-    if (makedev(sx.stx_dev_major, sx.stx_dev_minor) != exec.dev || sx.stx_ino != exec.ino)
+    if (fstat(m->fd, &st) != 0 || (uint64_t)st.st_dev != exec.dev ||
+        (uint64_t)st.st_ino != exec.ino)
         return 0;
     return allow(group, m->fd) == 0;
 }
@@ -457,10 +468,9 @@ serve(ExecCache *self, PyObject *args)
 /* ---- the table, for the agent ----------------------------------------- */
 
 PyDoc_STRVAR(add_doc,
-"add(owner, where, st_dev, st_ino, ctime_ns, mtime_ns) -> bool\n\n"
-"Allow later execs of this file version made `where` (see where()), for\n"
-"the container whose mount namespace is `owner`. False when the table is\n"
-"full (those execs then go to the agent).");
+"add(mnt_ns, st_dev, st_ino, ctime_ns, mtime_ns) -> bool\n\n"
+"Allow later execs of this file version by threads of `mnt_ns` as they are\n"
+"read. False when the table is full (those execs then go to the agent).");
 
 static PyObject *
 add(ExecCache *self, PyObject *args)
@@ -468,12 +478,12 @@ add(ExecCache *self, PyObject *args)
     struct version v;
     struct version *slot;
 
-    if (!PyArg_ParseTuple(args, "KKKKLL:add", &v.owner, &v.where, &v.dev, &v.ino,
-                          &v.ctime, &v.mtime))
+    if (!PyArg_ParseTuple(args, "KKKLL:add", &v.ns, &v.dev, &v.ino, &v.ctime,
+                          &v.mtime))
         return NULL;
-    if (v.owner == 0 || v.owner == GONE) {
+    if (v.ns == 0 || v.ns == GONE) {
         PyErr_Format(PyExc_ValueError, "mount namespace %llu",
-                     (unsigned long long)v.owner);
+                     (unsigned long long)v.ns);
         return NULL;
     }
 
@@ -496,8 +506,8 @@ add(ExecCache *self, PyObject *args)
     }
 
     slot = find(self, &v);
-    if (slot->owner == 0 || slot->owner == GONE) {
-        if (slot->owner == GONE)
+    if (slot->ns == 0 || slot->ns == GONE) {
+        if (slot->ns == GONE)
             self->gone--;
         *slot = v;
         self->used++;
@@ -507,20 +517,24 @@ add(ExecCache *self, PyObject *args)
 }
 
 PyDoc_STRVAR(forget_doc,
-"forget(owner)\n\nDrop every version the container `owner` allowed.");
+"forget(mnt_ns)\n\nDrop every version allowed in `mnt_ns`.");
 
 static PyObject *
 forget(ExecCache *self, PyObject *args)
 {
-    unsigned long long owner;
+    unsigned long long ns;
 
-    if (!PyArg_ParseTuple(args, "K:forget", &owner))
+    if (!PyArg_ParseTuple(args, "K:forget", &ns))
         return NULL;
+    if (ns == 0 || ns == GONE) {
+        PyErr_Format(PyExc_ValueError, "mount namespace %llu", ns);
+        return NULL;
+    }
 
     pthread_mutex_lock(&self->lock);
     for (size_t i = 0; i < self->capacity; i++) {
-        if (self->slots[i].owner == owner && owner != 0) {
-            self->slots[i].owner = GONE;
+        if (self->slots[i].ns == ns) {
+            self->slots[i].ns = GONE;
             self->used--;
             self->gone++;
         }
@@ -606,34 +620,6 @@ static PyMethodDef cache_methods[] = {
 
 static PySequenceMethods cache_sequence = {.sq_length = (lenfunc)length};
 
-PyDoc_STRVAR(where_doc,
-"where(fd, tid) -> int\n\n"
-"Where serve() finds the access to `fd` by thread `tid` made, as add()\n"
-"takes it: the unique id of the fd's mount, or the thread's mount\n"
-"namespace on kernels before 6.8. OSError if neither can be read.");
-
-static PyObject *
-where(PyObject *module, PyObject *args)
-{
-    struct statx sx;
-    uint64_t found;
-    int fd, tid;
-
-    if (!PyArg_ParseTuple(args, "ii:where", &fd, &tid))
-        return NULL;
-    if (locate(fd, tid, &sx, &found) != 0) {
-        if (errno == 0)
-            errno = EPROTO;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    return PyLong_FromUnsignedLongLong(found);
-}
-
-static PyMethodDef module_methods[] = {
-    {"where", where, METH_VARARGS, where_doc},
-    {NULL, NULL, 0, NULL},
-};
-
 static PyTypeObject cache_type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "cvtpm.measure._execcache.ExecCache",
@@ -652,7 +638,6 @@ static struct PyModuleDef module = {
     .m_name = "cvtpm.measure._execcache",
     .m_doc = "The agent's reader, which answers execs seen before (see ExecCache).",
     .m_size = -1,
-    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC

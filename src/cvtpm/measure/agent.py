@@ -134,9 +134,6 @@ class Agent:
             ),
             parent=parent,
         )
-        if spec.pid is not None:
-            with contextlib.suppress(OSError):
-                container.pid_namespaces = procinfo.pid_namespaces_of(spec.pid)
         try:
             # A new vTPM and a new list cannot disagree, so nothing here can
             # refuse the container: they are begun after the marks, in a
@@ -151,7 +148,6 @@ class Agent:
                 self._containers[spec.name] = container
                 self._by_ns[container.mnt_ns] = container
                 self._exec_cache.forget(container.mnt_ns)
-                self._exec_cache.admit(container, self._containers.values())
 
             # 3. The marks: every exec and open on the container's mounts.
             for path in spec.resolved_mounts():
@@ -432,14 +428,14 @@ class Agent:
 
     def _cache_exec(self, chain: list[Container], task: procinfo.Task, file) -> None:
         """Have the exec's twins answered as they are read (see execcache)."""
-        if not chain[0].exec_cache or not exec_opens_unmeasured(chain):
+        if not exec_opens_unmeasured(chain):
             return
         with self._lock:
             # The container's own namespace only (threads of a nested one are
             # traced each time), and only while it is measured: a forgotten
             # namespace's number may come back as another container's.
             if self._by_ns.get(task.mnt_ns) is chain[0]:
-                self._exec_cache.add(task.mnt_ns, task.tid, file)
+                self._exec_cache.add(task.mnt_ns, file)
 
     def _carry_out(self, work: _Work) -> None:
         """Record violations and measurements; raises if any cannot be recorded."""

@@ -79,11 +79,6 @@ class Container:
     # seen them free of writers (IMA_EMITTED_OPENWRITERS).
     emitted_open_writers: set[tuple[int, int]] = field(default_factory=set)
     closed: bool = False
-    # Its pid namespace and that namespace's ancestors (see
-    # Agent._pid_neighbours); None when unknown.
-    pid_namespaces: tuple[int, ...] | None = None
-    # Whether its execs may be answered by the reader (see execcache).
-    exec_cache: bool = False
     _tpm: Extender | None = None
     _banks: list[str] = field(default_factory=list)
 

@@ -32,7 +32,6 @@ _SYSCALLS = {
 _EXECS = {"x86_64": (59, 322), "aarch64": (221, 281)}
 
 _F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
-_NS_GET_PARENT = 0xB702  # _IO(NSIO, 0x2)
 _F_RDLCK = 0
 _F_UNLCK = 2
 
@@ -100,30 +99,6 @@ def nearest_ancestor_in(
             return parent
         ppid = parent.ppid
     return None
-
-
-def pid_namespaces_of(pid: int) -> tuple[int, ...]:
-    """The inode numbers of a process's pid namespace and of its ancestors.
-
-    Those are the namespaces whose processes can see this one's, and reach
-    its files through /proc/PID/root.  Walked with NS_GET_PARENT
-    (include/uapi/linux/nsfs.h), which stops at the caller's own namespace.
-    """
-    chain = []
-    fd = os.open(f"/proc/{pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        while True:
-            chain.append(os.fstat(fd).st_ino)
-            try:
-                parent = fcntl.ioctl(fd, _NS_GET_PARENT)
-            except OSError as exc:
-                if exc.errno == errno.EPERM:  # the top, as far as we may see
-                    return tuple(chain)
-                raise
-            os.close(fd)
-            fd = parent
-    finally:
-        os.close(fd)
 
 
 def mnt_ns_of(pid: int) -> int:
