@@ -31,13 +31,19 @@ def agent(policy, request):
     a.stop()
 
 
-def run_container(agent, runc, bundle, name, list_dir, extender, **spec):
-    """Create a container, hand it to the agent, start it and wait for its end."""
+def start_measured(agent, runc, bundle, name, list_dir, extender, **spec):
+    """Create a container, hand it to the agent and start it: (id, pid)."""
     cid, pid = runc.create(bundle)
     agent.add_container(
         ContainerSpec(name=name, pid=pid, list_dir=list_dir, extender=extender, **spec)
     )
     runc.start(cid)
+    return cid, pid
+
+
+def run_container(agent, runc, bundle, name, list_dir, extender, **spec):
+    """Create a container, hand it to the agent, start it and wait for its end."""
+    cid, _ = start_measured(agent, runc, bundle, name, list_dir, extender, **spec)
     runc.wait(cid)
     agent.remove_container(name)
     return read_list(list_dir)

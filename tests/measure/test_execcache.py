@@ -9,13 +9,12 @@ import subprocess
 import time
 
 import pytest
-from tests.measure.test_agent import measured, run_container
+from tests.measure.test_agent import measured, run_container, start_measured
 from tests.support.runc import make_program, sha256_file
 
 from cvtpm.ima.policy import parse_policy
 from cvtpm.ima.replay import replay
 from cvtpm.measure.agent import Agent
-from cvtpm.measure.container import ContainerSpec
 from cvtpm.measure.journal import read_list
 
 pytestmark = [pytest.mark.root, pytest.mark.runc, pytest.mark.swtpm]
@@ -103,9 +102,7 @@ def test_a_container_no_longer_measured_leaves_nothing_allowed(
     tpm = swtpm_factory()
 
     with tpm.client() as client:
-        cid, pid = runc.create(bundle)
-        agent.add_container(ContainerSpec("c", tmp_path / "l", client, pid=pid))
-        runc.start(cid)
+        cid, _ = start_measured(agent, runc, bundle, "c", tmp_path / "l", client)
         runc.wait(cid)
         allowed = len(agent._exec_cache)
         agent.remove_container("c")
@@ -129,19 +126,14 @@ def test_a_container_sharing_pid_namespaces_has_its_execs_judged(
     tpm_a, tpm_b = swtpm_factory("a"), swtpm_factory("b")
 
     with tpm_a.client() as client_a, tpm_b.client() as client_b:
-        cid_a, pid_a = runc.create(first)
-        agent.add_container(ContainerSpec("a", tmp_path / "la", client_a, pid=pid_a))
-        runc.start(cid_a)
-        for _ in range(200):
-            if (first.rootfs / "data/ran").exists():
-                break
-            time.sleep(0.05)
+        cid_a, pid_a = start_measured(
+            agent, runc, first, "a", tmp_path / "la", client_a
+        )
+        wait_for(first.rootfs / "data/ran")
         answered = agent._exec_cache.answered
 
         second.join_pid_namespace(pid_a)
-        cid_b, pid_b = runc.create(second)
-        agent.add_container(ContainerSpec("b", tmp_path / "lb", client_b, pid=pid_b))
-        runc.start(cid_b)
+        cid_b, _ = start_measured(agent, runc, second, "b", tmp_path / "lb", client_b)
         runc.wait(cid_b)
         agent.remove_container("b")
         subprocess.run(["runc", "--root", str(runc.root), "kill", cid_a, "KILL"])
@@ -170,9 +162,9 @@ def test_execs_of_another_containers_files_go_to_the_executing_threads_list(
     tpm_a, tpm_b = swtpm_factory("a"), swtpm_factory("b")
 
     with tpm_a.client() as client_a, tpm_b.client() as client_b:
-        cid_a, pid_a = runc.create(victim)
-        agent.add_container(ContainerSpec("a", tmp_path / "la", client_a, pid=pid_a))
-        runc.start(cid_a)
+        cid_a, pid_a = start_measured(
+            agent, runc, victim, "a", tmp_path / "la", client_a
+        )
         wait_for(victim.rootfs / "data/up")
 
         theirs = f"/hostproc/{pid_a}/root"
@@ -181,9 +173,7 @@ def test_execs_of_another_containers_files_go_to_the_executing_threads_list(
             f"touch {theirs}/data/go"
         )
         prober.add_mount("/hostproc", "/proc")
-        cid_b, pid_b = runc.create(prober)
-        agent.add_container(ContainerSpec("b", tmp_path / "lb", client_b, pid=pid_b))
-        runc.start(cid_b)
+        cid_b, _ = start_measured(agent, runc, prober, "b", tmp_path / "lb", client_b)
         runc.wait(cid_b)
         wait_for(victim.rootfs / "data/done")
         subprocess.run(["runc", "--root", str(runc.root), "kill", cid_a, "KILL"])

@@ -11,7 +11,6 @@ import ctypes.util
 import errno
 import os
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 # fanotify_init() flags (include/uapi/linux/fanotify.h).
@@ -41,7 +40,8 @@ FANOTIFY_METADATA_VERSION = 3
 AT_FDCWD = -100
 
 # struct fanotify_event_metadata: event_len, vers, reserved, metadata_len,
-# mask (aligned u64), fd, pid.
+# mask (aligned u64), fd, pid.  The agent's reader (_execcache.c) parses it;
+# this layout is for tests that write events.
 _METADATA = struct.Struct("=IBBHQii")
 # struct fanotify_response: fd, response.
 _RESPONSE = struct.Struct("=iI")
@@ -114,24 +114,6 @@ def _mark(group: int, flags: int, mask: int, path: str | os.PathLike) -> None:
     if rc < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"fanotify_mark {os.fspath(path)}: {os.strerror(err)}")
-
-
-def read_events(group: int, size: int = 64 * 1024) -> Iterator[Event]:
-    """Read the events queued now; yields nothing when the queue is empty."""
-    try:
-        buf = os.read(group, size)
-    except BlockingIOError:
-        return
-
-    offset = 0
-    while offset + _METADATA.size <= len(buf):
-        event_len, vers, _, _, mask, fd, pid = _METADATA.unpack_from(buf, offset)
-        if vers != FANOTIFY_METADATA_VERSION:
-            raise OSError(errno.EPROTO, f"fanotify metadata version {vers}")
-        if event_len < _METADATA.size:
-            raise OSError(errno.EPROTO, f"fanotify event length {event_len}")
-        yield Event(mask=mask, fd=fd, pid=pid)
-        offset += event_len
 
 
 def respond(group: int, fd: int, allow: bool) -> None:
