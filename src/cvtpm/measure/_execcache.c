@@ -56,10 +56,6 @@ struct version {
     int64_t ctime, mtime;
 };
 
-/* pidfd_open(2) of a thread, and the pidfd ioctl that opens its mount
- * namespace (include/uapi/linux/pidfd.h; Linux 6.9 and 6.11). */
-#define PIDFD_THREAD O_EXCL
-#define PIDFD_GET_MNT_NAMESPACE _IO(0xFF, 3)
 /* A slot freed by forget(); searches go on past it. */
 #define GONE UINT64_MAX
 
@@ -194,6 +190,11 @@ nanoseconds(const struct timespec *t)
     return (int64_t)t->tv_sec * 1000000000LL + t->tv_nsec;
 }
 
+/* pidfd_open(2) of a thread, and the pidfd ioctl that opens its mount
+ * namespace (include/uapi/linux/pidfd.h; Linux 6.9 and 6.11). */
+#define PIDFD_THREAD O_EXCL
+#define PIDFD_GET_MNT_NAMESPACE _IO(0xFF, 3)
+
 /* Whether this kernel opens a thread's namespace through a pidfd (see below). */
 static int pidfd_namespaces = 1;
 
@@ -305,7 +306,7 @@ answer(ExecCache *self, int group, const struct fanotify_event_metadata *m)
     return allow(group, m->fd) == 0;
 }
 
-/* Hand `count` events, from `metadata` on, to the agent (GIL held). */
+/* Hand the `count` events in `events` to the agent (GIL held). */
 static int
 hand_over(PyObject *handle, const struct fanotify_event_metadata **events,
           size_t count)
@@ -579,12 +580,13 @@ new_cache(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self = (ExecCache *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
+    // Before anything can fail: dealloc destroys the mutex.
+    pthread_mutex_init(&self->lock, NULL);
     self->queue = malloc(READ_SIZE);
     if (self->queue == NULL) {
         Py_DECREF(self);
         return PyErr_NoMemory();
     }
-    pthread_mutex_init(&self->lock, NULL);
     return (PyObject *)self;
 }
 
