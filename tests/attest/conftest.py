@@ -110,8 +110,10 @@ def make_vtpm(tmp: Path, ca: LocalCa, key_type: str = "ecc", name: str = "web") 
     """Provision a swtpm like the vTPM manager does: EK, AK, certificates."""
     tcti = f"swtpm:path={tmp / 'tpm.sock'}"
     with TpmClient(tcti) as tpm:
-        ek = tpm.create_persistent_primary(ek_template(key_type), EK_HANDLES[key_type])
-        ak = tpm.create_persistent_primary(ak_template("ecc"), AK_HANDLE)
+        ek, _ = tpm.create_persistent_primary(
+            ek_template(key_type), EK_HANDLES[key_type]
+        )
+        ak, _ = tpm.create_persistent_primary(ak_template("ecc"), AK_HANDLE)
     ek_pub = unmarshal_tpm2b_public(ek.marshal())
     ak_pub = unmarshal_tpm2b_public(ak.marshal())
     ek_cert = ca.issue_ek_certificate(ek_pub.public_key(), TpmIdentity(0x1014, "SW", 1))

@@ -45,3 +45,16 @@ def test_credential_for_another_ak_name_is_refused(vtpm):
     blob, encrypted = make_credential(ek, wrong_name, b"secret")
     with vtpm.client() as tpm, pytest.raises(TpmError):
         tpm.activate_credential(vtpm.ak_handle, vtpm.ek_handle, blob, encrypted)
+
+
+@pytest.mark.swtpm
+def test_the_connection_goes_on_after_an_activation(swtpm_dir, local_ca):
+    """ESAPI has the TPM to itself for the activation; our commands resume after."""
+    vtpm = make_vtpm(swtpm_dir, local_ca)
+    ek = unmarshal_tpmt_public(vtpm.ek_public)
+    blob, encrypted = make_credential(ek, tpm2_name(vtpm.ak_public), b"s" * 32)
+    with vtpm.client() as tpm:
+        before = tpm.pcr_read(10, ["sha256"])
+        tpm.activate_credential(vtpm.ak_handle, vtpm.ek_handle, blob, encrypted)
+        tpm.pcr_extend(10, {"sha256": b"\1" * 32})
+        assert tpm.pcr_read(10, ["sha256"]) != before

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from cvtpm.errors import TpmError
@@ -27,3 +29,25 @@ def test_the_tcti_library_is_held_once_per_name():
             TpmClient("nosuch:conf")
     assert client._TCTI_LIBRARIES["swtpm"] is not None
     assert client._TCTI_LIBRARIES["nosuch"] is None
+
+
+def test_the_ak_name_manufacturing_records_is_the_one_tpm2_tools_reads(manager):
+    """CreatePrimary's name (no ReadPublic at creation) matches tpm2_readpublic's."""
+    info = manager.create("named")
+    shown = subprocess.run(
+        ["tpm2_readpublic", "-c", hex(info.ak_handle), "-T", info.tcti],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    recorded = manager.registry.get("named").ak_name
+    assert f"name: {recorded}" in shown
+    with manager.client("named") as tpm:
+        assert tpm.read_public(info.ak_handle)[1].hex() == recorded
+
+
+def test_a_tpm_error_names_the_command_and_the_tpm_code(manager):
+    """Reading an NV index that does not exist: TPM_RC_HANDLE, said as such."""
+    manager.create("errors")
+    with manager.client("errors") as tpm, pytest.raises(TpmError) as err:
+        tpm.nv_read(0x01C00099)
+    assert "TPM2_NV_ReadPublic failed" in str(err.value)
+    assert err.value.rc == 0x18B  # TPM_RC_HANDLE for handle 1

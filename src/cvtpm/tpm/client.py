@@ -1,4 +1,4 @@
-"""A connection to one TPM through tpm2-pytss, with the few commands cvtpm needs."""
+"""A connection to one TPM, with the few commands cvtpm needs, on tpm2-pytss."""
 
 from __future__ import annotations
 
@@ -12,26 +12,37 @@ from tpm2_pytss.constants import (
     ESYS_TR,
     TPM2_ALG,
     TPM2_CAP,
+    TPM2_CC,
     TPM2_RC,
+    TPM2_RH,
     TPM2_SE,
     TPM2_SU,
     TPMA_NV,
 )
+from tpm2_pytss.TCTILdr import TCTILdr
 from tpm2_pytss.types import (
+    TPM2B_CREATION_DATA,
+    TPM2B_DATA,
     TPM2B_ENCRYPTED_SECRET,
     TPM2B_ID_OBJECT,
     TPM2B_NV_PUBLIC,
     TPM2B_PUBLIC,
     TPM2B_SENSITIVE_CREATE,
+    TPML_DIGEST,
     TPML_DIGEST_VALUES,
     TPML_PCR_SELECTION,
+    TPMS_CAPABILITY_DATA,
     TPMS_NV_PUBLIC,
     TPMS_PCR_SELECTION,
     TPMT_HA,
+    TPMT_SIGNATURE,
     TPMT_SYM_DEF,
+    TPMT_TK_CREATION,
 )
 
-from cvtpm.errors import TpmError
+from cvtpm.errors import ParseError, TpmError
+from cvtpm.tpm._cursor import marshal_tpm2b, marshal_u16, marshal_u32
+from cvtpm.tpm.command import CommandChannel, Response, response_code, unmarshal
 
 BANK_ALGS = {
     "sha1": TPM2_ALG.SHA1,
@@ -100,19 +111,21 @@ def _tpmt_ha(bank: str, digest: bytes) -> TPMT_HA:
 
 
 class TpmClient:
-    """An open ESAPI connection to one TPM, closed on exit of the `with` block."""
+    """An open connection to one TPM, closed on exit of the `with` block.
+
+    Commands are framed by cvtpm.tpm.command and sent on the TCTI directly;
+    only activate_credential, which needs a policy session, opens ESAPI.
+    """
 
     def __init__(self, tcti: str):
         self.tcti = tcti
-        _hold_tcti_library(tcti)
-        try:
-            self.esys = ESAPI(tcti)
-        except TSS2_Exception as exc:
-            raise TpmError(f"cannot reach the TPM at {tcti!r}", rc=int(exc.rc)) from exc
+        self._channel = _open_channel(tcti)
 
     def close(self) -> None:
         """Release the connection."""
-        self.esys.close()
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
 
     def __enter__(self) -> TpmClient:
         return self
@@ -120,27 +133,35 @@ class TpmClient:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
+    def _execute(self, command: str, code: int, *args, **kwargs) -> Response:
+        if self._channel is None:
+            self._channel = _open_channel(self.tcti)
+        return self._channel.execute(command, code, *args, **kwargs)
+
     # -- start-up and shut-down ---------------------------------------------
 
     def startup(self) -> bool:
         """TPM2_Startup(STATE) to resume saved state, else (CLEAR); True if resumed."""
         try:
-            self.esys.startup(TPM2_SU.STATE)
+            self._execute(
+                "TPM2_Startup", TPM2_CC.Startup, (), marshal_u16(TPM2_SU.STATE)
+            )
             return True
-        except TSS2_Exception as exc:
+        except TpmError as exc:
             # TPM_RC_VALUE: there is no state saved by an orderly
             # TPM2_Shutdown(STATE) (TPM 2.0 Part 3, section 9.3.1), so only a
             # clear start-up is left; TPM_RC_INITIALIZE: already started.
-            if exc.error == TPM2_RC.INITIALIZE:
+            code = None if exc.rc is None else response_code(exc.rc)
+            if code == TPM2_RC.INITIALIZE:
                 return True
-            if exc.error != TPM2_RC.VALUE:
-                raise TpmError("TPM2_Startup(STATE) failed", rc=int(exc.rc)) from exc
-        self._call("TPM2_Startup", self.esys.startup, TPM2_SU.CLEAR)
+            if code != TPM2_RC.VALUE:
+                raise TpmError("TPM2_Startup(STATE) failed", rc=exc.rc) from exc
+        self._execute("TPM2_Startup", TPM2_CC.Startup, (), marshal_u16(TPM2_SU.CLEAR))
         return False
 
     def shutdown_state(self) -> None:
         """TPM2_Shutdown(STATE): save PCRs and counters so the next start resumes."""
-        self._call("TPM2_Shutdown", self.esys.shutdown, TPM2_SU.STATE)
+        self._execute("TPM2_Shutdown", TPM2_CC.Shutdown, (), marshal_u16(TPM2_SU.STATE))
 
     def disable_platform_hierarchy(self) -> None:
         """TPM2_HierarchyControl: turn off the platform hierarchy until the next reset.
@@ -148,25 +169,19 @@ class TpmClient:
         Nothing after manufacturing needs it, and with it off a container cannot
         undefine the EK certificate's NV index.
         """
-        self._call(
+        self._execute(
             "TPM2_HierarchyControl",
-            self.esys.hierarchy_control,
-            ESYS_TR.RH_PLATFORM,
-            ESYS_TR.RH_PLATFORM,
-            False,
+            TPM2_CC.HierarchyControl,
+            (TPM2_RH.PLATFORM,),
+            marshal_u32(TPM2_RH.PLATFORM) + b"\x00",  # enable, state = NO
+            authorized=1,
         )
 
     # -- what the TPM is ------------------------------------------------------
 
     def info(self) -> TpmInfo:
         """Manufacturer, model string and firmware version from TPM2_GetCapability."""
-        _, data = self._call(
-            "TPM2_GetCapability",
-            self.esys.get_capability,
-            TPM2_CAP.TPM_PROPERTIES,
-            TPM_PT_MANUFACTURER,
-            8,
-        )
+        data = self._capability(TPM2_CAP.TPM_PROPERTIES, TPM_PT_MANUFACTURER, 8)
         props = {int(p.property): int(p.value) for p in data.data.tpmProperties}
         vendor = b"".join(
             props.get(TPM_PT_VENDOR_STRING_1 + i, 0).to_bytes(4, "big")
@@ -180,15 +195,25 @@ class TpmClient:
 
     def active_banks(self) -> list[str]:
         """The PCR banks with at least one PCR allocated, by our bank names."""
-        _, data = self._call(
-            "TPM2_GetCapability", self.esys.get_capability, TPM2_CAP.PCRS, 0, 1
-        )
+        data = self._capability(TPM2_CAP.PCRS, 0, 1)
         banks = []
         for selection in data.data.assignedPCR:
             bank = ALG_BANKS.get(int(selection.hash))
             if bank and any(bytes(selection.pcrSelect)[: selection.sizeofSelect]):
                 banks.append(bank)
         return banks
+
+    def _capability(
+        self, capability: int, first: int, count: int
+    ) -> TPMS_CAPABILITY_DATA:
+        reply = self._execute(
+            "TPM2_GetCapability",
+            TPM2_CC.GetCapability,
+            (),
+            marshal_u32(capability) + marshal_u32(first) + marshal_u32(count),
+        ).parameters
+        reply.u8("moreData")
+        return unmarshal(reply, TPMS_CAPABILITY_DATA, "capabilityData")
 
     # -- PCRs -------------------------------------------------------------------
 
@@ -197,11 +222,15 @@ class TpmClient:
     ) -> dict[str, bytes]:
         """The value of one PCR in each bank (all active banks when not given)."""
         names = list(banks) if banks is not None else self.active_banks()
-        _, selection, digests = self._call(
+        reply = self._execute(
             "TPM2_PCR_Read",
-            self.esys.pcr_read,
-            _pcr_selections({bank: [pcr] for bank in names}),
-        )
+            TPM2_CC.PCR_Read,
+            (),
+            _pcr_selections({bank: [pcr] for bank in names}).marshal(),
+        ).parameters
+        reply.u32("pcrUpdateCounter")
+        selection = unmarshal(reply, TPML_PCR_SELECTION, "pcrSelectionOut")
+        digests = unmarshal(reply, TPML_DIGEST, "pcrValues")
         read = [ALG_BANKS[int(s.hash)] for s in selection if any(bytes(s.pcrSelect))]
         values = dict(zip(read, (bytes(d) for d in digests), strict=True))
         missing = [bank for bank in names if bank not in values]
@@ -214,7 +243,13 @@ class TpmClient:
     def pcr_extend(self, pcr: int, digests: dict[str, bytes]) -> None:
         """One TPM2_PCR_Extend of `pcr` with a digest per bank."""
         values = TPML_DIGEST_VALUES([_tpmt_ha(bank, d) for bank, d in digests.items()])
-        self._call("TPM2_PCR_Extend", self.esys.pcr_extend, ESYS_TR.PCR0 + pcr, values)
+        self._execute(
+            "TPM2_PCR_Extend",
+            TPM2_CC.PCR_Extend,
+            (pcr,),
+            values.marshal(),
+            authorized=1,
+        )
 
     def pcr_allocate(self, banks: Iterable[str]) -> None:
         """TPM2_PCR_Allocate: 24 PCRs in each bank chosen, none elsewhere.
@@ -225,93 +260,112 @@ class TpmClient:
         allocation = _pcr_selections(
             {bank: range(24) if bank in chosen else [] for bank in BANK_ALGS}
         )
-        allocated, *_ = self._call(
+        reply = self._execute(
             "TPM2_PCR_Allocate",
-            self.esys.pcr_allocate,
-            allocation,
-            ESYS_TR.RH_PLATFORM,
-        )
-        if not allocated:
+            TPM2_CC.PCR_Allocate,
+            (TPM2_RH.PLATFORM,),
+            allocation.marshal(),
+            authorized=1,
+        ).parameters
+        if not reply.u8("allocationSuccess"):
             raise TpmError(f"TPM2_PCR_Allocate refused the banks {sorted(chosen)}")
 
     # -- keys -------------------------------------------------------------------
 
     def create_persistent_primary(
         self, template: TPM2B_PUBLIC, persistent_handle: int
-    ) -> TPM2B_PUBLIC:
-        """TPM2_CreatePrimary in the endorsement hierarchy, made persistent."""
-        handle, public, *_ = self._call(
+    ) -> tuple[TPM2B_PUBLIC, bytes]:
+        """TPM2_CreatePrimary in the endorsement hierarchy, made persistent.
+
+        Returns the public area and the TPM name (the same for both handles).
+        """
+        created = self._execute(
             "TPM2_CreatePrimary",
-            self.esys.create_primary,
-            TPM2B_SENSITIVE_CREATE(),
-            template,
-            ESYS_TR.RH_ENDORSEMENT,
+            TPM2_CC.CreatePrimary,
+            (TPM2_RH.ENDORSEMENT,),
+            TPM2B_SENSITIVE_CREATE().marshal()
+            + template.marshal()
+            + TPM2B_DATA().marshal()  # outsideInfo
+            + TPML_PCR_SELECTION().marshal(),  # creationPCR
+            authorized=1,
+            response_handles=1,
         )
+        (handle,) = created.handles
         try:
-            self._call(
+            reply = created.parameters
+            public = unmarshal(reply, TPM2B_PUBLIC, "outPublic")
+            unmarshal(reply, TPM2B_CREATION_DATA, "creationData")
+            reply.tpm2b("creationHash")
+            unmarshal(reply, TPMT_TK_CREATION, "creationTicket")
+            name = reply.tpm2b("name")
+            self._execute(
                 "TPM2_EvictControl",
-                self.esys.evict_control,
-                ESYS_TR.RH_OWNER,
-                handle,
-                persistent_handle,
+                TPM2_CC.EvictControl,
+                (TPM2_RH.OWNER, handle),
+                marshal_u32(persistent_handle),
+                authorized=1,
             )
+        except ParseError as exc:
+            raise TpmError(f"TPM2_CreatePrimary: malformed response ({exc})") from exc
         finally:
-            self.esys.flush_context(handle)
-        return public
+            self._execute(
+                "TPM2_FlushContext", TPM2_CC.FlushContext, (), marshal_u32(handle)
+            )
+        return public, name
 
     def read_public(self, handle: int) -> tuple[TPM2B_PUBLIC, bytes]:
         """The public area and TPM name of a persistent object."""
-        tr = self._call("ESYS_TR_FromTPMPublic", self.esys.tr_from_tpmpublic, handle)
-        public, name, _ = self._call("TPM2_ReadPublic", self.esys.read_public, tr)
-        return public, bytes(name)
+        reply = self._execute(
+            "TPM2_ReadPublic", TPM2_CC.ReadPublic, (handle,)
+        ).parameters
+        public = unmarshal(reply, TPM2B_PUBLIC, "outPublic")
+        try:
+            return public, reply.tpm2b("name")
+        except ParseError as exc:
+            raise TpmError(f"TPM2_ReadPublic: malformed response ({exc})") from exc
 
     def activate_credential(
         self, ak_handle: int, ek_handle: int, blob: bytes, secret: bytes
     ) -> bytes:
-        """TPM2_ActivateCredential: recover a secret only this TPM's EK and AK can."""
-        ak = self._call("ESYS_TR_FromTPMPublic", self.esys.tr_from_tpmpublic, ak_handle)
-        ek = self._call("ESYS_TR_FromTPMPublic", self.esys.tr_from_tpmpublic, ek_handle)
+        """TPM2_ActivateCredential: recover a secret only this TPM's EK and AK can.
 
-        # The EK's authPolicy is PolicySecret(TPM_RH_ENDORSEMENT) (EK Credential
-        # Profile, section B.6.2), so its use needs a policy session.
-        session = self._call(
-            "TPM2_StartAuthSession",
-            self.esys.start_auth_session,
-            ESYS_TR.NONE,
-            ESYS_TR.NONE,
-            TPM2_SE.POLICY,
-            TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
-            TPM2_ALG.SHA256,
-        )
+        The EK's authPolicy is PolicySecret(TPM_RH_ENDORSEMENT) (EK Credential
+        Profile, section B.6.2), so its use needs a policy session: this is
+        the one command that goes through ESAPI, on a connection of its own.
+        """
+        # One connection at a time: a TCTI such as device:/dev/tpm0 admits one.
+        self.close()
         try:
-            self._call(
-                "TPM2_PolicySecret",
-                self.esys.policy_secret,
-                ESYS_TR.RH_ENDORSEMENT,
-                session,
-            )
-            credential = self._call(
-                "TPM2_ActivateCredential",
-                self.esys.activate_credential,
-                ak,
-                ek,
-                TPM2B_ID_OBJECT(blob),
-                TPM2B_ENCRYPTED_SECRET(secret),
-                session1=ESYS_TR.PASSWORD,
-                session2=session,
-            )
+            esys = ESAPI(self.tcti)
+        except TSS2_Exception as exc:
+            raise TpmError(
+                f"cannot reach the TPM at {self.tcti!r}", rc=int(exc.rc)
+            ) from exc
+        try:
+            return _activate(esys, ak_handle, ek_handle, blob, secret)
         finally:
-            self.esys.flush_context(session)
-        return bytes(credential)
+            esys.close()
 
     def quote(
         self, ak_handle: int, nonce: bytes, selection: dict[str, list[int]]
     ) -> tuple[bytes, bytes]:
         """TPM2_Quote: the marshaled TPMS_ATTEST and TPMT_SIGNATURE over the PCRs."""
-        ak = self._call("ESYS_TR_FromTPMPublic", self.esys.tr_from_tpmpublic, ak_handle)
-        pcrs = _pcr_selections(selection)
-        attest, signature = self._call("TPM2_Quote", self.esys.quote, ak, pcrs, nonce)
-        return bytes(attest), signature.marshal()
+        reply = self._execute(
+            "TPM2_Quote",
+            TPM2_CC.Quote,
+            (ak_handle,),
+            marshal_tpm2b(nonce)  # qualifyingData
+            + marshal_u16(TPM2_ALG.NULL)  # inScheme: the AK's own
+            + _pcr_selections(selection).marshal(),
+            authorized=1,
+        ).parameters
+        try:
+            attest = reply.tpm2b("quoted")
+        except ParseError as exc:
+            raise TpmError(f"TPM2_Quote: malformed response ({exc})") from exc
+        signature = reply.data[reply.offset :]
+        unmarshal(reply, TPMT_SIGNATURE, "signature")
+        return attest, signature
 
     # -- NV ------------------------------------------------------------------------
 
@@ -325,52 +379,98 @@ class TpmClient:
                 dataSize=len(der),
             )
         )
-        index = self._call(
+        platform = (TPM2_RH.PLATFORM,)
+        self._execute(
             "TPM2_NV_DefineSpace",
-            self.esys.nv_define_space,
-            b"",
-            public,
-            ESYS_TR.RH_PLATFORM,
+            TPM2_CC.NV_DefineSpace,
+            platform,
+            marshal_tpm2b(b"") + public.marshal(),
+            authorized=1,
         )
         for offset in range(0, len(der), _NV_CHUNK):
-            self._call(
+            self._execute(
                 "TPM2_NV_Write",
-                self.esys.nv_write,
-                index,
-                der[offset : offset + _NV_CHUNK],
-                offset,
-                ESYS_TR.RH_PLATFORM,
+                TPM2_CC.NV_Write,
+                (TPM2_RH.PLATFORM, nv_index),
+                marshal_tpm2b(der[offset : offset + _NV_CHUNK]) + marshal_u16(offset),
+                authorized=1,
             )
-        self._call(
-            "TPM2_NV_WriteLock", self.esys.nv_write_lock, index, ESYS_TR.RH_PLATFORM
+        self._execute(
+            "TPM2_NV_WriteLock",
+            TPM2_CC.NV_WriteLock,
+            (TPM2_RH.PLATFORM, nv_index),
+            authorized=1,
         )
 
     def nv_read(self, nv_index: int) -> bytes:
         """The whole content of an NV index, read with owner authorization."""
-        index = self._call(
-            "ESYS_TR_FromTPMPublic", self.esys.tr_from_tpmpublic, nv_index
-        )
-        public, _ = self._call("TPM2_NV_ReadPublic", self.esys.nv_read_public, index)
-        size = public.nvPublic.dataSize
+        reply = self._execute(
+            "TPM2_NV_ReadPublic", TPM2_CC.NV_ReadPublic, (nv_index,)
+        ).parameters
+        size = unmarshal(reply, TPM2B_NV_PUBLIC, "nvPublic").nvPublic.dataSize
         data = bytearray()
         for offset in range(0, size, _NV_CHUNK):
-            chunk = self._call(
+            chunk = self._execute(
                 "TPM2_NV_Read",
-                self.esys.nv_read,
-                index,
-                min(_NV_CHUNK, size - offset),
-                offset,
-                ESYS_TR.RH_OWNER,
-            )
-            data += bytes(chunk)
+                TPM2_CC.NV_Read,
+                (TPM2_RH.OWNER, nv_index),
+                marshal_u16(min(_NV_CHUNK, size - offset)) + marshal_u16(offset),
+                authorized=1,
+            ).parameters
+            try:
+                data += chunk.tpm2b("data")
+            except ParseError as exc:
+                raise TpmError(f"TPM2_NV_Read: malformed response ({exc})") from exc
         return bytes(data)
 
-    def _call(self, command: str, method, *args, **kwargs):
-        """Run one ESAPI call, turning TSS errors into a TpmError naming the command."""
+
+def _open_channel(tcti: str) -> CommandChannel:
+    """A command channel on the TCTI `tcti` ("swtpm:path=..."), or TpmError."""
+    _hold_tcti_library(tcti)
+    try:
+        return CommandChannel(TCTILdr.parse(tcti))
+    except (TSS2_Exception, RuntimeError, ValueError) as exc:
+        rc = int(exc.rc) if isinstance(exc, TSS2_Exception) else None
+        raise TpmError(f"cannot reach the TPM at {tcti!r}", rc=rc) from exc
+
+
+def _activate(
+    esys: ESAPI, ak_handle: int, ek_handle: int, blob: bytes, secret: bytes
+) -> bytes:
+    """TPM2_ActivateCredential through ESAPI, in a PolicySecret session."""
+
+    def call(command, method, *args, **kwargs):
         try:
             return method(*args, **kwargs)
         except TSS2_Exception as exc:
             raise TpmError(f"{command} failed: {exc}", rc=int(exc.rc)) from exc
+
+    ak = call("ESYS_TR_FromTPMPublic", esys.tr_from_tpmpublic, ak_handle)
+    ek = call("ESYS_TR_FromTPMPublic", esys.tr_from_tpmpublic, ek_handle)
+    session = call(
+        "TPM2_StartAuthSession",
+        esys.start_auth_session,
+        ESYS_TR.NONE,
+        ESYS_TR.NONE,
+        TPM2_SE.POLICY,
+        TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
+        TPM2_ALG.SHA256,
+    )
+    try:
+        call("TPM2_PolicySecret", esys.policy_secret, ESYS_TR.RH_ENDORSEMENT, session)
+        credential = call(
+            "TPM2_ActivateCredential",
+            esys.activate_credential,
+            ak,
+            ek,
+            TPM2B_ID_OBJECT(blob),
+            TPM2B_ENCRYPTED_SECRET(secret),
+            session1=ESYS_TR.PASSWORD,
+            session2=session,
+        )
+    finally:
+        esys.flush_context(session)
+    return bytes(credential)
 
 
 def _hold_tcti_library(tcti: str) -> None:

@@ -23,7 +23,7 @@ def manufacture(
     ek_certs = {}
     for key_type in ek_types:
         profile = EK_PROFILES[key_type]
-        public = tpm.create_persistent_primary(
+        public, _ = tpm.create_persistent_primary(
             ek_template(key_type), profile.persistent_handle
         )
         cert = ca.issue_ek_certificate(public_key(public), identity)
@@ -41,8 +41,7 @@ def manufacture(
     #    would prove nothing new, at a fifth of the cost of a vTPM. Verifiers
     #    that do not trust our AK certificates still activate (attest.service).
     ak_handle = AK_HANDLES[ak_type]
-    ak_public = tpm.create_persistent_primary(ak_template(ak_type), ak_handle)
-    _, ak_name = tpm.read_public(ak_handle)
+    ak_public, ak_name = tpm.create_persistent_primary(ak_template(ak_type), ak_handle)
     ak_cert = ca.issue_ak_certificate(public_key(ak_public), vtpm_uuid)
 
     return {
