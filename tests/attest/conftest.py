@@ -111,11 +111,11 @@ def make_vtpm(tmp: Path, ca: LocalCa, key_type: str = "ecc", name: str = "web") 
     tcti = f"swtpm:path={tmp / 'tpm.sock'}"
     with TpmClient(tcti) as tpm:
         ek, _ = tpm.create_persistent_primary(
-            ek_template(key_type), EK_HANDLES[key_type]
+            ek_template(key_type).marshal(), EK_HANDLES[key_type]
         )
-        ak, _ = tpm.create_persistent_primary(ak_template("ecc"), AK_HANDLE)
-    ek_pub = unmarshal_tpm2b_public(ek.marshal())
-    ak_pub = unmarshal_tpm2b_public(ak.marshal())
+        ak, _ = tpm.create_persistent_primary(ak_template("ecc").marshal(), AK_HANDLE)
+    ek_pub = unmarshal_tpm2b_public(ek)
+    ak_pub = unmarshal_tpm2b_public(ak)
     ek_cert = ca.issue_ek_certificate(ek_pub.public_key(), TpmIdentity(0x1014, "SW", 1))
     ak_cert = ca.issue_ak_certificate(ak_pub.public_key(), name)
     pem = _pem

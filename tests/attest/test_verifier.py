@@ -100,7 +100,7 @@ def test_state_per_container_is_small(vtpm, local_ca):
 def test_quote_by_another_ak_has_a_bad_signature(vtpm, local_ca):
     """A quote signed by an AK other than the registered one is not trusted."""
     with vtpm.client() as tpm:
-        tpm.create_persistent_primary(ak_template("rsa"), 0x81010005)
+        tpm.create_persistent_primary(ak_template("rsa").marshal(), 0x81010005)
     attestor = Attestor(vtpm, local_ca)
     other = dataclasses.replace(vtpm, ak_handle=0x81010005)
     nonce = os.urandom(20)

@@ -5,6 +5,12 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from tpm2_pytss.types import (
+    TPML_DIGEST_VALUES,
+    TPML_PCR_SELECTION,
+    TPMS_PCR_SELECTION,
+    TPMT_HA,
+)
 
 from cvtpm.errors import TpmError
 from cvtpm.tpm import client
@@ -51,3 +57,49 @@ def test_a_tpm_error_names_the_command_and_the_tpm_code(manager):
         tpm.nv_read(0x01C00099)
     assert "TPM2_NV_ReadPublic failed" in str(err.value)
     assert err.value.rc == 0x18B  # TPM_RC_HANDLE for handle 1
+
+
+@pytest.mark.parametrize(
+    "selection",
+    [
+        {"sha256": [10]},
+        {"sha1": [0, 7, 8, 23], "sha512": []},
+        {b: [10] for b in client.BANK_ALGS},
+    ],
+)
+def test_pcr_selections_marshal_as_tpm2_pytss_marshals_them(selection):
+    """Our hand-made TPML_PCR_SELECTION is byte for byte tpm2-pytss's."""
+    reference = TPML_PCR_SELECTION(
+        [
+            TPMS_PCR_SELECTION(
+                hash=client.BANK_ALGS[bank],
+                sizeofSelect=3,
+                pcrSelect=bytes(
+                    sum(1 << (i % 8) for i in pcrs if i // 8 == byte)
+                    for byte in range(3)
+                ),
+            )
+            for bank, pcrs in selection.items()
+        ]
+    )
+    assert client._pcr_selection(selection) == reference.marshal()
+
+
+def test_digest_values_marshal_as_tpm2_pytss_marshals_them():
+    digests = {
+        bank: bytes([n]) * size
+        for n, (bank, size) in enumerate(client.DIGEST_SIZES.items())
+    }
+    reference = TPML_DIGEST_VALUES(
+        [TPMT_HA(hashAlg=client.BANK_ALGS[bank]) for bank in digests]
+    )
+    for ha, (bank, digest) in zip(
+        reference.digests[: reference.count], digests.items(), strict=True
+    ):
+        setattr(ha.digest, bank, digest)
+    assert client._digest_values(digests) == reference.marshal()
+
+
+def test_a_digest_of_the_wrong_size_is_refused():
+    with pytest.raises(ValueError, match="sha256 digest has 32 bytes, not 20"):
+        client._digest_values({"sha256": b"\0" * 20})

@@ -8,6 +8,7 @@ import stat
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -273,6 +274,48 @@ def test_concurrent_creates_of_one_name_make_one_vtpm(paths):
         assert results.count("ok") == 1
     finally:
         VtpmManager(paths).delete("race")
+
+
+def _swtpms_under(directory: Path) -> list[int]:
+    """Pids of swtpm processes whose command line names `directory`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if str(directory) in (proc / "cmdline").read_bytes().decode(
+                errors="replace"
+            ):
+                found.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def test_a_swtpm_that_exits_at_start_is_said_and_leaves_nothing(
+    manager, paths, monkeypatch
+):
+    """Its first command fails; the error is what swtpm logged; nothing is left."""
+    from cvtpm.vtpm import swtpm
+
+    arguments = swtpm._command
+    monkeypatch.setattr(
+        swtpm, "_command", lambda *a: [*arguments(*a), "--flags", "bogus"]
+    )
+    with pytest.raises(StateError, match="swtpm failed to start: .*'bogus'"):
+        manager.create("stillborn")
+
+    assert manager.list() == []
+    assert list(paths.vtpms.iterdir()) == []
+    assert not any((paths.run / "vtpm").iterdir())
+    assert _swtpms_under(paths.vtpms) == []
+
+
+def test_a_name_taken_leaves_no_second_swtpm(manager, paths):
+    """The swtpm started before the name was found taken is gone, with its files."""
+    manager.create("taken")
+    with pytest.raises(StateError, match="already exists"):
+        manager.create("taken")
+    assert len(list(paths.vtpms.iterdir())) == 1
+    assert _swtpms_under(paths.vtpms) == [manager.get("taken").pid]
 
 
 def test_delete_removes_state_and_process(manager, paths):

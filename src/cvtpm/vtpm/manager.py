@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cvtpm.ca import LocalCa
 from cvtpm.config import Paths
-from cvtpm.errors import StateError, UsageError
+from cvtpm.errors import StateError, TpmError, UsageError
 from cvtpm.locking import exclusive
 from cvtpm.names import check_name
 from cvtpm.tpm.client import BANK_ALGS, TpmClient
@@ -163,27 +163,29 @@ class VtpmManager:
             ephemeral=ephemeral,
             pooled=pooled,
         )
-        self.registry.add(record)
         paths = self._paths(record)
+        state_key = self._state_key(record.uuid)
         pid = None
-        try:
-            with self._locked(record.uuid):
-                pid = swtpm.start(paths, self._state_key(record.uuid))
-                with TpmClient(paths.tcti) as tpm:
-                    tpm.startup()
-                    if wanted_banks:
-                        self._allocate_banks(tpm, paths, wanted_banks)
-                    fields = manufacture(tpm, self.ca, record.uuid, ek_types, ak_type)
-                    tpm.disable_platform_hierarchy()
-            record = self.registry.update(
-                name, state="running", pid=pid, orderly=False, **fields
-            )
-        except BaseException:
-            swtpm.kill(pid)
-            shutil.rmtree(paths.state_dir, ignore_errors=True)
-            shutil.rmtree(paths.run_dir, ignore_errors=True)
-            self.registry.remove(name)
-            raise
+        with self._locked(record.uuid):
+            # swtpm starts up while the record is written; its first command
+            # waits for it in the socket's queue.
+            try:
+                pid = swtpm.spawn(paths, state_key)
+                self.registry.add(record)
+            except BaseException:
+                # The name was not ours (or the registry failed): nothing of
+                # this vTPM is recorded, so only its files and process go.
+                _discard(paths, pid)
+                raise
+            try:
+                fields = self._manufacture(paths, pid, record, wanted_banks, ek_types)
+                record = self.registry.update(
+                    name, state="running", pid=pid, orderly=False, **fields
+                )
+            except BaseException:
+                _discard(paths, pid)
+                self.registry.remove(name)
+                raise
 
         log.info("created vTPM %s (EK %s, AK %s)", name, ",".join(ek_types), ak_type)
         if not start:
@@ -339,6 +341,32 @@ class VtpmManager:
 
     # -- helpers ------------------------------------------------------------------
 
+    def _manufacture(
+        self,
+        paths: swtpm.SwtpmPaths,
+        pid: int,
+        record: VtpmRecord,
+        banks: list[str] | None,
+        ek_types: list[str],
+    ) -> dict[str, str]:
+        """Start up a just-spawned swtpm and manufacture it; registry fields back."""
+        try:
+            with TpmClient(paths.tcti) as tpm:
+                tpm.startup()
+                if banks:
+                    self._allocate_banks(tpm, paths, banks)
+                fields = manufacture(
+                    tpm, self.ca, record.uuid, ek_types, record.ak_type
+                )
+                tpm.disable_platform_hierarchy()
+        except TpmError as exc:
+            # A swtpm that exited is why its commands failed: say what it logged.
+            reason = swtpm.exit_reason(paths, pid)
+            if reason is not None:
+                raise reason from exc
+            raise
+        return fields
+
     def _allocate_banks(
         self, tpm: TpmClient, paths: swtpm.SwtpmPaths, banks: list[str]
     ) -> None:
@@ -405,6 +433,13 @@ class VtpmManager:
             restarts=record.restarts,
             ephemeral=record.ephemeral,
         )
+
+
+def _discard(paths: swtpm.SwtpmPaths, pid: int | None) -> None:
+    """Kill a vTPM's swtpm and remove its state and sockets (a failed creation)."""
+    swtpm.kill(pid)
+    shutil.rmtree(paths.state_dir, ignore_errors=True)
+    shutil.rmtree(paths.run_dir, ignore_errors=True)
 
 
 def _check_choices(what: str, chosen: Iterable[str], allowed) -> list[str]:

@@ -8,7 +8,8 @@ from cryptography.hazmat.primitives import serialization
 
 from cvtpm.ca import LocalCa, TpmIdentity
 from cvtpm.tpm.client import TpmClient
-from cvtpm.tpm.templates import AK_HANDLES, EK_PROFILES, ak_template, ek_template
+from cvtpm.tpm.structures import unmarshal_tpm2b_public
+from cvtpm.tpm.templates import AK_HANDLES, EK_PROFILES, marshaled_template
 
 
 def manufacture(
@@ -24,7 +25,7 @@ def manufacture(
     for key_type in ek_types:
         profile = EK_PROFILES[key_type]
         public, _ = tpm.create_persistent_primary(
-            ek_template(key_type), profile.persistent_handle
+            marshaled_template("ek", key_type), profile.persistent_handle
         )
         cert = ca.issue_ek_certificate(public_key(public), identity)
         tpm.nv_write_ek_certificate(
@@ -41,7 +42,9 @@ def manufacture(
     #    would prove nothing new, at a fifth of the cost of a vTPM. Verifiers
     #    that do not trust our AK certificates still activate (attest.service).
     ak_handle = AK_HANDLES[ak_type]
-    ak_public, ak_name = tpm.create_persistent_primary(ak_template(ak_type), ak_handle)
+    ak_public, ak_name = tpm.create_persistent_primary(
+        marshaled_template("ak", ak_type), ak_handle
+    )
     ak_cert = ca.issue_ak_certificate(public_key(ak_public), vtpm_uuid)
 
     return {
@@ -52,6 +55,6 @@ def manufacture(
     }
 
 
-def public_key(public):
-    """A `cryptography` public key from a TPM2B_PUBLIC."""
-    return serialization.load_der_public_key(public.publicArea.to_der())
+def public_key(public: bytes):
+    """A `cryptography` public key from a marshaled TPM2B_PUBLIC."""
+    return unmarshal_tpm2b_public(public).public_key()

@@ -8,6 +8,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,11 @@ _PR_SET_CHILD_SUBREAPER = 36
 # sun_path is 108 bytes with its terminating NUL (unix(7)).
 _MAX_SOCKET_PATH = 107
 _STOP_TIMEOUT = 10.0
+# How long a spawned swtpm whose first command failed is given to finish exiting.
+_EXIT_GRACE = 2.0
+
+# The swtpm processes `spawn` started, by pid, until they are reaped.
+_CHILDREN: dict[int, subprocess.Popen] = {}
 
 # What swtpm logs when the state does not decrypt or fails its HMAC
 # (swtpm src/swtpm/swtpm_nvstore.c).
@@ -81,34 +87,18 @@ def start(paths: SwtpmPaths, state_key: bytes) -> int:
     """Start swtpm on `paths` with its state encrypted by `state_key`; returns its pid.
 
     swtpm daemonizes only once its sockets listen, so when this returns the
-    vTPM accepts commands. TPM2_Startup is left to the caller.
+    vTPM accepts commands, and a state that does not decrypt, or that another
+    swtpm runs, has already been refused. TPM2_Startup is left to the caller.
     """
-    if len(str(paths.ctrl_socket)) > _MAX_SOCKET_PATH:
-        raise ConfigError(
-            f"socket path {paths.ctrl_socket} is longer than {_MAX_SOCKET_PATH} bytes; "
-            "choose a shorter --run-dir or vTPM name"
-        )
-    paths.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    paths.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for stale in (paths.socket, paths.ctrl_socket, paths.pid_file):
-        stale.unlink(missing_ok=True)
-
+    _prepare(paths)
     key_fd = key_pipe(state_key)
     try:
         result = subprocess.run(
             [
-                swtpm_binary(),
-                "socket",
-                "--tpm2",
-                "--tpmstate", f"dir={paths.state_dir},mode=0600",
+                *_command(paths, key_fd),
                 "--server", f"type=unixio,path={paths.socket},mode=0600",
                 "--ctrl", f"type=unixio,path={paths.ctrl_socket},mode=0600",
-                "--key", f"fd={key_fd},mode=aes-256-cbc,format=binary",
-                # TPM2_Startup is ours to send: STATE to resume after an orderly
-                # stop, CLEAR otherwise (see TpmClient.startup).
-                "--flags", "not-need-init",
                 "--pid", f"file={paths.pid_file}",
-                "--log", f"file={paths.log_file},level=1,truncate",
                 "--daemon",
             ],
             pass_fds=(key_fd,),
@@ -123,19 +113,113 @@ def start(paths: SwtpmPaths, state_key: bytes) -> int:
         os.close(key_fd)
 
     if result.returncode != 0:
-        log = _read_log(paths) + result.stderr
-        if any(marker in log for marker in _UNREADABLE_STATE):
-            raise StateUnreadable(
-                f"the state in {paths.state_dir} does not decrypt or failed its "
-                "integrity check (wrong master key, or a damaged file)"
-            )
-        if "lock" in log.lower():
-            raise StateError(
-                f"the state in {paths.state_dir} is in use by another swtpm; "
-                "a vTPM's state never runs twice"
-            )
-        raise StateError(f"swtpm failed to start: {log.strip()[-500:]}")
+        raise _refusal(paths, _read_log(paths) + result.stderr)
     return int(paths.pid_file.read_text().strip())
+
+
+def spawn(paths: SwtpmPaths, state_key: bytes) -> int:
+    """Start swtpm on new state and return its pid at once, before it is ready.
+
+    The sockets are bound here and handed to swtpm, so a command sent while
+    swtpm is still starting (about 5 ms) waits in the socket's queue: a new
+    vTPM's manufacture overlaps that start-up with its own work. If swtpm
+    exits instead, the first command fails, and `exit_reason` says why. State
+    that exists goes through `start`, which reports a refusal before any
+    command.
+    """
+    _prepare(paths)
+    listeners = [_listen(paths.socket), _listen(paths.ctrl_socket)]
+    key_fd = key_pipe(state_key)
+    try:
+        server, ctrl = (listener.fileno() for listener in listeners)
+        child = subprocess.Popen(
+            [
+                *_command(paths, key_fd),
+                "--server", f"type=unixio,fd={server}",
+                "--ctrl", f"type=unixio,fd={ctrl}",
+            ],
+            pass_fds=(key_fd, server, ctrl),
+            umask=0o077,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            # What --daemon would do: its own session (no signal from our
+            # terminal reaches it), and no hold on our working directory.
+            start_new_session=True,
+            cwd="/",
+        )  # fmt: skip
+    finally:
+        os.close(key_fd)
+        for listener in listeners:
+            # swtpm holds them now; with ours closed, its exit refuses commands.
+            listener.close()
+    _CHILDREN[child.pid] = child
+    return child.pid
+
+
+def exit_reason(paths: SwtpmPaths, pid: int) -> StateError | None:
+    """Why a spawned swtpm exited, or None if it still runs (after a moment)."""
+    with contextlib.suppress(StateError):
+        _wait_exit(pid, _EXIT_GRACE)
+    if is_running(pid):
+        return None
+    return _refusal(paths, _read_log(paths))
+
+
+def _prepare(paths: SwtpmPaths) -> None:
+    """Check the socket path's length, make the directories, clear stale files."""
+    if len(str(paths.ctrl_socket)) > _MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"socket path {paths.ctrl_socket} is longer than {_MAX_SOCKET_PATH} bytes; "
+            "choose a shorter --run-dir or vTPM name"
+        )
+    paths.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    paths.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for stale in (paths.socket, paths.ctrl_socket, paths.pid_file):
+        stale.unlink(missing_ok=True)
+
+
+def _command(paths: SwtpmPaths, key_fd: int) -> list[str]:
+    """swtpm's arguments but for its sockets, pid file and daemonizing."""
+    return [
+        swtpm_binary(),
+        "socket",
+        "--tpm2",
+        "--tpmstate", f"dir={paths.state_dir},mode=0600",
+        "--key", f"fd={key_fd},mode=aes-256-cbc,format=binary",
+        # TPM2_Startup is ours to send: STATE to resume after an orderly
+        # stop, CLEAR otherwise (see TpmClient.startup).
+        "--flags", "not-need-init",
+        "--log", f"file={paths.log_file},level=1,truncate",
+    ]  # fmt: skip
+
+
+def _listen(path: Path) -> socket.socket:
+    """A listening unix socket at `path`, mode 0600, for swtpm to take over."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(path))
+        os.chmod(path, 0o600)
+        listener.listen()
+    except BaseException:
+        listener.close()
+        raise
+    return listener
+
+
+def _refusal(paths: SwtpmPaths, log: str) -> StateError:
+    """The error for a swtpm that would not start, from what it logged."""
+    if any(marker in log for marker in _UNREADABLE_STATE):
+        return StateUnreadable(
+            f"the state in {paths.state_dir} does not decrypt or failed its "
+            "integrity check (wrong master key, or a damaged file)"
+        )
+    if "lock" in log.lower():
+        return StateError(
+            f"the state in {paths.state_dir} is in use by another swtpm; "
+            "a vTPM's state never runs twice"
+        )
+    return StateError(f"swtpm failed to start: {log.strip()[-500:]}")
 
 
 def is_running(pid: int | None) -> bool:
@@ -148,6 +232,7 @@ def is_running(pid: int | None) -> bool:
         with open(f"/proc/{pid}/comm") as comm:
             name = comm.read().strip()
     except OSError:
+        _CHILDREN.pop(pid, None)  # reaped by someone else: a waiting subreaper
         return False
     if fields[1].split()[0] == "Z":
         _reap(pid)
@@ -167,7 +252,12 @@ def become_subreaper() -> None:
 
 
 def _reap(pid: int) -> None:
-    """Collect an exited swtpm's status if it is our (adopted) child."""
+    """Collect an exited swtpm's status if it is our (spawned or adopted) child."""
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            _CHILDREN.pop(pid, None)
+        return
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
 
