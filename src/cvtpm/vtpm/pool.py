@@ -37,20 +37,22 @@ class VtpmPool:
     def fill(self) -> int:
         """Bring the pool up to its size now; returns how many were made."""
         made = 0
-        for stale in self.manager.pooled():
+        # Names and pids only: this runs after every take, and whole records
+        # of the pool cost milliseconds of the daemon's time.
+        for name, pid in self.manager.registry.pooled_processes():
             # After a host reboot, pooled vTPMs have no process; start them.
             # (A running one may be claimed by a container meanwhile: it is
             # then no longer the pool's, which only running ones can be.)
-            if swtpm.is_running(stale.pid):
+            if swtpm.is_running(pid):
                 continue
             try:
-                self.manager.start(stale.name)
+                self.manager.start(name)
             except NotFoundError:
                 continue
             except CvtpmError as exc:
-                log.warning("dropping pooled vTPM %s: %s", stale.name, exc.explain())
+                log.warning("dropping pooled vTPM %s: %s", name, exc.explain())
                 with contextlib.suppress(NotFoundError):
-                    self.manager.delete(stale.name)
+                    self.manager.delete(name)
         while self.manager.pooled_count() < self.size and not self._stopping.is_set():
             self.manager.create("", pooled=True)
             made += 1

@@ -109,6 +109,14 @@ class Registry:
         with self.session() as session:
             return [(name, pid) for name, pid in session.execute(query)]
 
+    def pooled_processes(self) -> list[tuple[str, int | None]]:
+        """(name, pid) of every pooled vTPM, running or not: the refill's check."""
+        query = select(VtpmRecord.name, VtpmRecord.pid).where(
+            VtpmRecord.pooled.is_(True)
+        )
+        with self.session() as session:
+            return [(name, pid) for name, pid in session.execute(query)]
+
     def count(self, pooled: bool = False) -> int:
         """How many vTPMs are given to containers (`pooled`: wait in the pool)."""
         query = select(func.count()).where(VtpmRecord.pooled == pooled)
