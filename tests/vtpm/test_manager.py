@@ -245,8 +245,9 @@ def test_one_state_never_runs_twice(manager, paths):
         state_dir=manager.swtpm_paths("twice").state_dir, run_dir=paths.run / "other"
     )
 
-    with pytest.raises(StateError):
-        swtpm.start(other, manager._state_key(info.uuid))
+    pid = swtpm.spawn(other, manager._state_key(info.uuid))
+    refused = swtpm.exit_reason(other, pid)
+    assert refused is not None and "in use by another swtpm" in str(refused)
 
     second = VtpmManager(paths).start("twice")
     assert second.pid == info.pid

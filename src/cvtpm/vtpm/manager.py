@@ -33,6 +33,9 @@ POOL_PREFIX = "_pool-"
 # volatile state (TPM 2.0 Part 1, section 36.7). Keys, NV and the EK
 # certificate are in the permanent state, written on every change.
 VOLATILE_STATE = ["PCR values", "loaded objects and sessions"]
+# Response codes from the TPM are below the TSS layers (tss2_common.h: the
+# TCTI's are 0xA0000 and up), which say the command never got an answer.
+_TSS2_LAYER_TCTI = 0xA0000
 
 
 @dataclass(frozen=True)
@@ -223,18 +226,21 @@ class VtpmManager:
                     "removed or never written; refusing to start a blank TPM"
                 )
 
+            pid = swtpm.spawn(paths, self._state_key(record.uuid))
             try:
-                pid = swtpm.start(paths, self._state_key(record.uuid))
+                with _first_commands(paths, pid), TpmClient(paths.tcti) as tpm:
+                    resumed = tpm.startup()
+                    tpm.disable_platform_hierarchy()
             except swtpm.StateUnreadable as exc:
                 kept = self._quarantine(paths)
                 self.registry.update(name, state="corrupt", pid=None)
                 raise StateError(
                     f"vTPM {name!r}: {exc}; the state was kept in {kept}"
                 ) from exc
-
-            with TpmClient(paths.tcti) as tpm:
-                resumed = tpm.startup()
-                tpm.disable_platform_hierarchy()
+            except BaseException:
+                # Not recorded as running: it must not run unrecorded either.
+                swtpm.kill(pid)
+                raise
 
         lost = [] if resumed else list(VOLATILE_STATE)
         if not resumed and record.orderly:
@@ -350,21 +356,12 @@ class VtpmManager:
         ek_types: list[str],
     ) -> dict[str, str]:
         """Start up a just-spawned swtpm and manufacture it; registry fields back."""
-        try:
-            with TpmClient(paths.tcti) as tpm:
-                tpm.startup()
-                if banks:
-                    self._allocate_banks(tpm, paths, banks)
-                fields = manufacture(
-                    tpm, self.ca, record.uuid, ek_types, record.ak_type
-                )
-                tpm.disable_platform_hierarchy()
-        except TpmError as exc:
-            # A swtpm that exited is why its commands failed: say what it logged.
-            reason = swtpm.exit_reason(paths, pid)
-            if reason is not None:
-                raise reason from exc
-            raise
+        with _first_commands(paths, pid), TpmClient(paths.tcti) as tpm:
+            tpm.startup()
+            if banks:
+                self._allocate_banks(tpm, paths, banks)
+            fields = manufacture(tpm, self.ca, record.uuid, ek_types, record.ak_type)
+            tpm.disable_platform_hierarchy()
         return fields
 
     def _allocate_banks(
@@ -433,6 +430,21 @@ class VtpmManager:
             restarts=record.restarts,
             ephemeral=record.ephemeral,
         )
+
+
+@contextmanager
+def _first_commands(paths: swtpm.SwtpmPaths, pid: int) -> Iterator[None]:
+    """The first commands to a swtpm just spawned: if they fail because it
+    exited (bad state, state in use, a bad option), raise what it logged."""
+    try:
+        yield
+    except TpmError as exc:
+        if exc.rc is not None and exc.rc < _TSS2_LAYER_TCTI:
+            raise  # the TPM itself answered: swtpm is running
+        reason = swtpm.exit_reason(paths, pid)
+        if reason is not None:
+            raise reason from exc
+        raise
 
 
 def _discard(paths: swtpm.SwtpmPaths, pid: int | None) -> None:

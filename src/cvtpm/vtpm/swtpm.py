@@ -52,10 +52,6 @@ class SwtpmPaths:
         return self.run_dir / "tpm.sock.ctrl"
 
     @property
-    def pid_file(self) -> Path:
-        return self.run_dir / "swtpm.pid"
-
-    @property
     def log_file(self) -> Path:
         return self.run_dir / "swtpm.log"
 
@@ -83,55 +79,23 @@ def swtpm_binary() -> str:
     return path
 
 
-def start(paths: SwtpmPaths, state_key: bytes) -> int:
-    """Start swtpm on `paths` with its state encrypted by `state_key`; returns its pid.
-
-    swtpm daemonizes only once its sockets listen, so when this returns the
-    vTPM accepts commands, and a state that does not decrypt, or that another
-    swtpm runs, has already been refused. TPM2_Startup is left to the caller.
-    """
-    _prepare(paths)
-    key_fd = key_pipe(state_key)
-    try:
-        result = subprocess.run(
-            [
-                *_command(paths, key_fd),
-                "--server", f"type=unixio,path={paths.socket},mode=0600",
-                "--ctrl", f"type=unixio,path={paths.ctrl_socket},mode=0600",
-                "--pid", f"file={paths.pid_file}",
-                "--daemon",
-            ],
-            pass_fds=(key_fd,),
-            # swtpm creates its lock and log files with the inherited umask.
-            umask=0o077,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            check=False,
-        )  # fmt: skip
-    finally:
-        os.close(key_fd)
-
-    if result.returncode != 0:
-        raise _refusal(paths, _read_log(paths) + result.stderr)
-    return int(paths.pid_file.read_text().strip())
-
-
 def spawn(paths: SwtpmPaths, state_key: bytes) -> int:
-    """Start swtpm on new state and return its pid at once, before it is ready.
+    """Start swtpm on `paths`, state encrypted by `state_key`; its pid, at once.
 
     The sockets are bound here and handed to swtpm, so a command sent while
-    swtpm is still starting (about 5 ms) waits in the socket's queue: a new
-    vTPM's manufacture overlaps that start-up with its own work. If swtpm
-    exits instead, the first command fails, and `exit_reason` says why. State
-    that exists goes through `start`, which reports a refusal before any
-    command.
+    swtpm is still starting (about 5 ms) waits in the socket's queue: the
+    caller goes on with its own work meanwhile (a new vTPM's registry entry).
+    If swtpm exits instead (state that does not decrypt, or that another
+    swtpm runs), the first command fails, and `exit_reason` says why.
+    TPM2_Startup is left to the caller.
     """
     _prepare(paths)
-    listeners = [_listen(paths.socket), _listen(paths.ctrl_socket)]
-    key_fd = key_pipe(state_key)
+    listeners: list[socket.socket] = []
+    key_fd = None
     try:
+        listeners += [_listen(paths.socket), _listen(paths.ctrl_socket)]
         server, ctrl = (listener.fileno() for listener in listeners)
+        key_fd = key_pipe(state_key)
         child = subprocess.Popen(
             [
                 *_command(paths, key_fd),
@@ -149,7 +113,8 @@ def spawn(paths: SwtpmPaths, state_key: bytes) -> int:
             cwd="/",
         )  # fmt: skip
     finally:
-        os.close(key_fd)
+        if key_fd is not None:
+            os.close(key_fd)
         for listener in listeners:
             # swtpm holds them now; with ours closed, its exit refuses commands.
             listener.close()
@@ -175,12 +140,12 @@ def _prepare(paths: SwtpmPaths) -> None:
         )
     paths.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     paths.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for stale in (paths.socket, paths.ctrl_socket, paths.pid_file):
+    for stale in paths.socket, paths.ctrl_socket:
         stale.unlink(missing_ok=True)
 
 
 def _command(paths: SwtpmPaths, key_fd: int) -> list[str]:
-    """swtpm's arguments but for its sockets, pid file and daemonizing."""
+    """swtpm's arguments but for its sockets."""
     return [
         swtpm_binary(),
         "socket",
@@ -241,10 +206,12 @@ def is_running(pid: int | None) -> bool:
 
 
 def become_subreaper() -> None:
-    """Adopt the swtpm processes this process starts, so that it can reap them.
+    """Adopt orphaned descendants, such as swtpm processes, so as to reap them.
 
-    swtpm --daemon double-forks; without this its exit status goes to PID 1,
-    which in some containers and sandboxes never collects it (zombies).
+    A vTPM's swtpm outlives the process that spawned it (a daemon worker
+    that died, a `cvtpm vtpm start` that exited); without a subreaper its
+    exit status goes to PID 1, which in some containers and sandboxes never
+    collects it (zombies).
     """
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
