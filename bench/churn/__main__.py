@@ -32,6 +32,7 @@ from cvtpm.config import Paths
 from cvtpm.runtime.bundle import RunSpec, oci_config, write_bundle
 from cvtpm.runtime.daemon_client import DaemonClient
 from cvtpm.runtime.rootfs import busybox_rootfs
+from cvtpm.vtpm.manager import VtpmManager
 
 CVTPM = Path(sys.executable).with_name("cvtpm")
 
@@ -176,6 +177,9 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         if daemon is not None:
             daemon.stop()
+            # A container whose exit the daemon had not handled yet keeps its
+            # vTPM running for the next daemon; there is none here.
+            VtpmManager(paths).delete_all()
         subprocess.run(["umount", "--lazy", str(run)], check=False)
         shutil.rmtree(work, ignore_errors=True)
 

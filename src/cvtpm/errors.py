@@ -54,4 +54,7 @@ class TpmError(CvtpmError):
 
     def __init__(self, message: str, *, rc: int | None = None):
         self.rc = rc
-        super().__init__(message if rc is None else f"{message} (TPM rc 0x{rc:x})")
+        # Codes below 0x10000 are the TPM's own; above, a TSS layer's (the
+        # TCTI's: the command never got an answer).
+        source = "TPM" if rc is not None and rc < 0x10000 else "TSS"
+        super().__init__(message if rc is None else f"{message} ({source} rc 0x{rc:x})")

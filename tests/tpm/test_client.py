@@ -1,10 +1,12 @@
-"""Opening a TPM connection: what a TCTI string that leads nowhere gives."""
+"""TpmClient: connections, the names it reads, its marshaling, and truncated replies."""
 
 from __future__ import annotations
 
 import subprocess
 
 import pytest
+from tests.tpm.test_command import ScriptedTcti
+from tpm2_pytss.constants import TPM2_CC, TPM2_ST
 from tpm2_pytss.types import (
     TPML_DIGEST_VALUES,
     TPML_PCR_SELECTION,
@@ -15,6 +17,8 @@ from tpm2_pytss.types import (
 from cvtpm.errors import TpmError
 from cvtpm.tpm import client
 from cvtpm.tpm.client import TpmClient
+from cvtpm.tpm.command import CommandChannel
+from cvtpm.tpm.templates import marshaled_template
 
 
 @pytest.mark.parametrize(
@@ -103,3 +107,81 @@ def test_digest_values_marshal_as_tpm2_pytss_marshals_them():
 def test_a_digest_of_the_wrong_size_is_refused():
     with pytest.raises(ValueError, match="sha256 digest has 32 bytes, not 20"):
         client._digest_values({"sha256": b"\0" * 20})
+
+
+class _Recorder:
+    """A TCTI wrapper that keeps every (command code, response) it passes."""
+
+    def __init__(self, tcti):
+        self.tcti = tcti
+        self.seen: list[tuple[int, bytes]] = []
+
+    def transmit(self, command: bytes) -> None:
+        self.code = int.from_bytes(command[6:10], "big")
+        self.tcti.transmit(command)
+
+    def receive(self) -> bytes:
+        response = bytes(self.tcti.receive())
+        self.seen.append((self.code, response))
+        return response
+
+    def close(self) -> None:
+        self.tcti.close()
+
+
+# Each call, on a client; every response it parses is truncated in turn.
+_CALLS = {
+    "pcr_read": lambda tpm: tpm.pcr_read(10, ["sha1", "sha256"]),
+    "active_banks": lambda tpm: tpm.active_banks(),
+    "info": lambda tpm: tpm.info(),
+    "read_public": lambda tpm: tpm.read_public(0x81010003),
+    "nv_read": lambda tpm: tpm.nv_read(0x01C0000A),
+    "quote": lambda tpm: tpm.quote(0x81010003, b"n" * 20, {"sha256": [10]}),
+    "create_persistent_primary": lambda tpm: tpm.create_persistent_primary(
+        marshaled_template("ak", "ecc"), 0x81010005
+    ),
+}
+
+
+def _truncated(code: int, response: bytes, cut: int) -> tuple[bytes, int]:
+    """`response` cut to `cut` bytes with its sizes made to agree, so that the
+    parsers inside, not the size checks, meet the missing bytes; also where
+    its parameters end."""
+    start, end = 10 + (4 if code == TPM2_CC.CreatePrimary else 0), len(response)
+    out = bytearray(response[:cut])
+    out[2:6] = cut.to_bytes(4, "big")
+    if int.from_bytes(response[:2], "big") == TPM2_ST.SESSIONS:
+        start += 4
+        size = int.from_bytes(response[start - 4 : start], "big")
+        end = start + size
+        if cut >= start:
+            out[start - 4 : start] = min(size, cut - start).to_bytes(4, "big")
+    return bytes(out), end
+
+
+@pytest.mark.parametrize("call", sorted(_CALLS))
+def test_a_truncated_response_is_a_tpm_error_at_every_byte(manager, call):
+    """Real responses, cut at every byte: each parser says TpmError, never crashes."""
+    manager.create("cut")
+    with manager.client("cut") as tpm:
+        recorder = _Recorder(tpm._channel.tcti)
+        tpm._channel.tcti = recorder
+        _CALLS[call](tpm)
+    responses = recorder.seen
+
+    failed = 0
+    for k, (code, response) in enumerate(responses):
+        for cut in range(10, len(response)):
+            shortened, end = _truncated(code, response, cut)
+            tcti = ScriptedTcti(*(r for _, r in responses[:k]), shortened)
+            tcti.replies += [r for _, r in responses[k + 1 :]]
+            client = TpmClient.__new__(TpmClient)
+            client.tcti, client._channel = "scripted", CommandChannel(tcti)
+            try:
+                _CALLS[call](client)
+            except TpmError:
+                failed += 1
+                continue
+            # Parsing may only succeed when every parameter byte is there.
+            assert cut >= end, f"response {k} cut to {cut} of {end} bytes parsed"
+    assert failed > 0

@@ -343,9 +343,7 @@ def _stop_leftover_vtpms(paths: Paths) -> None:
     from cvtpm.vtpm.manager import VtpmManager
 
     with contextlib.suppress(Exception):
-        manager = VtpmManager(paths)
-        for info in [*manager.list(), *manager.pooled()]:
-            manager.delete(info.name)
+        VtpmManager(paths).delete_all()
 
 
 def _json_file(path: Path) -> dict:

@@ -32,6 +32,12 @@ from tpm2_pytss.types import (
 from cvtpm.errors import ParseError, TpmError
 from cvtpm.tpm._cursor import Cursor, marshal_tpm2b, marshal_u16, marshal_u32
 from cvtpm.tpm.command import CommandChannel, Response, response_code, unmarshal
+from cvtpm.tpm.structures import (
+    PcrSelection,
+    marshal_tpml_pcr_selection,
+    read_pcr_selections,
+    unmarshal_tpmt_signature,
+)
 
 BANK_ALGS = {
     "sha1": TPM2_ALG.SHA1,
@@ -41,6 +47,7 @@ BANK_ALGS = {
 }
 ALG_BANKS = {int(alg): bank for bank, alg in BANK_ALGS.items()}
 DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
+PCR_COUNT = 24
 
 # The TCTI libraries held loaded, by TCTI name (see _hold_tcti_library).
 _TCTI_LIBRARIES: dict[str, ctypes.CDLL | None] = {}
@@ -82,24 +89,27 @@ class TpmInfo:
 
 
 def _pcr_selection(selection: dict[str, Iterable[int]]) -> bytes:
-    """A marshaled TPML_PCR_SELECTION (Part 2, 10.9.7): a 3-byte bitmap per bank.
+    """A marshaled TPML_PCR_SELECTION: for each bank, the PCRs chosen in it.
 
-    Marshaled by hand, as are the other lists here: through tpm2-pytss's
-    types one took 40 to 140 us, and PCR_Extend is on every measurement's path.
+    Marshaled by cvtpm.tpm.structures, as the other lists here are by hand:
+    through tpm2-pytss's types one took 40 to 140 us, and PCR_Extend is on
+    every measurement's path.
     """
-    out = [marshal_u32(len(selection))]
+    chosen = []
     for bank, pcrs in selection.items():
-        bitmap = bytearray(3)
+        _check_bank(bank)
+        pcrs = tuple(pcrs)
         for index in pcrs:
-            bitmap[index // 8] |= 1 << (index % 8)
-        out.append(marshal_u16(BANK_ALGS[bank]) + b"\x03" + bytes(bitmap))
-    return b"".join(out)
+            _check_pcr(index)
+        chosen.append(PcrSelection(bank, pcrs))
+    return marshal_tpml_pcr_selection(chosen)
 
 
 def _digest_values(digests: dict[str, bytes]) -> bytes:
     """A marshaled TPML_DIGEST_VALUES (Part 2, 10.9.6): hashAlg, then the digest."""
     out = [marshal_u32(len(digests))]
     for bank, digest in digests.items():
+        _check_bank(bank)
         if len(digest) != DIGEST_SIZES[bank]:
             raise ValueError(
                 f"a {bank} digest has {DIGEST_SIZES[bank]} bytes, not {len(digest)}"
@@ -108,13 +118,17 @@ def _digest_values(digests: dict[str, bytes]) -> bytes:
     return b"".join(out)
 
 
-def _selected_banks(reply: Cursor) -> list[tuple[str | None, bytes]]:
-    """A TPML_PCR_SELECTION from `reply`: (our bank name or None, bitmap) each."""
-    selections = []
-    for _ in range(reply.u32("count")):
-        bank = ALG_BANKS.get(reply.u16("hash"))
-        selections.append((bank, reply.take(reply.u8("sizeofSelect"), "pcrSelect")))
-    return selections
+def _check_bank(bank: str) -> None:
+    if bank not in BANK_ALGS:
+        raise ValueError(
+            f"unknown PCR bank {bank!r}; expected one of {', '.join(BANK_ALGS)}"
+        )
+
+
+def _check_pcr(index: int) -> None:
+    # The PC Client profile's 24 PCRs, which libtpms implements.
+    if not 0 <= index < PCR_COUNT:
+        raise ValueError(f"PCR index {index} is out of range 0-{PCR_COUNT - 1}")
 
 
 class TpmClient:
@@ -195,6 +209,7 @@ class TpmClient:
             props = dict(
                 (reply.u32("property"), reply.u32("value")) for _ in range(count)
             )
+            reply.done()
         except ParseError as exc:
             raise TpmError(f"TPM2_GetCapability: malformed response ({exc})") from exc
         if TPM_PT_MANUFACTURER not in props:
@@ -213,10 +228,11 @@ class TpmClient:
         """The PCR banks with at least one PCR allocated, by our bank names."""
         reply = self._capability(TPM2_CAP.PCRS, 0, 1)
         try:
-            selections = _selected_banks(reply)
+            selections = read_pcr_selections(reply)
+            reply.done()
         except ParseError as exc:
             raise TpmError(f"TPM2_GetCapability: malformed response ({exc})") from exc
-        return [bank for bank, bitmap in selections if bank and any(bitmap)]
+        return [s.bank for s in selections if s.pcrs and s.bank in BANK_ALGS]
 
     def _capability(self, capability: int, first: int, count: int) -> Cursor:
         """The capability data of TPM2_GetCapability, past its `capability` field."""
@@ -253,8 +269,9 @@ class TpmClient:
         ).parameters
         try:
             reply.u32("pcrUpdateCounter")
-            read = [bank for bank, bitmap in _selected_banks(reply) if any(bitmap)]
+            read = [s.bank for s in read_pcr_selections(reply) if s.pcrs]
             digests = [reply.tpm2b("digest") for _ in range(reply.u32("count"))]
+            reply.done()
         except ParseError as exc:
             raise TpmError(f"TPM2_PCR_Read: malformed response ({exc})") from exc
         if len(read) != len(digests):
@@ -269,6 +286,7 @@ class TpmClient:
 
     def pcr_extend(self, pcr: int, digests: dict[str, bytes]) -> None:
         """One TPM2_PCR_Extend of `pcr` with a digest per bank."""
+        _check_pcr(pcr)
         self._execute(
             "TPM2_PCR_Extend",
             TPM2_CC.PCR_Extend,
@@ -328,6 +346,7 @@ class TpmClient:
             reply.take(6, "creationTicket")
             reply.tpm2b("creationTicket.digest")
             name = reply.tpm2b("name")
+            reply.done()
             self._execute(
                 "TPM2_EvictControl",
                 TPM2_CC.EvictControl,
@@ -336,12 +355,22 @@ class TpmClient:
                 authorized=1,
             )
         except ParseError as exc:
+            self._flush_after_error(handle)
             raise TpmError(f"TPM2_CreatePrimary: malformed response ({exc})") from exc
-        finally:
+        except BaseException:
+            self._flush_after_error(handle)
+            raise
+        self._execute(
+            "TPM2_FlushContext", TPM2_CC.FlushContext, (), marshal_u32(handle)
+        )
+        return marshal_tpm2b(public), name
+
+    def _flush_after_error(self, handle: int) -> None:
+        """Flush a transient object on the way out of an error it must not hide."""
+        with contextlib.suppress(TpmError):
             self._execute(
                 "TPM2_FlushContext", TPM2_CC.FlushContext, (), marshal_u32(handle)
             )
-        return marshal_tpm2b(public), name
 
     def read_public(self, handle: int) -> tuple[TPM2B_PUBLIC, bytes]:
         """The public area and TPM name of a persistent object."""
@@ -350,9 +379,12 @@ class TpmClient:
         ).parameters
         public = unmarshal(reply, TPM2B_PUBLIC, "outPublic")
         try:
-            return public, reply.tpm2b("name")
+            name = reply.tpm2b("name")
+            reply.tpm2b("qualifiedName")
+            reply.done()
         except ParseError as exc:
             raise TpmError(f"TPM2_ReadPublic: malformed response ({exc})") from exc
+        return public, name
 
     def activate_credential(
         self, ak_handle: int, ek_handle: int, blob: bytes, secret: bytes
@@ -393,8 +425,13 @@ class TpmClient:
             attest = reply.tpm2b("quoted")
         except ParseError as exc:
             raise TpmError(f"TPM2_Quote: malformed response ({exc})") from exc
-        # The TPMT_SIGNATURE is the rest; the verifier decodes it (structures).
-        return attest, reply.data[reply.offset :]
+        # The TPMT_SIGNATURE is the rest of the parameters.
+        signature = reply.data[reply.offset :]
+        try:
+            unmarshal_tpmt_signature(signature)
+        except ParseError as exc:
+            raise TpmError(f"TPM2_Quote: malformed response ({exc})") from exc
+        return attest, signature
 
     # -- NV ------------------------------------------------------------------------
 
@@ -437,6 +474,11 @@ class TpmClient:
             "TPM2_NV_ReadPublic", TPM2_CC.NV_ReadPublic, (nv_index,)
         ).parameters
         size = unmarshal(reply, TPM2B_NV_PUBLIC, "nvPublic").nvPublic.dataSize
+        try:
+            reply.tpm2b("nvName")
+            reply.done()
+        except ParseError as exc:
+            raise TpmError(f"TPM2_NV_ReadPublic: malformed response ({exc})") from exc
         data = bytearray()
         for offset in range(0, size, _NV_CHUNK):
             chunk = self._execute(
@@ -448,6 +490,7 @@ class TpmClient:
             ).parameters
             try:
                 data += chunk.tpm2b("data")
+                chunk.done()
             except ParseError as exc:
                 raise TpmError(f"TPM2_NV_Read: malformed response ({exc})") from exc
         return bytes(data)
@@ -497,8 +540,12 @@ def _activate(
             session1=ESYS_TR.PASSWORD,
             session2=session,
         )
-    finally:
-        esys.flush_context(session)
+    except BaseException:
+        # The activation's error is the one to see, not a failed flush after it.
+        with contextlib.suppress(TSS2_Exception):
+            esys.flush_context(session)
+        raise
+    call("TPM2_FlushContext", esys.flush_context, session)
     return bytes(credential)
 
 

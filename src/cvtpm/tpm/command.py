@@ -90,10 +90,16 @@ class CommandChannel:
                 raise TpmError(
                     f"{command}: the response says {size} bytes but has {len(raw)}"
                 )
+            if reply_tag not in (TPM2_ST.SESSIONS, TPM2_ST.NO_SESSIONS):
+                raise TpmError(f"{command}: the response's tag is {reply_tag:#x}")
             if rc == TPM2_RC.SUCCESS or response_code(rc) not in _RESUBMIT:
                 break
         if rc != TPM2_RC.SUCCESS:
             raise TpmError(f"{command} failed: {TSS2_Exception(rc)}", rc=rc)
+        if authorized and reply_tag != TPM2_ST.SESSIONS:
+            raise TpmError(
+                f"{command}: an authorized command's response has no sessions"
+            )
 
         try:
             out = tuple(reply.u32("handle") for _ in range(response_handles))

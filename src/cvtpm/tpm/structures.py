@@ -142,7 +142,7 @@ def _pcr_selection(cur: Cursor, index: int) -> PcrSelection:
     return PcrSelection(bank, pcrs)
 
 
-def _pcr_selections(cur: Cursor) -> tuple[PcrSelection, ...]:
+def read_pcr_selections(cur: Cursor) -> tuple[PcrSelection, ...]:
     """TPML_PCR_SELECTION (Part 2, 10.9.7): a UINT32 count, then the selections."""
     at = cur.offset
     count = cur.u32("pcrSelections.count")
@@ -154,7 +154,7 @@ def _pcr_selections(cur: Cursor) -> tuple[PcrSelection, ...]:
 def unmarshal_tpml_pcr_selection(data: bytes) -> tuple[PcrSelection, ...]:
     """Decode a marshaled TPML_PCR_SELECTION."""
     cur = Cursor(data, "TPML_PCR_SELECTION")
-    selections = _pcr_selections(cur)
+    selections = read_pcr_selections(cur)
     cur.done()
     return selections
 
@@ -198,7 +198,7 @@ def unmarshal_tpms_attest(data: bytes) -> Attest:
     # TPMU_ATTEST is selected by `type` (Part 2, 10.12.11).
     attested: QuoteInfo | CertifyInfo
     if st == TPM_ST_ATTEST_QUOTE:
-        selections = _pcr_selections(cur)
+        selections = read_pcr_selections(cur)
         attested = QuoteInfo(selections, cur.tpm2b("pcrDigest", max_size=64))
     elif st == TPM_ST_ATTEST_CERTIFY:
         name = cur.tpm2b("certify.name", max_size=2 + 64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from cvtpm.ca import LocalCa
 from cvtpm.config import Paths
-from cvtpm.errors import StateError, TpmError, UsageError
+from cvtpm.errors import CvtpmError, NotFoundError, StateError, TpmError, UsageError
 from cvtpm.locking import exclusive
 from cvtpm.names import check_name
 from cvtpm.tpm.client import BANK_ALGS, TpmClient
@@ -174,6 +175,9 @@ class VtpmManager:
             # waits for it in the socket's queue.
             try:
                 pid = swtpm.spawn(paths, state_key)
+                # With its pid, so that whoever removes a record left
+                # "creating" by a crash also stops its swtpm.
+                record.pid = pid
                 self.registry.add(record)
             except BaseException:
                 # The name was not ours (or the registry failed): nothing of
@@ -227,10 +231,26 @@ class VtpmManager:
                 )
 
             pid = swtpm.spawn(paths, self._state_key(record.uuid))
+            started = False
             try:
                 with _first_commands(paths, pid), TpmClient(paths.tcti) as tpm:
                     resumed = tpm.startup()
+                    started = True
                     tpm.disable_platform_hierarchy()
+                lost = [] if resumed else list(VOLATILE_STATE)
+                if not resumed and record.orderly:
+                    lost.append(
+                        "the saved state of an orderly stop (it did not resume)"
+                    )
+                unclean = record.state in ("running", "corrupt") or not record.orderly
+                # Under the lock: a second start must find it running.
+                self.registry.update(
+                    name,
+                    state="running",
+                    pid=pid,
+                    orderly=False,
+                    restarts=record.restarts + (1 if unclean else 0),
+                )
             except swtpm.StateUnreadable as exc:
                 kept = self._quarantine(paths)
                 self.registry.update(name, state="corrupt", pid=None)
@@ -238,21 +258,11 @@ class VtpmManager:
                     f"vTPM {name!r}: {exc}; the state was kept in {kept}"
                 ) from exc
             except BaseException:
-                # Not recorded as running: it must not run unrecorded either.
-                swtpm.kill(pid)
+                # Not recorded as running, it must not run unrecorded either;
+                # once started, it stops in order, so its saved state is kept.
+                _end(paths, pid, orderly=started)
                 raise
 
-        lost = [] if resumed else list(VOLATILE_STATE)
-        if not resumed and record.orderly:
-            lost.append("the saved state of an orderly stop (it did not resume)")
-        unclean = record.state in ("running", "corrupt") or not record.orderly
-        self.registry.update(
-            name,
-            state="running",
-            pid=pid,
-            orderly=False,
-            restarts=record.restarts + (1 if unclean else 0),
-        )
         report = StartReport(name, pid, resumed=resumed, lost=lost)
         log.log(logging.INFO if resumed else logging.WARNING, report.describe())
         return report
@@ -295,6 +305,13 @@ class VtpmManager:
             shutil.rmtree(paths.state_dir, ignore_errors=True)
             self.registry.remove(name)
         log.info("deleted vTPM %s", name)
+
+    def delete_all(self) -> None:
+        """Delete every vTPM and pooled vTPM here: the end of a demo's or a
+        benchmark's own state tree, whose containers are gone."""
+        for info in [*self.list(), *self.pooled()]:
+            with contextlib.suppress(NotFoundError):
+                self.delete(info.name, force=True)
 
     def container_using(self, name: str) -> int | None:
         """The pid of a running container the daemon set up with this vTPM, if any."""
@@ -445,6 +462,20 @@ def _first_commands(paths: swtpm.SwtpmPaths, pid: int) -> Iterator[None]:
         if reason is not None:
             raise reason from exc
         raise
+
+
+def _end(paths: swtpm.SwtpmPaths, pid: int, orderly: bool) -> None:
+    """Stop a swtpm that failed its start: TPM2_Shutdown(STATE) first if it
+    was started, so the next start resumes; SIGKILL if that fails too."""
+    if orderly:
+        try:
+            with TpmClient(paths.tcti) as tpm:
+                tpm.shutdown_state()
+            swtpm.stop(paths, pid)
+            return
+        except CvtpmError:
+            pass
+    swtpm.kill(pid)
 
 
 def _discard(paths: swtpm.SwtpmPaths, pid: int | None) -> None:

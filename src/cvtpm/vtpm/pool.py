@@ -39,7 +39,16 @@ class VtpmPool:
         made = 0
         # Names and pids only: this runs after every take, and whole records
         # of the pool cost milliseconds of the daemon's time.
-        for name, pid in self.manager.registry.pooled_processes():
+        for name, pid, state in self.manager.registry.pooled_processes():
+            # Only this thread makes pooled vTPMs, one at a time: one still
+            # "creating" is what a crash left, its swtpm perhaps still running.
+            if state == "creating":
+                log.warning(
+                    "dropping pooled vTPM %s: its creation never finished", name
+                )
+                with contextlib.suppress(NotFoundError):
+                    self.manager.delete(name)
+                continue
             # After a host reboot, pooled vTPMs have no process; start them.
             # (A running one may be claimed by a container meanwhile: it is
             # then no longer the pool's, which only running ones can be.)

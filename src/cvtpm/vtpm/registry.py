@@ -109,13 +109,13 @@ class Registry:
         with self.session() as session:
             return [(name, pid) for name, pid in session.execute(query)]
 
-    def pooled_processes(self) -> list[tuple[str, int | None]]:
-        """(name, pid) of every pooled vTPM, running or not: the refill's check."""
-        query = select(VtpmRecord.name, VtpmRecord.pid).where(
+    def pooled_processes(self) -> list[tuple[str, int | None, str]]:
+        """(name, pid, state) of every pooled vTPM: what the refill checks."""
+        query = select(VtpmRecord.name, VtpmRecord.pid, VtpmRecord.state).where(
             VtpmRecord.pooled.is_(True)
         )
         with self.session() as session:
-            return [(name, pid) for name, pid in session.execute(query)]
+            return [tuple(row) for row in session.execute(query)]
 
     def count(self, pooled: bool = False) -> int:
         """How many vTPMs are given to containers (`pooled`: wait in the pool)."""
@@ -139,7 +139,8 @@ class Registry:
             raise StateError(f"a vTPM named {name!r} already exists") from exc
 
     def update(self, name: str, **fields) -> VtpmRecord:
-        """Change some fields of one vTPM; its record as it now is."""
+        """Change some fields of one vTPM; its record as it now is (not bound to
+        any session)."""
         record = self._update_returning(_TABLE.c.name == name, **fields)
         if record is None:
             raise NotFoundError(f"no vTPM named {name!r}")
@@ -147,7 +148,7 @@ class Registry:
 
     def _update_returning(self, where, **fields) -> VtpmRecord | None:
         """One UPDATE ... RETURNING (SQLite 3.35, PostgreSQL): the row as it now
-        is, as a detached record, or None if no row matched.
+        is, as a record bound to no session, or None if no row matched.
 
         In SQLAlchemy Core rather than the ORM: the ORM's read-then-write, or
         its bulk UPDATE, took 0.6 ms against 0.4, on every vTPM's creation,

@@ -32,6 +32,9 @@ _CHILDREN: dict[int, subprocess.Popen] = {}
 # What swtpm logs when the state does not decrypt or fails its HMAC
 # (swtpm src/swtpm/swtpm_nvstore.c).
 _UNREADABLE_STATE = ("Verification of HMAC failed", "GetDecryptedData", "decrypt")
+# What it logs when another swtpm holds the state's lock (swtpm_nvstore_dir.c);
+# any other failure of the lock file is reported as it is.
+_LOCK_HELD = "Could not lock access to lockfile: Resource temporarily unavailable"
 
 
 @dataclass(frozen=True)
@@ -91,11 +94,17 @@ def spawn(paths: SwtpmPaths, state_key: bytes) -> int:
     """
     _prepare(paths)
     listeners: list[socket.socket] = []
-    key_fd = None
+    key_fd = log_fd = None
     try:
         listeners += [_listen(paths.socket), _listen(paths.ctrl_socket)]
         server, ctrl = (listener.fileno() for listener in listeners)
         key_fd = key_pipe(state_key)
+        # What swtpm says before its log is open (a bad option) goes there too.
+        log_fd = os.open(
+            paths.log_file,
+            os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC,
+            0o600,
+        )
         child = subprocess.Popen(
             [
                 *_command(paths, key_fd),
@@ -106,15 +115,16 @@ def spawn(paths: SwtpmPaths, state_key: bytes) -> int:
             umask=0o077,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=log_fd,
             # What --daemon would do: its own session (no signal from our
             # terminal reaches it), and no hold on our working directory.
             start_new_session=True,
             cwd="/",
         )  # fmt: skip
     finally:
-        if key_fd is not None:
-            os.close(key_fd)
+        for fd in key_fd, log_fd:
+            if fd is not None:
+                os.close(fd)
         for listener in listeners:
             # swtpm holds them now; with ours closed, its exit refuses commands.
             listener.close()
@@ -124,10 +134,17 @@ def spawn(paths: SwtpmPaths, state_key: bytes) -> int:
 
 def exit_reason(paths: SwtpmPaths, pid: int) -> StateError | None:
     """Why a spawned swtpm exited, or None if it still runs (after a moment)."""
+    child = _CHILDREN.get(pid)
     with contextlib.suppress(StateError):
         _wait_exit(pid, _EXIT_GRACE)
     if is_running(pid):
         return None
+    status = None if child is None else child.poll()
+    if status is not None and status < 0:
+        return StateError(
+            f"swtpm (pid {pid}) was killed by {signal.Signals(-status).name} "
+            "while its vTPM was being set up"
+        )
     return _refusal(paths, _read_log(paths))
 
 
@@ -179,12 +196,21 @@ def _refusal(paths: SwtpmPaths, log: str) -> StateError:
             f"the state in {paths.state_dir} does not decrypt or failed its "
             "integrity check (wrong master key, or a damaged file)"
         )
-    if "lock" in log.lower():
+    if _LOCK_HELD in log:
         return StateError(
             f"the state in {paths.state_dir} is in use by another swtpm; "
             "a vTPM's state never runs twice"
         )
-    return StateError(f"swtpm failed to start: {log.strip()[-500:]}")
+    # A connection's end is logged each time: noise here. After a bad
+    # option, swtpm prints its whole usage; what went wrong comes before it.
+    said = "\n".join(
+        line
+        for line in log.partition("Usage:")[0].splitlines()
+        if line.strip() and line.strip() != "Data client disconnected"
+    )
+    return StateError(
+        f"swtpm failed to start: {said.strip()[-500:] or '(it logged nothing)'}"
+    )
 
 
 def is_running(pid: int | None) -> bool:

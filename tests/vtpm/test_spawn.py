@@ -1,0 +1,119 @@
+"""Starting swtpm by `spawn`: what its failures say, and what they leave.
+
+Each test makes swtpm fail in one way, with a real swtpm, and checks both the
+error a user sees and that no process, record or saved state is lost or left.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from cvtpm.errors import StateError, TpmError
+from cvtpm.tpm.client import TpmClient
+from cvtpm.vtpm import manager as manager_module
+from cvtpm.vtpm import swtpm
+from cvtpm.vtpm.pool import VtpmPool
+from cvtpm.vtpm.registry import Registry, VtpmRecord
+
+pytestmark = pytest.mark.swtpm
+
+
+def test_a_bad_option_is_said_in_swtpm_s_own_words(manager, monkeypatch):
+    """What swtpm prints before its log is open reaches the error, not its usage."""
+    arguments = swtpm._command
+    monkeypatch.setattr(swtpm, "_command", lambda *a: [*arguments(*a), "--bogus"])
+    with pytest.raises(StateError) as err:
+        manager.create("bogus")
+    assert "unrecognized option '--bogus'" in str(err.value)
+    assert "Usage" not in str(err.value)
+
+
+def test_a_swtpm_killed_while_being_manufactured_is_said_so(manager, monkeypatch):
+    """Not "failed to start": it was killed, by which signal; nothing is left."""
+    real = manager_module.manufacture
+
+    def killed_halfway(tpm, *args):
+        os.kill(list(swtpm._CHILDREN)[-1], signal.SIGKILL)
+        return real(tpm, *args)
+
+    monkeypatch.setattr(manager_module, "manufacture", killed_halfway)
+    with pytest.raises(StateError, match=r"was killed by SIGKILL while its vTPM"):
+        manager.create("victim")
+    assert manager.list() == []
+
+
+def test_two_starts_at_once_leave_the_vtpm_reachable(manager, monkeypatch):
+    """The second start waits for the first to be recorded, then finds it running."""
+    manager.create("twice")
+    manager.stop("twice")
+    real_update = Registry.update
+    first = threading.Event()
+
+    def slow_update(self, name, **fields):
+        if fields.get("state") == "running" and not first.is_set():
+            first.set()
+            time.sleep(0.5)  # the window another start used to slip into
+        return real_update(self, name, **fields)
+
+    monkeypatch.setattr(Registry, "update", slow_update)
+    reports = []
+    starter = threading.Thread(target=lambda: reports.append(manager.start("twice")))
+    starter.start()
+    assert first.wait(10)
+    second = manager.start("twice")
+    starter.join()
+
+    assert second.was_running and second.pid == reports[0].pid
+    with manager.client("twice") as tpm:
+        assert tpm.pcr_read(10, ["sha256"])
+
+
+def test_a_start_that_fails_after_startup_keeps_the_saved_state(manager, monkeypatch):
+    """Stopped in order on the way out, so the next start still resumes."""
+    info = manager.create("kept")
+    with manager.client("kept") as tpm:
+        tpm.pcr_extend(10, {"sha256": b"\xab" * 32})
+        before = tpm.pcr_read(10, ["sha256"])
+    manager.stop("kept")
+
+    def refuse(self):
+        raise TpmError("TPM2_HierarchyControl failed: injected")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(TpmClient, "disable_platform_hierarchy", refuse)
+        with pytest.raises(TpmError, match="injected"):
+            manager.start("kept")
+    assert not swtpm.is_running(manager.get("kept").pid)
+
+    report = manager.start("kept")
+    assert report.resumed and report.lost == []
+    with TpmClient(info.tcti) as tpm:
+        assert tpm.pcr_read(10, ["sha256"]) == before
+
+
+def test_a_pooled_vtpm_a_crash_left_creating_is_dropped_with_its_swtpm(manager):
+    """Its swtpm still runs (the crash was the daemon's); the refill ends both."""
+    leftover = swtpm.SwtpmPaths(
+        manager.paths.vtpms / "left", manager.paths.run / "left"
+    )
+    pid = swtpm.spawn(leftover, b"k" * 32)
+    manager.registry.add(
+        VtpmRecord(
+            name="_pool-left", uuid="left", state="creating", pid=pid, banks="",
+            ak_type="ecc", ephemeral=False, pooled=True,
+        )
+    )  # fmt: skip
+    assert swtpm.is_running(pid)
+
+    VtpmPool(manager, 1).fill()
+
+    assert not swtpm.is_running(pid)
+    assert [info.name for info in manager.pooled()] != ["_pool-left"]
+    assert "_pool-left" not in [
+        name for name, *_ in manager.registry.pooled_processes()
+    ]
