@@ -185,3 +185,24 @@ def test_a_truncated_response_is_a_tpm_error_at_every_byte(manager, call):
             # Parsing may only succeed when every parameter byte is there.
             assert cut >= end, f"response {k} cut to {cut} of {end} bytes parsed"
     assert failed > 0
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda: client._pcr_selection({"sha256": [24]}),
+            "PCR index 24 is out of range",
+        ),
+        (
+            lambda: client._pcr_selection({"sha256": [-1]}),
+            "PCR index -1 is out of range",
+        ),
+        (lambda: client._pcr_selection({"md5": [10]}), "unknown PCR bank 'md5'"),
+        (lambda: client._digest_values({"md5": b""}), "unknown PCR bank 'md5'"),
+    ],
+)
+def test_a_pcr_or_bank_that_cannot_be_is_a_value_error(call, message):
+    """Never a PCR other than the one asked for (a bitmap of -1 would be PCR 23)."""
+    with pytest.raises(ValueError, match=message):
+        call()
