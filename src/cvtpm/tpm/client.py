@@ -29,9 +29,15 @@ from tpm2_pytss.types import (
     TPMT_SYM_DEF,
 )
 
-from cvtpm.errors import ParseError, TpmError
+from cvtpm.errors import TpmError
 from cvtpm.tpm._cursor import Cursor, marshal_tpm2b, marshal_u16, marshal_u32
-from cvtpm.tpm.command import CommandChannel, Response, response_code, unmarshal
+from cvtpm.tpm.command import (
+    CommandChannel,
+    Response,
+    reading,
+    response_code,
+    unmarshal,
+)
 from cvtpm.tpm.structures import (
     PcrSelection,
     marshal_tpml_pcr_selection,
@@ -203,15 +209,13 @@ class TpmClient:
     def info(self) -> TpmInfo:
         """Manufacturer, model string and firmware version from TPM2_GetCapability."""
         reply = self._capability(TPM2_CAP.TPM_PROPERTIES, TPM_PT_MANUFACTURER, 8)
-        try:
+        with reading("TPM2_GetCapability"):
             # TPML_TAGGED_TPM_PROPERTY: a count, then (property, value) pairs.
             count = reply.u32("count")
             props = dict(
                 (reply.u32("property"), reply.u32("value")) for _ in range(count)
             )
             reply.done()
-        except ParseError as exc:
-            raise TpmError(f"TPM2_GetCapability: malformed response ({exc})") from exc
         if TPM_PT_MANUFACTURER not in props:
             raise TpmError("TPM2_GetCapability: the TPM gave no TPM_PT_MANUFACTURER")
         vendor = b"".join(
@@ -227,11 +231,9 @@ class TpmClient:
     def active_banks(self) -> list[str]:
         """The PCR banks with at least one PCR allocated, by our bank names."""
         reply = self._capability(TPM2_CAP.PCRS, 0, 1)
-        try:
+        with reading("TPM2_GetCapability"):
             selections = read_pcr_selections(reply)
             reply.done()
-        except ParseError as exc:
-            raise TpmError(f"TPM2_GetCapability: malformed response ({exc})") from exc
         return [s.bank for s in selections if s.pcrs and s.bank in BANK_ALGS]
 
     def _capability(self, capability: int, first: int, count: int) -> Cursor:
@@ -242,11 +244,9 @@ class TpmClient:
             (),
             marshal_u32(capability) + marshal_u32(first) + marshal_u32(count),
         ).parameters
-        try:
+        with reading("TPM2_GetCapability"):
             reply.u8("moreData")
             answered = reply.u32("capability")
-        except ParseError as exc:
-            raise TpmError(f"TPM2_GetCapability: malformed response ({exc})") from exc
         if answered != capability:
             raise TpmError(
                 f"TPM2_GetCapability: asked for capability {capability:#x}, "
@@ -267,13 +267,11 @@ class TpmClient:
             (),
             _pcr_selection({bank: [pcr] for bank in names}),
         ).parameters
-        try:
+        with reading("TPM2_PCR_Read"):
             reply.u32("pcrUpdateCounter")
             read = [s.bank for s in read_pcr_selections(reply) if s.pcrs]
             digests = [reply.tpm2b("digest") for _ in range(reply.u32("count"))]
             reply.done()
-        except ParseError as exc:
-            raise TpmError(f"TPM2_PCR_Read: malformed response ({exc})") from exc
         if len(read) != len(digests):
             raise TpmError("TPM2_PCR_Read: as many selections as digests expected")
         values = dict(zip(read, digests, strict=True))
@@ -338,15 +336,16 @@ class TpmClient:
         )
         (handle,) = created.handles
         try:
-            reply = created.parameters
-            public = reply.tpm2b("outPublic")
-            reply.tpm2b("creationData")
-            reply.tpm2b("creationHash")
-            # TPMT_TK_CREATION: tag, hierarchy, digest.
-            reply.take(6, "creationTicket")
-            reply.tpm2b("creationTicket.digest")
-            name = reply.tpm2b("name")
-            reply.done()
+            with reading("TPM2_CreatePrimary"):
+                reply = created.parameters
+                public = reply.tpm2b("outPublic")
+                reply.tpm2b("creationData")
+                reply.tpm2b("creationHash")
+                # TPMT_TK_CREATION: tag, hierarchy, digest.
+                reply.take(6, "creationTicket")
+                reply.tpm2b("creationTicket.digest")
+                name = reply.tpm2b("name")
+                reply.done()
             self._execute(
                 "TPM2_EvictControl",
                 TPM2_CC.EvictControl,
@@ -354,9 +353,6 @@ class TpmClient:
                 marshal_u32(persistent_handle),
                 authorized=1,
             )
-        except ParseError as exc:
-            self._flush_after_error(handle)
-            raise TpmError(f"TPM2_CreatePrimary: malformed response ({exc})") from exc
         except BaseException:
             self._flush_after_error(handle)
             raise
@@ -378,12 +374,10 @@ class TpmClient:
             "TPM2_ReadPublic", TPM2_CC.ReadPublic, (handle,)
         ).parameters
         public = unmarshal(reply, TPM2B_PUBLIC, "outPublic")
-        try:
+        with reading("TPM2_ReadPublic"):
             name = reply.tpm2b("name")
             reply.tpm2b("qualifiedName")
             reply.done()
-        except ParseError as exc:
-            raise TpmError(f"TPM2_ReadPublic: malformed response ({exc})") from exc
         return public, name
 
     def activate_credential(
@@ -421,16 +415,11 @@ class TpmClient:
             + _pcr_selection(selection),
             authorized=1,
         ).parameters
-        try:
+        with reading("TPM2_Quote"):
             attest = reply.tpm2b("quoted")
-        except ParseError as exc:
-            raise TpmError(f"TPM2_Quote: malformed response ({exc})") from exc
-        # The TPMT_SIGNATURE is the rest of the parameters.
-        signature = reply.data[reply.offset :]
-        try:
+            # The TPMT_SIGNATURE is the rest of the parameters.
+            signature = reply.data[reply.offset :]
             unmarshal_tpmt_signature(signature)
-        except ParseError as exc:
-            raise TpmError(f"TPM2_Quote: malformed response ({exc})") from exc
         return attest, signature
 
     # -- NV ------------------------------------------------------------------------
@@ -474,11 +463,9 @@ class TpmClient:
             "TPM2_NV_ReadPublic", TPM2_CC.NV_ReadPublic, (nv_index,)
         ).parameters
         size = unmarshal(reply, TPM2B_NV_PUBLIC, "nvPublic").nvPublic.dataSize
-        try:
+        with reading("TPM2_NV_ReadPublic"):
             reply.tpm2b("nvName")
             reply.done()
-        except ParseError as exc:
-            raise TpmError(f"TPM2_NV_ReadPublic: malformed response ({exc})") from exc
         data = bytearray()
         for offset in range(0, size, _NV_CHUNK):
             chunk = self._execute(
@@ -488,11 +475,9 @@ class TpmClient:
                 marshal_u16(min(_NV_CHUNK, size - offset)) + marshal_u16(offset),
                 authorized=1,
             ).parameters
-            try:
+            with reading("TPM2_NV_Read"):
                 data += chunk.tpm2b("data")
                 chunk.done()
-            except ParseError as exc:
-                raise TpmError(f"TPM2_NV_Read: malformed response ({exc})") from exc
         return bytes(data)
 
 

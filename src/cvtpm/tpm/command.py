@@ -13,6 +13,8 @@ goes through ESAPI (TpmClient.activate_credential).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from tpm2_pytss import TSS2_Exception
@@ -80,12 +82,10 @@ class CommandChannel:
         for _ in range(_RESUBMIT_LIMIT):
             raw = self._round_trip(command, framed)
             reply = Cursor(raw, f"the TPM's response to {command}")
-            try:
+            with reading(command):
                 reply_tag = reply.u16("tag")
                 size = reply.u32("responseSize")
                 rc = reply.u32("responseCode")
-            except ParseError as exc:
-                raise TpmError(f"{command}: malformed response ({exc})") from exc
             if size != len(raw):
                 raise TpmError(
                     f"{command}: the response says {size} bytes but has {len(raw)}"
@@ -101,15 +101,13 @@ class CommandChannel:
                 f"{command}: an authorized command's response has no sessions"
             )
 
-        try:
+        with reading(command):
             out = tuple(reply.u32("handle") for _ in range(response_handles))
             if reply_tag == TPM2_ST.SESSIONS:
                 # The parameter area is sized; the password sessions' (empty)
                 # acknowledgements follow it and carry nothing to check.
                 size = reply.u32("parameterSize")
                 reply = Cursor(reply.take(size, "parameters"), reply.what)
-        except ParseError as exc:
-            raise TpmError(f"{command}: malformed response ({exc})") from exc
         return Response(out, reply)
 
     def _round_trip(self, command: str, framed: bytes) -> bytes:
@@ -122,6 +120,15 @@ class CommandChannel:
     def close(self) -> None:
         """Finalize the TCTI (for swtpm: nothing stays connected between commands)."""
         self.tcti.close()
+
+
+@contextmanager
+def reading(command: str) -> Iterator[None]:
+    """Turn a ParseError while reading `command`'s response into a TpmError."""
+    try:
+        yield
+    except ParseError as exc:
+        raise TpmError(f"{command}: malformed response ({exc})") from exc
 
 
 def unmarshal(reply: Cursor, structure, field: str):
