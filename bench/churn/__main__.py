@@ -175,13 +175,17 @@ def main(argv: list[str] | None = None) -> dict:
             "cvtpm": churn(bundles, args.seconds, args.parallel, cvtpm=True),
         }
     finally:
-        if daemon is not None:
-            daemon.stop()
-            # A container whose exit the daemon had not handled yet keeps its
-            # vTPM running for the next daemon; there is none here.
-            VtpmManager(paths).delete_all()
-        subprocess.run(["umount", "--lazy", str(run)], check=False)
-        shutil.rmtree(work, ignore_errors=True)
+        try:
+            if daemon is not None:
+                try:
+                    daemon.stop()
+                finally:
+                    # A container whose exit the daemon had not handled yet
+                    # keeps its vTPM running for the next daemon; none comes.
+                    VtpmManager(paths).delete_all()
+        finally:
+            subprocess.run(["umount", "--lazy", str(run)], check=False)
+            shutil.rmtree(work, ignore_errors=True)
 
     result = {
         "seconds_each": args.seconds,

@@ -54,7 +54,11 @@ class TpmError(CvtpmError):
 
     def __init__(self, message: str, *, rc: int | None = None):
         self.rc = rc
-        # Codes below 0x10000 are the TPM's own; above, a TSS layer's (the
-        # TCTI's: the command never got an answer).
-        source = "TPM" if rc is not None and rc < 0x10000 else "TSS"
+        source = "TPM" if self.from_tpm else "TSS"
         super().__init__(message if rc is None else f"{message} ({source} rc 0x{rc:x})")
+
+    @property
+    def from_tpm(self) -> bool:
+        """True if the TPM itself answered with this code; codes of 0x10000
+        and up are a TSS layer's (the TCTI's: the command got no answer)."""
+        return self.rc is not None and self.rc < 0x10000

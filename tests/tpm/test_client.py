@@ -198,8 +198,8 @@ def test_a_truncated_response_is_a_tpm_error_at_every_byte(manager, call):
             lambda: client._pcr_selection({"sha256": [-1]}),
             "PCR index -1 is out of range",
         ),
-        (lambda: client._pcr_selection({"md5": [10]}), "unknown PCR bank 'md5'"),
-        (lambda: client._digest_values({"md5": b""}), "unknown PCR bank 'md5'"),
+        (lambda: client._pcr_selection({"sm3_256": [10]}), "'sm3_256' is not one"),
+        (lambda: client._digest_values({"md5": b""}), "PCR bank 'md5' is not one"),
     ],
 )
 def test_a_pcr_or_bank_that_cannot_be_is_a_value_error(call, message):

@@ -33,16 +33,27 @@ def test_a_bad_option_is_said_in_swtpm_s_own_words(manager, monkeypatch):
     assert "Usage" not in str(err.value)
 
 
-def test_a_swtpm_killed_while_being_manufactured_is_said_so(manager, monkeypatch):
-    """Not "failed to start": it was killed, by which signal; nothing is left."""
+@pytest.mark.parametrize(
+    "sent, said",
+    [
+        (signal.SIGKILL, "was killed by SIGKILL while its vTPM"),
+        (signal.SIGRTMIN + 5, f"was killed by signal {signal.SIGRTMIN + 5} while"),
+        (signal.SIGTERM, r"exited \(status 0\) while its vTPM"),
+    ],
+    ids=["SIGKILL", "real-time signal", "SIGTERM"],
+)
+def test_a_swtpm_that_dies_while_being_manufactured_is_said_so(
+    manager, monkeypatch, sent, said
+):
+    """Not "failed to start": killed, by which signal, or exited; nothing is left."""
     real = manager_module.manufacture
 
     def killed_halfway(tpm, *args):
-        os.kill(list(swtpm._CHILDREN)[-1], signal.SIGKILL)
+        os.kill(list(swtpm._CHILDREN)[-1], sent)
         return real(tpm, *args)
 
     monkeypatch.setattr(manager_module, "manufacture", killed_halfway)
-    with pytest.raises(StateError, match=r"was killed by SIGKILL while its vTPM"):
+    with pytest.raises(StateError, match=said):
         manager.create("victim")
     assert manager.list() == []
 
@@ -94,6 +105,47 @@ def test_a_start_that_fails_after_startup_keeps_the_saved_state(manager, monkeyp
     assert report.resumed and report.lost == []
     with TpmClient(info.tcti) as tpm:
         assert tpm.pcr_read(10, ["sha256"]) == before
+
+
+def test_a_failed_start_after_a_clear_start_up_still_says_what_was_lost(
+    manager, monkeypatch
+):
+    """After an unclean stop nothing resumes; a failed start must not save the
+    reset as if it were an orderly stop, or the next start would hide it."""
+    info = manager.create("reset")
+    with manager.client("reset") as tpm:
+        tpm.pcr_extend(10, {"sha256": b"\xab" * 32})
+    swtpm.kill(info.pid)  # unclean: PCRs are lost
+
+    def refuse(self):
+        raise TpmError("TPM2_HierarchyControl failed: injected")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(TpmClient, "disable_platform_hierarchy", refuse)
+        with pytest.raises(TpmError, match="injected"):
+            manager.start("reset")
+
+    report = manager.start("reset")
+    assert not report.resumed and "PCR values" in report.lost
+
+
+def test_a_creating_record_whose_pid_is_another_vtpm_s_spares_that_swtpm(manager):
+    """After a reboot a leftover pid may be reused: only a swtpm on the left-over
+    vTPM's own state is killed with it."""
+    other = manager.create("other")
+    manager.registry.add(
+        VtpmRecord(
+            name="_pool-stale", uuid="stale", state="creating", pid=other.pid,
+            banks="", ak_type="ecc", ephemeral=False, pooled=True,
+        )
+    )  # fmt: skip
+
+    VtpmPool(manager, 0).fill()
+
+    assert "_pool-stale" not in [n for n, *_ in manager.registry.pooled_processes()]
+    assert swtpm.is_running(other.pid)
+    with manager.client("other") as tpm:
+        assert tpm.pcr_read(10, ["sha256"])
 
 
 def test_a_pooled_vtpm_a_crash_left_creating_is_dropped_with_its_swtpm(manager):

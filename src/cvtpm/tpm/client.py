@@ -127,7 +127,8 @@ def _digest_values(digests: dict[str, bytes]) -> bytes:
 def _check_bank(bank: str) -> None:
     if bank not in BANK_ALGS:
         raise ValueError(
-            f"unknown PCR bank {bank!r}; expected one of {', '.join(BANK_ALGS)}"
+            f"PCR bank {bank!r} is not one cvtpm uses; expected one of "
+            + ", ".join(BANK_ALGS)
         )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -34,9 +33,6 @@ POOL_PREFIX = "_pool-"
 # volatile state (TPM 2.0 Part 1, section 36.7). Keys, NV and the EK
 # certificate are in the permanent state, written on every change.
 VOLATILE_STATE = ["PCR values", "loaded objects and sessions"]
-# Response codes from the TPM are below the TSS layers (tss2_common.h: the
-# TCTI's are 0xA0000 and up), which say the command never got an answer.
-_TSS2_LAYER_TCTI = 0xA0000
 
 
 @dataclass(frozen=True)
@@ -235,7 +231,9 @@ class VtpmManager:
             try:
                 with _first_commands(paths, pid), TpmClient(paths.tcti) as tpm:
                     resumed = tpm.startup()
-                    started = True
+                    # Only a resumed state is worth saving again: after a
+                    # clear start-up that would pass the reset for a resume.
+                    started = resumed
                     tpm.disable_platform_hierarchy()
                 lost = [] if resumed else list(VOLATILE_STATE)
                 if not resumed and record.orderly:
@@ -259,7 +257,7 @@ class VtpmManager:
                 ) from exc
             except BaseException:
                 # Not recorded as running, it must not run unrecorded either;
-                # once started, it stops in order, so its saved state is kept.
+                # once resumed, it stops in order, so its saved state is kept.
                 _end(paths, pid, orderly=started)
                 raise
 
@@ -306,12 +304,37 @@ class VtpmManager:
             self.registry.remove(name)
         log.info("deleted vTPM %s", name)
 
-    def delete_all(self) -> None:
+    def delete_all(self) -> list[str]:
         """Delete every vTPM and pooled vTPM here: the end of a demo's or a
-        benchmark's own state tree, whose containers are gone."""
+        benchmark's own state tree, whose containers are gone. Goes on past
+        a vTPM it cannot delete (logged); returns the names of those."""
+        failed = []
         for info in [*self.list(), *self.pooled()]:
-            with contextlib.suppress(NotFoundError):
+            try:
                 self.delete(info.name, force=True)
+            except NotFoundError:
+                continue
+            except CvtpmError as exc:
+                log.warning("cannot delete vTPM %s: %s", info.name, exc.explain())
+                failed.append(info.name)
+        return failed
+
+    def discard_unfinished(self, name: str) -> bool:
+        """Delete a vTPM whose creation never finished (a crash left it
+        "creating"); False if, under its lock, it turns out not to be such.
+
+        Its swtpm is killed only if it still runs on this vTPM's state: after
+        a reboot its recorded pid may be another process's.
+        """
+        paths = self.swtpm_paths(name)
+        with self._locked(paths.state_dir.name):
+            record = self.registry.get(name)
+            if record.state != "creating":
+                return False
+            _discard(paths, record.pid if swtpm.runs_on(record.pid, paths) else None)
+            self.registry.remove(name)
+        log.warning("dropped vTPM %s: its creation never finished", name)
+        return True
 
     def container_using(self, name: str) -> int | None:
         """The pid of a running container the daemon set up with this vTPM, if any."""
@@ -456,7 +479,7 @@ def _first_commands(paths: swtpm.SwtpmPaths, pid: int) -> Iterator[None]:
     try:
         yield
     except TpmError as exc:
-        if exc.rc is not None and exc.rc < _TSS2_LAYER_TCTI:
+        if exc.from_tpm:
             raise  # the TPM itself answered: swtpm is running
         reason = swtpm.exit_reason(paths, pid)
         if reason is not None:

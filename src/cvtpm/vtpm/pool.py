@@ -43,11 +43,8 @@ class VtpmPool:
             # Only this thread makes pooled vTPMs, one at a time: one still
             # "creating" is what a crash left, its swtpm perhaps still running.
             if state == "creating":
-                log.warning(
-                    "dropping pooled vTPM %s: its creation never finished", name
-                )
                 with contextlib.suppress(NotFoundError):
-                    self.manager.delete(name)
+                    self.manager.discard_unfinished(name)
                 continue
             # After a host reboot, pooled vTPMs have no process; start them.
             # (A running one may be claimed by a container meanwhile: it is

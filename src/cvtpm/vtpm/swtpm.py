@@ -141,9 +141,16 @@ def exit_reason(paths: SwtpmPaths, pid: int) -> StateError | None:
         return None
     status = None if child is None else child.poll()
     if status is not None and status < 0:
+        try:
+            by = signal.Signals(-status).name
+        except ValueError:  # a real-time signal has no name
+            by = f"signal {-status}"
         return StateError(
-            f"swtpm (pid {pid}) was killed by {signal.Signals(-status).name} "
-            "while its vTPM was being set up"
+            f"swtpm (pid {pid}) was killed by {by} while its vTPM was being set up"
+        )
+    if status == 0:
+        return StateError(
+            f"swtpm (pid {pid}) exited (status 0) while its vTPM was being set up"
         )
     return _refusal(paths, _read_log(paths))
 
@@ -199,7 +206,8 @@ def _refusal(paths: SwtpmPaths, log: str) -> StateError:
     if _LOCK_HELD in log:
         return StateError(
             f"the state in {paths.state_dir} is in use by another swtpm; "
-            "a vTPM's state never runs twice"
+            "a vTPM's state never runs twice (stop that swtpm first: its "
+            "command line names the directory)"
         )
     # A connection's end is logged each time: noise here. After a bad
     # option, swtpm prints its whole usage; what went wrong comes before it.
@@ -211,6 +219,18 @@ def _refusal(paths: SwtpmPaths, log: str) -> StateError:
     return StateError(
         f"swtpm failed to start: {said.strip()[-500:] or '(it logged nothing)'}"
     )
+
+
+def runs_on(pid: int | None, paths: SwtpmPaths) -> bool:
+    """True if `pid` is a live swtpm on this state directory, not merely a swtpm."""
+    if not is_running(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            arguments = cmdline.read().split(b"\0")
+    except OSError:
+        return False
+    return f"dir={paths.state_dir},mode=0600".encode() in arguments
 
 
 def is_running(pid: int | None) -> bool:
