@@ -10,13 +10,16 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from cvtpm.config import Paths
 from cvtpm.errors import StateError, TpmError
 from cvtpm.tpm.client import TpmClient
 from cvtpm.vtpm import manager as manager_module
 from cvtpm.vtpm import swtpm
+from cvtpm.vtpm.manager import VtpmManager
 from cvtpm.vtpm.pool import VtpmPool
 from cvtpm.vtpm.registry import Registry, VtpmRecord
 
@@ -169,3 +172,22 @@ def test_a_pooled_vtpm_a_crash_left_creating_is_dropped_with_its_swtpm(manager):
     assert "_pool-left" not in [
         name for name, *_ in manager.registry.pooled_processes()
     ]
+
+
+def test_a_relative_state_directory_names_the_same_place_for_swtpm(
+    short_tmp, monkeypatch
+):
+    """swtpm runs in /, so it is handed absolute paths; its process is still
+    recognised as this vTPM's however the directory is spelled."""
+    monkeypatch.chdir(short_tmp)
+    relative = VtpmManager(Paths(state=Path("st"), run=Path("rn")).ensure())
+    info = relative.create("rel")
+    try:
+        assert relative.is_running("rel")
+        spelled = VtpmManager(Paths(state=short_tmp / "st" / ".", run=short_tmp / "rn"))
+        assert spelled.start("rel").was_running
+        with relative.client("rel") as tpm:
+            assert tpm.pcr_read(10, ["sha256"])
+    finally:
+        relative.delete("rel")
+    assert not swtpm.is_running(info.pid)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -73,8 +74,9 @@ def cli(ctx: click.Context, verbose: int, state_dir: str | None, run_dir: str | 
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     defaults = Paths.from_env()
     ctx.obj = Paths(
-        state=defaults.state if state_dir is None else type(defaults.state)(state_dir),
-        run=defaults.run if run_dir is None else type(defaults.run)(run_dir),
+        # Absolute, as every path cvtpm prints or hands to swtpm and runc.
+        state=(defaults.state if state_dir is None else Path(state_dir)).absolute(),
+        run=(defaults.run if run_dir is None else Path(run_dir)).absolute(),
     )
 
 

@@ -216,7 +216,7 @@ class VtpmManager:
                 )
             if record.state == "creating":
                 raise StateError(f"vTPM {name!r} is still being created")
-            if swtpm.is_running(record.pid):
+            if self._alive(record):
                 return StartReport(name, record.pid, resumed=True, was_running=True)
             if not paths.permanent_state.exists():
                 # Starting swtpm now would manufacture a blank TPM under the
@@ -278,7 +278,7 @@ class VtpmManager:
             record = self.registry.get(name)
             if record.state == "corrupt":
                 return  # nothing runs; it stays marked until its state is restored
-            if swtpm.is_running(record.pid):
+            if self._alive(record):
                 with TpmClient(paths.tcti) as tpm:
                     tpm.shutdown_state()
                 swtpm.stop(paths, record.pid)
@@ -297,7 +297,7 @@ class VtpmManager:
         paths = self.swtpm_paths(name)
         with self._locked(paths.state_dir.name):
             record = self.registry.get(name)
-            swtpm.kill(record.pid)
+            swtpm.kill(record.pid if self._alive(record) else None)
             shutil.rmtree(paths.run_dir, ignore_errors=True)
             # The state key is derived, never stored: removing the state is all.
             shutil.rmtree(paths.state_dir, ignore_errors=True)
@@ -362,14 +362,17 @@ class VtpmManager:
         # A few candidates at a time: a dead one is skipped, a claimed one is
         # another taker's, and the pool may hold thousands.
         while candidates := self.registry.ready_in_pool(limit=8):
-            for placeholder, pid in candidates:
-                if not swtpm.is_running(pid):
+            for placeholder, pid, vtpm_uuid in candidates:
+                if not swtpm.runs_on(pid, self.uuid_paths(vtpm_uuid)):
                     # The pool's refill restarts it or drops it; not now.
                     continue
                 record = self.registry.claim(placeholder, name, ephemeral)
                 if record is not None:
                     return self._info(record)
-            if all(not swtpm.is_running(pid) for _, pid in candidates):
+            if all(
+                not swtpm.runs_on(pid, self.uuid_paths(vtpm_uuid))
+                for _, pid, vtpm_uuid in candidates
+            ):
                 return None
         return None
 
@@ -383,7 +386,7 @@ class VtpmManager:
 
     def is_running(self, name: str) -> bool:
         """True if the vTPM's swtpm process is alive."""
-        return swtpm.is_running(self.registry.get(name).pid)
+        return self._alive(self.registry.get(name))
 
     # -- helpers ------------------------------------------------------------------
 
@@ -426,13 +429,22 @@ class VtpmManager:
         return derive_state_key(self._master_key, vtpm_uuid)
 
     def _paths(self, record: VtpmRecord) -> swtpm.SwtpmPaths:
+        return self.uuid_paths(record.uuid)
+
+    def uuid_paths(self, vtpm_uuid: str) -> swtpm.SwtpmPaths:
+        """Where the vTPM with this UUID keeps its state and sockets."""
         # Keyed by UUID, not name: a pooled vTPM gets its container's name by
         # a registry update alone, while its swtpm keeps running on the same
         # paths.
         return swtpm.SwtpmPaths(
-            state_dir=self.paths.vtpms / record.uuid,
-            run_dir=self.paths.run / "vtpm" / record.uuid,
+            state_dir=self.paths.vtpms / vtpm_uuid,
+            run_dir=self.paths.run / "vtpm" / vtpm_uuid,
         )
+
+    def _alive(self, record: VtpmRecord) -> bool:
+        """True if the record's pid is a swtpm on this vTPM's own state: after a
+        reboot, a recorded pid may be any process's, another vTPM's included."""
+        return swtpm.runs_on(record.pid, self._paths(record))
 
     @contextmanager
     def _locked(self, vtpm_uuid: str) -> Iterator[None]:

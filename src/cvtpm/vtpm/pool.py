@@ -39,7 +39,7 @@ class VtpmPool:
         made = 0
         # Names and pids only: this runs after every take, and whole records
         # of the pool cost milliseconds of the daemon's time.
-        for name, pid, state in self.manager.registry.pooled_processes():
+        for name, pid, state, vtpm_uuid in self.manager.registry.pooled_processes():
             # Only this thread makes pooled vTPMs, one at a time: one still
             # "creating" is what a crash left, its swtpm perhaps still running.
             if state == "creating":
@@ -49,7 +49,7 @@ class VtpmPool:
             # After a host reboot, pooled vTPMs have no process; start them.
             # (A running one may be claimed by a container meanwhile: it is
             # then no longer the pool's, which only running ones can be.)
-            if swtpm.is_running(pid):
+            if swtpm.runs_on(pid, self.manager.uuid_paths(vtpm_uuid)):
                 continue
             try:
                 self.manager.start(name)

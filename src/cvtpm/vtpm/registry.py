@@ -94,26 +94,26 @@ class Registry:
         with self.session() as session:
             return list(session.scalars(query.order_by(VtpmRecord.name)))
 
-    def ready_in_pool(self, limit: int) -> list[tuple[str, int | None]]:
-        """(name, pid) of up to `limit` running pooled vTPMs, oldest first.
+    def ready_in_pool(self, limit: int) -> list[tuple[str, int | None, str]]:
+        """(name, pid, uuid) of up to `limit` running pooled vTPMs, oldest first.
 
-        Only the two columns: a container start takes one of these, and the
+        Only these columns: a container start takes one of these, and the
         whole records (certificates and all) of a large pool cost milliseconds.
         """
         query = (
-            select(VtpmRecord.name, VtpmRecord.pid)
+            select(VtpmRecord.name, VtpmRecord.pid, VtpmRecord.uuid)
             .where(VtpmRecord.pooled.is_(True), VtpmRecord.state == "running")
             .order_by(VtpmRecord.created_at)
             .limit(limit)
         )
         with self.session() as session:
-            return [(name, pid) for name, pid in session.execute(query)]
+            return [tuple(row) for row in session.execute(query)]
 
-    def pooled_processes(self) -> list[tuple[str, int | None, str]]:
-        """(name, pid, state) of every pooled vTPM: what the refill checks."""
-        query = select(VtpmRecord.name, VtpmRecord.pid, VtpmRecord.state).where(
-            VtpmRecord.pooled.is_(True)
-        )
+    def pooled_processes(self) -> list[tuple[str, int | None, str, str]]:
+        """(name, pid, state, uuid) of every pooled vTPM: what the refill checks."""
+        query = select(
+            VtpmRecord.name, VtpmRecord.pid, VtpmRecord.state, VtpmRecord.uuid
+        ).where(VtpmRecord.pooled.is_(True))
         with self.session() as session:
             return [tuple(row) for row in session.execute(query)]
 

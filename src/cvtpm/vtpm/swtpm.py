@@ -174,12 +174,13 @@ def _command(paths: SwtpmPaths, key_fd: int) -> list[str]:
         swtpm_binary(),
         "socket",
         "--tpm2",
-        "--tpmstate", f"dir={paths.state_dir},mode=0600",
+        # Absolute: swtpm runs in /, and a relative path would name another place.
+        "--tpmstate", f"dir={paths.state_dir.absolute()},mode=0600",
         "--key", f"fd={key_fd},mode=aes-256-cbc,format=binary",
         # TPM2_Startup is ours to send: STATE to resume after an orderly
         # stop, CLEAR otherwise (see TpmClient.startup).
         "--flags", "not-need-init",
-        "--log", f"file={paths.log_file},level=1,truncate",
+        "--log", f"file={paths.log_file.absolute()},level=1,truncate",
     ]  # fmt: skip
 
 
@@ -227,10 +228,13 @@ def runs_on(pid: int | None, paths: SwtpmPaths) -> bool:
         return False
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            arguments = cmdline.read().split(b"\0")
-    except OSError:
+            arguments = cmdline.read().decode(errors="replace").split("\0")
+        # --tpmstate dir=DIR,mode=0600: the same directory, however spelled.
+        where = arguments[arguments.index("--tpmstate") + 1]
+        directory = where.removeprefix("dir=").rsplit(",mode=", 1)[0]
+        return os.path.samefile(directory, paths.state_dir)
+    except (OSError, ValueError, IndexError):
         return False
-    return f"dir={paths.state_dir},mode=0600".encode() in arguments
 
 
 def is_running(pid: int | None) -> bool:
