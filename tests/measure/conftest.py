@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from tests.support.runc import Bundle, Runc
+from tests.support.sockets import wait_for_socket
 
 from cvtpm.ima.policy import DEFAULT_CONTAINER_POLICY, parse_policy
 from cvtpm.tpm.client import TpmClient
@@ -37,11 +37,8 @@ class Swtpm:
             ],
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while not Path(f"{self.socket}.ctrl").exists() or not self.socket.exists():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("swtpm did not start")
-            time.sleep(0.02)
+        wait_for_socket(Path(f"{self.socket}.ctrl"), self.proc)
+        wait_for_socket(self.socket, self.proc)
 
     def stop(self) -> None:
         """Stop swtpm (its PCRs reset to zero on the next start)."""

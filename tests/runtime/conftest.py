@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from cvtpm.runtime.filter_host import FilterHost
-
-
-def wait_for_socket(path: Path, process: subprocess.Popen, timeout: float = 10.0):
-    """Block until a unix socket at `path` accepts connections."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"swtpm exited with {process.returncode}")
-        try:
-            with socket.socket(socket.AF_UNIX) as probe:
-                probe.connect(str(path))
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"nothing listens at {path}")
+from tests.support.sockets import wait_for_socket
 
 
 @pytest.fixture
