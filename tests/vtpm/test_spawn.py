@@ -87,6 +87,18 @@ def test_two_starts_at_once_leave_the_vtpm_reachable(manager, monkeypatch):
         assert tpm.pcr_read(10, ["sha256"])
 
 
+def _start_failing_after_startup(manager, name: str, monkeypatch) -> None:
+    """Start `name` with its first command after TPM2_Startup failing."""
+
+    def refuse(self):
+        raise TpmError("TPM2_HierarchyControl failed: injected")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(TpmClient, "disable_platform_hierarchy", refuse)
+        with pytest.raises(TpmError, match="injected"):
+            manager.start(name)
+
+
 def test_a_start_that_fails_after_startup_keeps_the_saved_state(manager, monkeypatch):
     """Stopped in order on the way out, so the next start still resumes."""
     info = manager.create("kept")
@@ -95,13 +107,7 @@ def test_a_start_that_fails_after_startup_keeps_the_saved_state(manager, monkeyp
         before = tpm.pcr_read(10, ["sha256"])
     manager.stop("kept")
 
-    def refuse(self):
-        raise TpmError("TPM2_HierarchyControl failed: injected")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(TpmClient, "disable_platform_hierarchy", refuse)
-        with pytest.raises(TpmError, match="injected"):
-            manager.start("kept")
+    _start_failing_after_startup(manager, "kept", monkeypatch)
     assert not swtpm.is_running(manager.get("kept").pid)
 
     report = manager.start("kept")
@@ -120,13 +126,7 @@ def test_a_failed_start_after_a_clear_start_up_still_says_what_was_lost(
         tpm.pcr_extend(10, {"sha256": b"\xab" * 32})
     swtpm.kill(info.pid)  # unclean: PCRs are lost
 
-    def refuse(self):
-        raise TpmError("TPM2_HierarchyControl failed: injected")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(TpmClient, "disable_platform_hierarchy", refuse)
-        with pytest.raises(TpmError, match="injected"):
-            manager.start("reset")
+    _start_failing_after_startup(manager, "reset", monkeypatch)
 
     report = manager.start("reset")
     assert not report.resumed and "PCR values" in report.lost
