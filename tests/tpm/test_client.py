@@ -92,7 +92,7 @@ def test_pcr_selections_marshal_as_tpm2_pytss_marshals_them(selection):
 def test_digest_values_marshal_as_tpm2_pytss_marshals_them():
     digests = {
         bank: bytes([n]) * size
-        for n, (bank, size) in enumerate(client.DIGEST_SIZES.items())
+        for n, (bank, size) in enumerate(client.BANK_SIZES.items())
     }
     reference = TPML_DIGEST_VALUES(
         [TPMT_HA(hashAlg=client.BANK_ALGS[bank]) for bank in digests]

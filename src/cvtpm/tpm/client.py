@@ -30,6 +30,7 @@ from tpm2_pytss.types import (
 )
 
 from cvtpm.errors import TpmError
+from cvtpm.ima.entry import BANK_SIZES, PCR_COUNT
 from cvtpm.tpm._cursor import Cursor, marshal_tpm2b, marshal_u16, marshal_u32
 from cvtpm.tpm.command import (
     CommandChannel,
@@ -52,8 +53,6 @@ BANK_ALGS = {
     "sha512": TPM2_ALG.SHA512,
 }
 ALG_BANKS = {int(alg): bank for bank, alg in BANK_ALGS.items()}
-DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
-PCR_COUNT = 24
 
 # The TCTI libraries held loaded, by TCTI name (see _hold_tcti_library).
 _TCTI_LIBRARIES: dict[str, ctypes.CDLL | None] = {}
@@ -116,9 +115,9 @@ def _digest_values(digests: dict[str, bytes]) -> bytes:
     out = [marshal_u32(len(digests))]
     for bank, digest in digests.items():
         _check_bank(bank)
-        if len(digest) != DIGEST_SIZES[bank]:
+        if len(digest) != BANK_SIZES[bank]:
             raise ValueError(
-                f"a {bank} digest has {DIGEST_SIZES[bank]} bytes, not {len(digest)}"
+                f"a {bank} digest has {BANK_SIZES[bank]} bytes, not {len(digest)}"
             )
         out.append(marshal_u16(BANK_ALGS[bank]) + digest)
     return b"".join(out)

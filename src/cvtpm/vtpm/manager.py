@@ -297,10 +297,8 @@ class VtpmManager:
         paths = self.swtpm_paths(name)
         with self._locked(paths.state_dir.name):
             record = self.registry.get(name)
-            swtpm.kill(record.pid if self._alive(record) else None)
-            shutil.rmtree(paths.run_dir, ignore_errors=True)
             # The state key is derived, never stored: removing the state is all.
-            shutil.rmtree(paths.state_dir, ignore_errors=True)
+            _discard(paths, record.pid if self._alive(record) else None)
             self.registry.remove(name)
         log.info("deleted vTPM %s", name)
 
@@ -500,8 +498,9 @@ def _first_commands(paths: swtpm.SwtpmPaths, pid: int) -> Iterator[None]:
 
 
 def _end(paths: swtpm.SwtpmPaths, pid: int, orderly: bool) -> None:
-    """Stop a swtpm that failed its start: TPM2_Shutdown(STATE) first if it
-    was started, so the next start resumes; SIGKILL if that fails too."""
+    """Stop a swtpm that failed its start: TPM2_Shutdown(STATE) first if
+    `orderly` (it had resumed), so the next start resumes too; SIGKILL if that
+    fails, or otherwise."""
     if orderly:
         try:
             with TpmClient(paths.tcti) as tpm:
@@ -514,7 +513,7 @@ def _end(paths: swtpm.SwtpmPaths, pid: int, orderly: bool) -> None:
 
 
 def _discard(paths: swtpm.SwtpmPaths, pid: int | None) -> None:
-    """Kill a vTPM's swtpm and remove its state and sockets (a failed creation)."""
+    """Kill a vTPM's swtpm (if `pid`) and remove its state and sockets."""
     swtpm.kill(pid)
     shutil.rmtree(paths.state_dir, ignore_errors=True)
     shutil.rmtree(paths.run_dir, ignore_errors=True)
