@@ -63,6 +63,21 @@ def test_a_tpm_error_names_the_command_and_the_tpm_code(manager):
     assert err.value.rc == 0x18B  # TPM_RC_HANDLE for handle 1
 
 
+def test_overlapped_work_runs_beside_a_real_command(manager):
+    """TpmClient.overlap: the work's value after the block, the command's
+    answer unchanged; with no command in the block, the work runs at result()."""
+    manager.create("overlap")
+    with manager.client("overlap") as tpm:
+        with tpm.overlap(sum, [1, 2, 3]) as job:
+            banks = tpm.active_banks()
+        assert job.result() == 6 and "sha256" in banks
+
+        with tpm.overlap(sum, [4]) as idle:
+            pass
+        assert idle.result() == 4
+        assert tpm.pcr_read(10, ["sha256"])["sha256"] == bytes(32)
+
+
 @pytest.mark.parametrize(
     "selection",
     [

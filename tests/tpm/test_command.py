@@ -14,7 +14,7 @@ from tpm2_pytss import TSS2_Exception
 from tpm2_pytss.constants import TPM2_CC, TPM2_RC, TPM2_RH, TPM2_ST
 
 from cvtpm.errors import TpmError
-from cvtpm.tpm.command import CommandChannel
+from cvtpm.tpm.command import CommandChannel, Overlapped
 
 # The password session with an empty password, as Part 1, 19.8.4 lays it out.
 PASSWORD = struct.pack(">IHBH", 0x40000009, 0, 0, 0)
@@ -125,3 +125,67 @@ def test_a_failing_tcti_is_a_tpm_error_naming_the_command():
     ) as err:
         CommandChannel(tcti).execute("TPM2_PCR_Extend", TPM2_CC.PCR_Extend, (10,))
     assert err.value.rc == 0xA000A
+
+
+class OrderedTcti(ScriptedTcti):
+    """A scripted TCTI that also notes, in `log`, when it sends and receives."""
+
+    def __init__(self, log, *replies):
+        super().__init__(*replies)
+        self.log = log
+
+    def transmit(self, command: bytes) -> None:
+        self.log.append("transmit")
+        super().transmit(command)
+
+    def receive(self) -> bytes:
+        self.log.append("receive")
+        return super().receive()
+
+
+def test_overlapped_work_runs_between_sending_and_receiving():
+    """The work runs while the TPM has the command, once, and not again for
+    the command that follows."""
+    log = []
+    channel = CommandChannel(OrderedTcti(log, response(), response()))
+    job = Overlapped(lambda: log.append("work") or 42)
+
+    channel.meanwhile = job
+    channel.execute("TPM2_Startup", TPM2_CC.Startup, (), b"\0\0")
+    channel.execute("TPM2_Startup", TPM2_CC.Startup, (), b"\0\0")
+
+    assert log == ["transmit", "work", "receive", "transmit", "receive"]
+    assert job.result() == 42 and log.count("work") == 1
+
+
+def test_overlapped_work_runs_once_when_the_command_is_resubmitted():
+    log = []
+    channel = CommandChannel(OrderedTcti(log, response(rc=TPM2_RC.RETRY), response()))
+    channel.meanwhile = Overlapped(lambda: log.append("work"))
+
+    channel.execute("TPM2_Startup", TPM2_CC.Startup, (), b"\0\0")
+
+    assert log == ["transmit", "work", "receive", "transmit", "receive"]
+
+
+def test_an_error_of_overlapped_work_waits_for_result():
+    """The command is still answered and read; the work's error comes from result()."""
+    tcti = ScriptedTcti(response())
+    channel = CommandChannel(tcti)
+    job = Overlapped(int, "not a number")
+
+    channel.meanwhile = job
+    channel.execute("TPM2_Startup", TPM2_CC.Startup, (), b"\0\0")
+
+    assert tcti.replies == []
+    with pytest.raises(ValueError, match="not a number"):
+        job.result()
+
+
+def test_overlapped_work_no_command_ran_for_runs_at_result():
+    ran = []
+    job = Overlapped(ran.append, "late")
+
+    assert ran == []
+    job.result()
+    assert ran == ["late"]

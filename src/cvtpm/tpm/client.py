@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from tpm2_pytss import ESAPI, TSS2_Exception
 from tpm2_pytss.constants import (
@@ -34,6 +35,7 @@ from cvtpm.ima.entry import BANK_SIZES, PCR_COUNT
 from cvtpm.tpm._cursor import Cursor, marshal_tpm2b, marshal_u16, marshal_u32
 from cvtpm.tpm.command import (
     CommandChannel,
+    Overlapped,
     Response,
     reading,
     response_code,
@@ -161,9 +163,29 @@ class TpmClient:
         self.close()
 
     def _execute(self, command: str, code: int, *args, **kwargs) -> Response:
+        return self._open().execute(command, code, *args, **kwargs)
+
+    def _open(self) -> CommandChannel:
         if self._channel is None:
             self._channel = _open_channel(self.tcti)
-        return self._channel.execute(command, code, *args, **kwargs)
+        return self._channel
+
+    @contextlib.contextmanager
+    def overlap(self, work: Callable[..., Any], *args: Any) -> Iterator[Overlapped]:
+        """Run `work(*args)` while the TPM executes the block's first command.
+
+        For CPU work of ours that does not depend on that command (signing a
+        certificate while the TPM derives a key): the two run side by side.
+        The work's value, or its error, comes from the yielded `result()`.
+        """
+        channel = self._open()
+        job = Overlapped(work, *args)
+        channel.meanwhile = job
+        try:
+            yield job
+        finally:
+            if channel.meanwhile is job:  # the block sent no command
+                channel.meanwhile = None
 
     # -- start-up and shut-down ---------------------------------------------
 
@@ -183,8 +205,13 @@ class TpmClient:
                 return True
             if code != TPM2_RC.VALUE:
                 raise TpmError("TPM2_Startup(STATE) failed", rc=exc.rc) from exc
-        self._execute("TPM2_Startup", TPM2_CC.Startup, (), marshal_u16(TPM2_SU.CLEAR))
+        self.startup_clear()
         return False
+
+    def startup_clear(self) -> None:
+        """TPM2_Startup(CLEAR): for a TPM just made or power-cycled, which has
+        no saved state to resume, so the STATE attempt of `startup` is skipped."""
+        self._execute("TPM2_Startup", TPM2_CC.Startup, (), marshal_u16(TPM2_SU.CLEAR))
 
     def shutdown_state(self) -> None:
         """TPM2_Shutdown(STATE): save PCRs and counters so the next start resumes."""

@@ -9,13 +9,19 @@ the OpenSSL back end of tss2-esys 3.2 builds a new OpenSSL library context for
 each digest (about 0.36 ms every time): most of what manufacturing a vTPM
 cost. The one command with a policy session, TPM2_ActivateCredential, still
 goes through ESAPI (TpmClient.activate_credential).
+
+A command's time is mostly the TPM's (a key derived from a seed, a state file
+written), during which the caller's CPU is free: work of its own handed to
+`CommandChannel.meanwhile` runs then, between sending the next command and
+reading its response.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from tpm2_pytss import TSS2_Exception
 from tpm2_pytss.constants import TPM2_RC, TPM2_RH, TPM2_ST
@@ -48,11 +54,44 @@ def response_code(rc: int) -> int:
     return int(TSS2_Exception(rc).error)
 
 
+class Overlapped:
+    """Work of the caller's, run while the TPM executes a command: its result
+    or its error, kept until asked for."""
+
+    def __init__(self, work: Callable[..., Any], *args: Any):
+        self._work = work
+        self._args = args
+        self._ran = False
+        self._value: Any = None
+        self._error: Exception | None = None
+
+    def run(self) -> None:
+        """Do the work, once; an error is kept for `result`, not raised here,
+        so that the command it overlaps is still answered and read."""
+        if self._ran:
+            return
+        self._ran = True
+        try:
+            self._value = self._work(*self._args)
+        except Exception as exc:
+            self._error = exc
+
+    def result(self) -> Any:
+        """What the work returned (done now if no command ran meanwhile), or
+        its error raised."""
+        self.run()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 class CommandChannel:
     """Sends framed commands on one TCTI and parses what comes back."""
 
     def __init__(self, tcti: TCTI):
         self.tcti = tcti
+        # Run once the next command is on its way to the TPM (see Overlapped).
+        self.meanwhile: Overlapped | None = None
 
     def execute(
         self,
@@ -80,7 +119,11 @@ class CommandChannel:
         )
 
         for _ in range(_RESUBMIT_LIMIT):
-            raw = self._round_trip(command, framed)
+            self._send(command, framed)
+            if self.meanwhile is not None:
+                work, self.meanwhile = self.meanwhile, None
+                work.run()
+            raw = self._receive(command)
             reply = Cursor(raw, f"the TPM's response to {command}")
             with reading(command):
                 reply_tag = reply.u16("tag")
@@ -110,9 +153,14 @@ class CommandChannel:
                 reply = Cursor(reply.take(size, "parameters"), reply.what)
         return Response(out, reply)
 
-    def _round_trip(self, command: str, framed: bytes) -> bytes:
+    def _send(self, command: str, framed: bytes) -> None:
         try:
             self.tcti.transmit(framed)
+        except TSS2_Exception as exc:
+            raise TpmError(f"{command} failed: {exc}", rc=int(exc.rc)) from exc
+
+    def _receive(self, command: str) -> bytes:
+        try:
             return bytes(self.tcti.receive())
         except TSS2_Exception as exc:
             raise TpmError(f"{command} failed: {exc}", rc=int(exc.rc)) from exc

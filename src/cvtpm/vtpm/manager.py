@@ -398,7 +398,8 @@ class VtpmManager:
     ) -> dict[str, str]:
         """Start up a just-spawned swtpm and manufacture it; registry fields back."""
         with _first_commands(paths, pid), TpmClient(paths.tcti) as tpm:
-            tpm.startup()
+            # A new TPM has nothing to resume.
+            tpm.startup_clear()
             if banks:
                 self._allocate_banks(tpm, paths, banks)
             fields = manufacture(tpm, self.ca, record.uuid, ek_types, record.ak_type)
@@ -413,7 +414,7 @@ class VtpmManager:
             return
         tpm.pcr_allocate(banks)
         ctrl.init(paths.ctrl_socket)
-        tpm.startup()
+        tpm.startup_clear()
 
     def _state_key(self, vtpm_uuid: str) -> bytes:
         if self._master_key is None:
