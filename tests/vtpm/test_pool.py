@@ -57,6 +57,43 @@ def test_background_refill_after_take(manager):
     assert manager.get("first").uuid not in {i.uuid for i in manager.pooled()}
 
 
+def _pooled_after(manager, seconds: float) -> int:
+    """How many vTPMs are pooled once `seconds` have passed (time for the
+    refill thread to make several, were it to make any)."""
+    time.sleep(seconds)
+    return len(manager.pooled())
+
+
+def test_refill_waits_for_a_quiet_moment(manager):
+    """A take leaves the pool one short while takes keep coming: the next
+    vTPM is made after `quiet` seconds without one, not during a start."""
+    pool = VtpmPool(manager, size=2, quiet=60)
+    pool.fill()
+    pool.start()
+    try:
+        pool.take("first")
+        assert _pooled_after(manager, 1.0) == 1
+    finally:
+        pool.stop()
+
+
+def test_refill_below_half_the_pool_is_at_once(manager):
+    """Emptied, the pool refills at once up to half its size, and no further
+    until things are quiet."""
+    pool = VtpmPool(manager, size=2, quiet=60)
+    pool.fill()
+    pool.start()
+    try:
+        pool.take("first")
+        pool.take("second")
+        deadline = time.monotonic() + 20
+        while not manager.pooled() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _pooled_after(manager, 1.0) == 1
+    finally:
+        pool.stop()
+
+
 def test_concurrent_takes_get_different_vtpms(manager):
     """Eight containers taking at once from a pool of eight get eight vTPMs."""
     pool = VtpmPool(manager, size=8)
