@@ -420,11 +420,12 @@ def test_an_exec_opens_its_file_with_may_exec(
     assert tpm.pcr10() == replay(entries, "sha256")
 
 
-def test_a_new_vtpm_list_begins_after_the_marks(
+def test_a_new_vtpm_list_begins_when_the_caller_says(
     agent, runc, bundle_factory, swtpm_factory, tmp_path
 ):
-    """For a new vTPM the list begins in a worker: boot_aggregate arrives without any
-    access by the container, once, and PCR 10 follows it."""
+    """For a new vTPM the list begins in a worker once begin_soon is said, not
+    before: boot_aggregate arrives without any access by the container, once,
+    and PCR 10 follows it."""
     bundle = bundle_factory()
     bundle.set_script("sleep 30")
     tpm = swtpm_factory()
@@ -433,7 +434,9 @@ def test_a_new_vtpm_list_begins_after_the_marks(
     agent.add_container(
         ContainerSpec("c", list_dir, tpm.client, pid=pid, new_vtpm=True)
     )
+    assert read_list(list_dir) == []
 
+    agent.begin_soon("c")
     _wait_for(lambda: len(read_list(list_dir)) == 1)
     agent.begin("c")
 
@@ -441,6 +444,7 @@ def test_a_new_vtpm_list_begins_after_the_marks(
     assert tpm.pcr10() == replay([boot_aggregate(None)], "sha256")
     agent.remove_container("c")
     agent.begin("c")  # no longer measured: left alone
+    agent.begin_soon("c")
 
 
 def test_a_new_vtpm_list_begun_by_its_first_access(
@@ -463,6 +467,7 @@ def test_a_new_vtpm_list_begun_by_its_first_access(
     list_dir = tmp_path / "l"
     cid, pid = runc.create(bundle)
     agent.add_container(ContainerSpec("c", list_dir, connect, pid=pid, new_vtpm=True))
+    agent.begin_soon("c")
     _wait_for(lambda: "c: beginning its list: not yet" in caplog.text)
     assert read_list(list_dir) == []
 

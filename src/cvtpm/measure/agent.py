@@ -107,10 +107,12 @@ class Agent:
         """Start measuring a container: open its list, reconcile its vTPM, mark it.
 
         For a spec with new_vtpm the list is begun (the vTPM connected,
-        boot_aggregate recorded) by a worker after the marks: about 2 ms that
-        the runtime's hook no longer waits for.  Raises StateError when the
-        list and the vTPM disagree (see MeasurementList.reconcile), OSError
-        when the mount cannot be marked.
+        boot_aggregate recorded) later: by a worker once the caller says
+        `begin_soon`, or by the first measured access, whichever comes first.
+        That is 2 to 5 ms that the runtime's hook does not wait for, nor
+        share two cores with.  Raises StateError when the list and the vTPM
+        disagree (see MeasurementList.reconcile), OSError when the mount
+        cannot be marked.
         """
         with self._lock:
             if spec.name in self._containers:
@@ -136,8 +138,7 @@ class Agent:
         )
         try:
             # A new vTPM and a new list cannot disagree, so nothing here can
-            # refuse the container: they are begun after the marks, in a
-            # worker, while the runtime finishes its own set-up.
+            # refuse the container: they are begun later (begin_soon).
             if not spec.new_vtpm:
                 with mlist.lock:
                     container.begin()
@@ -154,8 +155,6 @@ class Agent:
                 fanotify.mark(
                     self.group, path, MARK_MASK, filesystem=spec.filesystem_mark
                 )
-            if spec.new_vtpm:
-                self._pool.submit(self._begin_later, container)
         except BaseException:
             with self._lock:
                 if self._containers.get(spec.name) is container:
@@ -182,6 +181,16 @@ class Agent:
         except StateError:
             return
         self._begin(container)
+
+    def begin_soon(self, name: str) -> None:
+        """Have a worker begin a container's list (see add_container): for
+        the caller to say once the container's set-up no longer needs the CPU.
+        """
+        try:
+            container = self._measured(name)
+        except StateError:
+            return
+        self._pool.submit(self._begin_later, container)
 
     def _begin_later(self, container: Container) -> None:
         """Begin a new container's list in a worker (see add_container)."""
