@@ -1,8 +1,11 @@
-"""Fixtures shared by every test directory: short state trees and a vTPM manager."""
+"""Fixtures shared by every test directory: short state trees, a vTPM manager,
+and a real PostgreSQL server for the stores that take one."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -34,3 +37,38 @@ def manager(paths: Paths):
     yield mgr
     for info in [*mgr.list(), *mgr.pooled()]:
         mgr.delete(info.name)
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _as_postgres(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """Run a PostgreSQL tool as the postgres user (it refuses to run as root)."""
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    return subprocess.run(prefix + args, check=True, capture_output=True, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """The URL of a PostgreSQL 15 server on a unix socket, stopped after the session."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.fail("PostgreSQL 15 is not installed (apt-get install postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="cvtpg", dir="/tmp"))
+    data, sock = root / "data", root / "sock"
+    sock.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        shutil.chown(sock, "postgres")
+    _as_postgres(
+        [str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
+    )
+    options = f"-k {sock} -c listen_addresses='' -c fsync=off"
+    _as_postgres(
+        [str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", options, "-w", "start"]
+        + ["-l", str(root / "log")]
+    )
+    try:
+        yield f"postgresql://postgres@/postgres?host={sock}"
+    finally:
+        _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"])
+        shutil.rmtree(root, ignore_errors=True)
