@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: summary statistics and the results files."""
+"""Shared pieces of the benchmarks: summary statistics, the results files,
+and a host's run-time tmpfs."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -41,3 +45,16 @@ def write(name: str, data: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **data}, indent=2) + "\n")
     return path
+
+
+@contextmanager
+def run_tmpfs(path: Path) -> Iterator[Path]:
+    """A tmpfs at `path` for as long as the block runs: where a host keeps what
+    lives only while it runs (/run on Debian: cvtpm's run directory, runc's
+    state), so that a benchmark's sockets and logs are not written to disk."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "cvtpm-bench", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=False)

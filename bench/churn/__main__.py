@@ -9,10 +9,13 @@ container gets a vTPM from the pool, a measurement list, fanotify marks and
 its filtered TPM socket, and loses them at stop (ephemeral). The same rootfs,
 mounts and namespaces without the hooks are the alternative.
 
-Two figures: the start-to-exit time of one container at a time (N of each,
-alternating, so that machine noise hits both), and the sustained churn of P
-loops running containers back to back for S seconds each way, runc alone
-first. Results go to bench/results/churn.json.
+Three figures. The start-to-exit time of one container at a time, N of
+each, alternating so that machine noise hits both, in two conditions: back
+to back, where the daemon's pool refills while the next containers start;
+and at rest, where each start begins once the pool is full again and the
+host has been quiet for REST seconds, runc alone the same. Then the sustained
+churn of P loops running containers back to back for S seconds each way,
+runc alone first. Results go to bench/results/churn.json.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from bench._util import summary, write
+from bench._util import run_tmpfs, summary, write
 from cvtpm.config import Paths
 from cvtpm.runtime.bundle import RunSpec, oci_config, write_bundle
 from cvtpm.runtime.daemon_client import DaemonClient
@@ -35,6 +39,9 @@ from cvtpm.runtime.rootfs import busybox_rootfs
 from cvtpm.vtpm.manager import VtpmManager
 
 CVTPM = Path(sys.executable).with_name("cvtpm")
+# Quiet before each start "at rest": longer than the pool's own wait before
+# it refills (cvtpm.vtpm.pool.QUIET_AFTER_TAKE), so the refill is over.
+REST = 0.1
 
 
 class Daemon:
@@ -58,13 +65,13 @@ class Daemon:
                 raise RuntimeError(f"cvtpm daemon did not start; see {self.log.name}")
             time.sleep(0.05)
 
-    def wait_for_pool(self, size: int, timeout: float = 300) -> None:
+    def wait_for_pool(self, size: int, timeout: float = 300, poll: float = 0.2) -> None:
         """Wait until the daemon's pool holds `size` ready vTPMs."""
         deadline = time.monotonic() + timeout
         while _pooled(self.paths) < size:
             if time.monotonic() > deadline:
                 raise RuntimeError("the daemon's pool did not fill")
-            time.sleep(0.2)
+            time.sleep(poll)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -109,12 +116,17 @@ class Bundles:
         return elapsed
 
 
-def starts(bundles: Bundles, count: int) -> tuple[list[float], list[float]]:
-    """`count` single containers each way, alternating."""
+def starts(
+    bundles: Bundles, count: int, at_rest: Callable[[], None] | None = None
+) -> tuple[list[float], list[float]]:
+    """`count` single containers each way, alternating; with `at_rest`, each
+    begins once it returns."""
     alone, ours = [], []
     for i in range(count):
-        alone.append(bundles.run(f"a{i}", cvtpm=False))
-        ours.append(bundles.run(f"c{i}", cvtpm=True))
+        for samples, cvtpm in ((alone, False), (ours, True)):
+            if at_rest is not None:
+                at_rest()
+            samples.append(bundles.run(f"{'c' if cvtpm else 'a'}{i}", cvtpm))
     return alone, ours
 
 
@@ -143,22 +155,8 @@ def churn(bundles: Bundles, seconds: float, parallel: int, cvtpm: bool) -> float
     return sum(counts) / (time.monotonic() - started)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--starts", type=int, default=100)
-    parser.add_argument("--parallel", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--pool", type=int, default=16)
-    args = parser.parse_args(argv)
-
-    work = Path(tempfile.mkdtemp(prefix="cvc", dir="/tmp"))
-    # A host's layout: what lives only while the host runs (runc's state,
-    # the bundles, cvtpm's run directory) on a tmpfs, as /run is on Debian;
-    # vTPM states, lists and the rootfs on disk.
-    run = work / "run"
-    run.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "cvtpm-bench", str(run)], check=True)
-    paths = Paths(state=work / "s", run=run / "cvtpm").ensure()
+def measure(args, work: Path, run: Path, paths: Paths):
+    """The single starts back to back and at rest, then the churn each way."""
     daemon = None
     try:
         rootfs = busybox_rootfs(work / "rootfs")
@@ -169,23 +167,46 @@ def main(argv: list[str] | None = None) -> dict:
         bundles.run("warm-c", cvtpm=True)
 
         alone, ours = starts(bundles, args.starts)
+
+        def at_rest() -> None:
+            daemon.wait_for_pool(args.pool, poll=0.01)
+            time.sleep(REST)
+
+        rested = starts(bundles, args.starts, at_rest)
         daemon.wait_for_pool(args.pool)
         per_second = {
             "runc": churn(bundles, args.seconds, args.parallel, cvtpm=False),
             "cvtpm": churn(bundles, args.seconds, args.parallel, cvtpm=True),
         }
+        return alone, ours, rested, per_second
     finally:
-        try:
-            if daemon is not None:
-                try:
-                    daemon.stop()
-                finally:
-                    # A container whose exit the daemon had not handled yet
-                    # keeps its vTPM running for the next daemon; none comes.
-                    VtpmManager(paths).delete_all()
-        finally:
-            subprocess.run(["umount", "--lazy", str(run)], check=False)
-            shutil.rmtree(work, ignore_errors=True)
+        if daemon is not None:
+            try:
+                daemon.stop()
+            finally:
+                # A container whose exit the daemon had not handled yet
+                # keeps its vTPM running for the next daemon; none comes.
+                VtpmManager(paths).delete_all()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--starts", type=int, default=100)
+    parser.add_argument("--parallel", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--pool", type=int, default=16)
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="cvc", dir="/tmp"))
+    try:
+        # A host's layout: what lives only while the host runs (runc's state,
+        # the bundles, cvtpm's run directory) on a tmpfs, as /run is on
+        # Debian; vTPM states, lists and the rootfs on disk.
+        with run_tmpfs(work / "run") as run:
+            paths = Paths(state=work / "s", run=run / "cvtpm").ensure()
+            alone, ours, rested, per_second = measure(args, work, run, paths)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
     result = {
         "seconds_each": args.seconds,
@@ -193,16 +214,29 @@ def main(argv: list[str] | None = None) -> dict:
         "runc_alone_ms": summary(alone),
         "cvtpm_ms": summary(ours),
         "start_ratio_median": summary(ours)["median"] / summary(alone)["median"],
+        "rested_runc_alone_ms": summary(rested[0]),
+        "rested_cvtpm_ms": summary(rested[1]),
+        "rested_start_ratio_median": (
+            summary(rested[1])["median"] / summary(rested[0])["median"]
+        ),
         "containers_per_second": per_second,
         "containers_per_hour": {k: v * 3600 for k, v in per_second.items()},
     }
     path = write("churn", result)
 
-    print(f"One container at a time, {args.starts} each (ms: min / median / p99)")
-    for label, key in (("runc alone", "runc_alone_ms"), ("runc + cvtpm", "cvtpm_ms")):
-        s = result[key]
-        print(f"  {label:<14} {s['min']:7.1f} {s['median']:7.1f} {s['p99']:7.1f}")
-    print(f"  ratio (median): {result['start_ratio_median']:.2f}x runc alone")
+    for condition, prefix in (("back to back", ""), ("at rest", "rested_")):
+        print(
+            f"One container at a time, {condition}, {args.starts} each "
+            "(ms: min / median / p99)"
+        )
+        for label, key in (
+            ("runc alone", "runc_alone_ms"),
+            ("runc + cvtpm", "cvtpm_ms"),
+        ):
+            s = result[prefix + key]
+            print(f"  {label:<14} {s['min']:7.1f} {s['median']:7.1f} {s['p99']:7.1f}")
+        ratio = result[prefix + "start_ratio_median"]
+        print(f"  ratio (median): {ratio:.2f}x runc alone")
     hourly = result["containers_per_hour"]
     print(
         f"Sustained, {args.parallel} loops for {args.seconds:.0f} s each:"

@@ -8,7 +8,9 @@ same vTPM and certified. Each swtpm_setup sample is
 `swtpm_setup --tpm2 --create-ek-cert` into a fresh directory (Debian's
 swtpm-localca signs the certificate), which leaves the vTPM stopped and has
 no AK. Samples alternate between the two so that machine noise hits both.
-Results go to bench/results/vtpm.json.
+vTPM states lie on disk, as swtpm_setup's do; cvtpm's run directory (sockets,
+swtpm's logs) on a tmpfs, as /run is on a host. Results go to
+bench/results/vtpm.json.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench._util import summary, write
+from bench._util import run_tmpfs, summary, write
 from cvtpm.config import Paths
 from cvtpm.vtpm.manager import VtpmManager
 from cvtpm.vtpm.pool import VtpmPool
@@ -86,17 +88,20 @@ def main(argv: list[str] | None = None) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="cvb", dir="/tmp"))
     try:
-        paths = Paths(state=work / "s", run=work / "r").ensure()
-        manager = VtpmManager(paths)
-        _ = manager.ca  # the CA is made once per host, not per vTPM
-        cvtpm_once(manager, "warm-up")
+        # A host's layout: vTPM states on disk beside swtpm_setup's, the run
+        # directory (sockets, swtpm's logs) on a tmpfs, as /run is on Debian.
+        with run_tmpfs(work / "run") as run:
+            paths = Paths(state=work / "s", run=run / "cvtpm").ensure()
+            manager = VtpmManager(paths)
+            _ = manager.ca  # the CA is made once per host, not per vTPM
+            cvtpm_once(manager, "warm-up")
 
-        ours, theirs = [], []
-        for i in range(args.count):
-            ours.append(cvtpm_once(manager, f"b{i}"))
-            theirs.append(swtpm_setup_once(work / f"setup{i}"))
-        cli = [cli_once(paths, f"c{i}") for i in range(args.cli_count)]
-        pooled = pool_takes(manager, min(args.count, 50))
+            ours, theirs = [], []
+            for i in range(args.count):
+                ours.append(cvtpm_once(manager, f"b{i}"))
+                theirs.append(swtpm_setup_once(work / f"setup{i}"))
+            cli = [cli_once(paths, f"c{i}") for i in range(args.cli_count)]
+            pooled = pool_takes(manager, min(args.count, 50))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
