@@ -447,6 +447,27 @@ def test_a_new_vtpm_list_begins_when_the_caller_says(
     agent.begin_soon("c")
 
 
+def test_begin_soon_never_raises(agent, runc, bundle_factory, swtpm_factory, tmp_path):
+    """Not measured, or the agent's workers gone (it is stopping): the list is
+    left to its first measured access, and the caller's set-up stands."""
+    bundle = bundle_factory()
+    bundle.set_script("sleep 30")
+    tpm = swtpm_factory()
+    list_dir = tmp_path / "l"
+    cid, pid = runc.create(bundle)
+    agent.add_container(
+        ContainerSpec("c", list_dir, tpm.client, pid=pid, new_vtpm=True)
+    )
+
+    agent.begin_soon("nosuch")
+    agent._pool.shutdown()
+    agent.begin_soon("c")
+
+    assert read_list(list_dir) == []
+    agent.begin("c")
+    assert read_list(list_dir) == [boot_aggregate(None)]
+
+
 def test_a_new_vtpm_list_begun_by_its_first_access(
     agent, runc, bundle_factory, swtpm_factory, tmp_path, caplog
 ):

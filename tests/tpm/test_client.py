@@ -78,6 +78,19 @@ def test_overlapped_work_runs_beside_a_real_command(manager):
         assert tpm.pcr_read(10, ["sha256"])["sha256"] == bytes(32)
 
 
+def test_a_failed_command_carries_the_overlapped_works_error(manager):
+    """When both fail, the TPM's error is raised and the work's is noted on it."""
+    manager.create("both")
+    with (
+        manager.client("both") as tpm,
+        pytest.raises(TpmError) as err,
+        tpm.overlap(int, "not a number"),
+    ):
+        tpm.nv_read(0x01C00099)
+    assert "TPM2_NV_ReadPublic failed" in str(err.value)
+    assert any("int failed: ValueError" in note for note in err.value.__notes__)
+
+
 @pytest.mark.parametrize(
     "selection",
     [

@@ -159,6 +159,7 @@ def test_overlapped_work_runs_between_sending_and_receiving():
 
 
 def test_overlapped_work_runs_once_when_the_command_is_resubmitted():
+    """A RETRY sends the command again; the work is not done again."""
     log = []
     channel = CommandChannel(OrderedTcti(log, response(rc=TPM2_RC.RETRY), response()))
     channel.meanwhile = Overlapped(lambda: log.append("work"))
@@ -182,7 +183,32 @@ def test_an_error_of_overlapped_work_waits_for_result():
         job.result()
 
 
-def test_overlapped_work_no_command_ran_for_runs_at_result():
+class Interrupt(BaseException):
+    """Stands for KeyboardInterrupt, which pytest would take as its own."""
+
+
+def test_an_interrupt_in_overlapped_work_still_lets_the_answer_be_read():
+    """Even a BaseException waits for result(): the TCTI must not be left
+    waiting for an answer nobody reads."""
+    tcti = ScriptedTcti(response(), response())
+    channel = CommandChannel(tcti)
+
+    def interrupted():
+        raise Interrupt
+
+    job = Overlapped(interrupted)
+    channel.meanwhile = job
+    channel.execute("TPM2_Startup", TPM2_CC.Startup, (), b"\0\0")
+
+    assert isinstance(job.error, Interrupt)
+    with pytest.raises(Interrupt):
+        job.result()
+    channel.execute("TPM2_Startup", TPM2_CC.Startup, (), b"\0\0")
+    assert tcti.replies == []
+
+
+def test_overlapped_work_with_no_command_runs_at_result():
+    """A block that sent nothing still gets its work done, when asked."""
     ran = []
     job = Overlapped(ran.append, "late")
 

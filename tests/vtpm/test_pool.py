@@ -94,6 +94,21 @@ def test_refill_below_half_the_pool_is_at_once(manager):
         pool.stop()
 
 
+def test_a_pool_of_one_refills_at_once(manager):
+    """Emptied, a pool of one has fewer than half its size left: no waiting."""
+    pool = VtpmPool(manager, size=1, quiet=60)
+    pool.fill()
+    pool.start()
+    try:
+        pool.take("first")
+        deadline = time.monotonic() + 20
+        while not manager.pooled() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(manager.pooled()) == 1
+    finally:
+        pool.stop()
+
+
 def test_concurrent_takes_get_different_vtpms(manager):
     """Eight containers taking at once from a pool of eight get eight vTPMs."""
     pool = VtpmPool(manager, size=8)

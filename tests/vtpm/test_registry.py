@@ -54,6 +54,7 @@ def test_a_record_comes_back_as_it_went_in(registry):
 
 
 def test_unknown_and_taken_names_are_clear_errors(registry):
+    """A name not there, or already taken, is said as such and changes nothing."""
     registry.add(record("web"))
 
     with pytest.raises(NotFoundError, match="no vTPM named 'db'"):
@@ -66,6 +67,7 @@ def test_unknown_and_taken_names_are_clear_errors(registry):
 
 
 def test_lists_and_counts_keep_pool_and_containers_apart(registry):
+    """Lists come sorted by name, and the pool's vTPMs are never a container's."""
     for name in ("b", "a", "c"):
         registry.add(record(name))
     registry.add(record("pool-1", pooled=True))
@@ -77,6 +79,7 @@ def test_lists_and_counts_keep_pool_and_containers_apart(registry):
 
 
 def test_ready_in_pool_is_running_pooled_oldest_first(registry):
+    """Only running pooled vTPMs are offered, the oldest first, as many as asked."""
     registry.add(record("p3", pooled=True, at=3))
     registry.add(record("p1", pooled=True, at=1))
     registry.add(record("p2", pooled=True, at=2, state="creating"))
@@ -107,6 +110,7 @@ def test_a_pooled_vtpm_is_claimed_once(registry):
 
 
 def test_updates_return_the_row_as_it_now_is(registry):
+    """An update's record is the stored row after it, whatever fields it set."""
     registry.add(record("web"))
 
     after = registry.update("web", state="stopped", pid=None, restarts=2)
@@ -118,6 +122,7 @@ def test_updates_return_the_row_as_it_now_is(registry):
 
 
 def test_a_removed_vtpm_is_gone(registry):
+    """Removing takes only the named row, and a second removal is harmless."""
     registry.add(record("web"))
     registry.add(record("db"))
 

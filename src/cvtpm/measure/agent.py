@@ -185,12 +185,15 @@ class Agent:
     def begin_soon(self, name: str) -> None:
         """Have a worker begin a container's list (see add_container): for
         the caller to say once the container's set-up no longer needs the CPU.
+
+        Never raises: the list begins at the first measured access anyway.
         """
         try:
             container = self._measured(name)
-        except StateError:
-            return
-        self._pool.submit(self._begin_later, container)
+            self._pool.submit(self._begin_later, container)
+        except (StateError, RuntimeError) as exc:
+            # Not measured, or the agent is stopping (no new work for its pool).
+            log.debug("%s: its list begins at its first measured access: %s", name, exc)
 
     def _begin_later(self, container: Container) -> None:
         """Begin a new container's list in a worker (see add_container)."""

@@ -29,8 +29,9 @@ class ContainerSpec:
     (an swtpm restart), and closes what it opened.  `mnt_ns` defaults to that
     of `pid`; `mounts` (the paths whose mounts are marked) to /proc/PID/root.
     `new_vtpm` says the vTPM was made for this container: its PCRs are zero
-    and its list is new, so nothing can disagree, and the agent may begin the
-    list after marking the container instead of before (Agent.add_container).
+    and its list is new, so nothing can disagree, and the agent leaves the
+    list to begin later: on Agent.begin_soon, at the container's first
+    measured access, or for evidence (Agent.begin), whichever comes first.
     """
 
     name: str

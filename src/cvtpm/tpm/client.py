@@ -176,13 +176,21 @@ class TpmClient:
 
         For CPU work of ours that does not depend on that command (signing a
         certificate while the TPM derives a key): the two run side by side.
-        The work's value, or its error, comes from the yielded `result()`.
+        The work's value, or its error, comes from the yielded `result()`; if
+        the block fails too, the work's error is noted on the block's. On
+        swtpm's socket the command's connection stays open while the work
+        runs, and swtpm serves one connection at a time: keep the work short.
         """
         channel = self._open()
         job = Overlapped(work, *args)
         channel.meanwhile = job
         try:
             yield job
+        except BaseException as exc:
+            if job.error is not None:
+                what = getattr(work, "__name__", repr(work))
+                exc.add_note(f"meanwhile, {what} failed: {job.error!r}")
+            raise
         finally:
             if channel.meanwhile is job:  # the block sent no command
                 channel.meanwhile = None
@@ -209,8 +217,8 @@ class TpmClient:
         return False
 
     def startup_clear(self) -> None:
-        """TPM2_Startup(CLEAR): for a TPM just made or power-cycled, which has
-        no saved state to resume, so the STATE attempt of `startup` is skipped."""
+        """TPM2_Startup(CLEAR) alone: for a TPM just made, or reset without a
+        TPM2_Shutdown(STATE), which has nothing to resume (see `startup`)."""
         self._execute("TPM2_Startup", TPM2_CC.Startup, (), marshal_u16(TPM2_SU.CLEAR))
 
     def shutdown_state(self) -> None:

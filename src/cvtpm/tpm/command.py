@@ -63,17 +63,23 @@ class Overlapped:
         self._args = args
         self._ran = False
         self._value: Any = None
-        self._error: Exception | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def error(self) -> BaseException | None:
+        """What the work raised, if it ran and failed."""
+        return self._error
 
     def run(self) -> None:
-        """Do the work, once; an error is kept for `result`, not raised here,
-        so that the command it overlaps is still answered and read."""
+        """Do the work, once. Whatever it raises, an interrupt included, is
+        kept for `result`, not raised here: the command it overlaps must still
+        be answered and read, or the TCTI is left waiting for that answer."""
         if self._ran:
             return
         self._ran = True
         try:
             self._value = self._work(*self._args)
-        except Exception as exc:
+        except BaseException as exc:
             self._error = exc
 
     def result(self) -> Any:

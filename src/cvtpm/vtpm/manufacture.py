@@ -16,7 +16,8 @@ from cvtpm.tpm.templates import AK_HANDLES, EK_PROFILES, marshaled_template
 def manufacture(
     tpm: TpmClient, ca: LocalCa, vtpm_uuid: str, ek_types: list[str], ak_type: str
 ) -> dict[str, str]:
-    """Create EKs with certificates in NV, then the AK; returns registry fields.
+    """Create the EKs, then the AK, then put the EK certificates in NV;
+    returns registry fields.
 
     The CA signs each certificate while the TPM works on a command that does
     not depend on it: signing and key derivation then take two CPUs, not one

@@ -55,10 +55,11 @@ class VtpmPool:
         return self.manager.create(name, ephemeral=ephemeral)
 
     def fill(self, wait_for_quiet: bool = False) -> int:
-        """Bring the pool up to its size now; returns how many were made.
+        """Bring the pool up to its size; returns how many were made.
 
-        With `wait_for_quiet` (the refill thread), each vTPM is made only once
-        no take came for `quiet` seconds, or at once below half the size.
+        At once, unless `wait_for_quiet` (the refill thread): each vTPM is
+        then made only once no take came for `quiet` seconds, or at once while
+        fewer than half the size are ready.
         """
         made = 0
         # Names and pids only: this runs after every take, and whole records
@@ -87,15 +88,16 @@ class VtpmPool:
             ready = self.manager.pooled_count()
             if ready >= self.size:
                 break
-            if wait_for_quiet and ready >= self.size // 2 and self._wait_quiet():
+            if wait_for_quiet and 2 * ready >= self.size and self._wait_quiet():
                 continue  # count again: takes may have come meanwhile
             self.manager.create("", pooled=True)
             made += 1
         return made
 
     def _wait_quiet(self) -> bool:
-        """Wait until `quiet` seconds after the last take, or until the next
-        take (which may leave the pool below half); True if it waited."""
+        """Wait until `quiet` seconds after the last take, until the next take
+        (which may leave the pool below half), or until stop(); True if it
+        waited at all, for the caller to count again."""
         left = self._last_take + self.quiet - time.monotonic()
         if left <= 0:
             return False
@@ -105,7 +107,7 @@ class VtpmPool:
         return True
 
     def start(self) -> None:
-        """Refill in a background thread whenever a vTPM is taken."""
+        """Refill in a background thread after takes (see the class)."""
         self._thread = threading.Thread(
             target=self._run, name="cvtpm-pool", daemon=True
         )
