@@ -121,7 +121,7 @@ def rows() -> list[tuple[str, str, str, str]]:
             added = (figures["added_median_us"], figures["added_p99_us"])
             out.append((
                 f"exec in a container, agent, {label} (median / p99)",
-                f"+{added[0]:.0f} / +{added[1]:.0f} us",
+                f"{added[0]:+.0f} / {added[1]:+.0f} us",
                 f"no agent {base['median_us']:.0f} / {base['p99_us']:.0f} us",
                 f"{figures['median_us'] / base['median_us']:.2f}x",
             ))  # fmt: skip
