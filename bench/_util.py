@@ -1,17 +1,21 @@
 """Shared pieces of the benchmarks: summary statistics, the results files,
-and a host's run-time tmpfs."""
+and a host's directories."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from cvtpm.config import Paths
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -58,3 +62,16 @@ def run_tmpfs(path: Path) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "--lazy", str(path)], check=False)
+
+
+@contextmanager
+def host_tree(prefix: str) -> Iterator[Paths]:
+    """cvtpm's directories laid out as on a host, removed at the end: the
+    state (vTPM states, lists) on disk, the run directory on a tmpfs
+    (`run_tmpfs`), both under one new directory in /tmp."""
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        with run_tmpfs(work / "run") as run:
+            yield Paths(state=work / "s", run=run / "cvtpm").ensure()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

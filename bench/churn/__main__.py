@@ -25,13 +25,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench._util import run_tmpfs, summary, write
+from bench._util import host_tree, summary, write
 from cvtpm.config import Paths
 from cvtpm.runtime.bundle import RunSpec, oci_config, write_bundle
 from cvtpm.runtime.daemon_client import DaemonClient
@@ -155,11 +154,12 @@ def churn(bundles: Bundles, seconds: float, parallel: int, cvtpm: bool) -> float
     return sum(counts) / (time.monotonic() - started)
 
 
-def measure(args, work: Path, run: Path, paths: Paths):
+def measure(args, paths: Paths):
     """The single starts back to back and at rest, then the churn each way."""
+    run = paths.run.parent  # the tmpfs: runc's state and the bundles too
     daemon = None
     try:
-        rootfs = busybox_rootfs(work / "rootfs")
+        rootfs = busybox_rootfs(paths.state.parent / "rootfs")
         daemon = Daemon(paths, args.pool)
         daemon.wait_for_pool(args.pool)
         bundles = Bundles(run, rootfs, paths)
@@ -197,16 +197,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pool", type=int, default=16)
     args = parser.parse_args(argv)
 
-    work = Path(tempfile.mkdtemp(prefix="cvc", dir="/tmp"))
-    try:
-        # A host's layout: what lives only while the host runs (runc's state,
-        # the bundles, cvtpm's run directory) on a tmpfs, as /run is on
-        # Debian; vTPM states, lists and the rootfs on disk.
-        with run_tmpfs(work / "run") as run:
-            paths = Paths(state=work / "s", run=run / "cvtpm").ensure()
-            alone, ours, rested, per_second = measure(args, work, run, paths)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    # A host's layout: what lives only while the host runs (runc's state,
+    # the bundles, cvtpm's run directory) on a tmpfs, as /run is on Debian;
+    # vTPM states, lists and the rootfs on disk.
+    with host_tree("cvc") as paths:
+        alone, ours, rested, per_second = measure(args, paths)
 
     result = {
         "seconds_each": args.seconds,

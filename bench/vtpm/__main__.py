@@ -19,11 +19,10 @@ import argparse
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench._util import run_tmpfs, summary, write
+from bench._util import host_tree, summary, write
 from cvtpm.config import Paths
 from cvtpm.vtpm.manager import VtpmManager
 from cvtpm.vtpm.pool import VtpmPool
@@ -86,24 +85,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cli-count", type=int, default=10)
     args = parser.parse_args(argv)
 
-    work = Path(tempfile.mkdtemp(prefix="cvb", dir="/tmp"))
-    try:
-        # A host's layout: vTPM states on disk beside swtpm_setup's, the run
-        # directory (sockets, swtpm's logs) on a tmpfs, as /run is on Debian.
-        with run_tmpfs(work / "run") as run:
-            paths = Paths(state=work / "s", run=run / "cvtpm").ensure()
-            manager = VtpmManager(paths)
-            _ = manager.ca  # the CA is made once per host, not per vTPM
-            cvtpm_once(manager, "warm-up")
+    # A host's layout: vTPM states on disk beside swtpm_setup's, the run
+    # directory (sockets, swtpm's logs) on a tmpfs, as /run is on Debian.
+    with host_tree("cvb") as paths:
+        work = paths.state.parent
+        manager = VtpmManager(paths)
+        _ = manager.ca  # the CA is made once per host, not per vTPM
+        cvtpm_once(manager, "warm-up")
 
-            ours, theirs = [], []
-            for i in range(args.count):
-                ours.append(cvtpm_once(manager, f"b{i}"))
-                theirs.append(swtpm_setup_once(work / f"setup{i}"))
-            cli = [cli_once(paths, f"c{i}") for i in range(args.cli_count)]
-            pooled = pool_takes(manager, min(args.count, 50))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        ours, theirs = [], []
+        for i in range(args.count):
+            ours.append(cvtpm_once(manager, f"b{i}"))
+            theirs.append(swtpm_setup_once(work / f"setup{i}"))
+        cli = [cli_once(paths, f"c{i}") for i in range(args.cli_count)]
+        pooled = pool_takes(manager, min(args.count, 50))
 
     result = {
         "cvtpm_create_ms": summary(ours),

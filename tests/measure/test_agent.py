@@ -420,19 +420,30 @@ def test_an_exec_opens_its_file_with_may_exec(
     assert tpm.pcr10() == replay(entries, "sha256")
 
 
+def _waiting_container_of_a_new_vtpm(
+    agent, runc, bundle_factory, swtpm_factory, list_dir
+):
+    """Container "c", created but not started, measured with a new vTPM
+    (returned) whose list is not begun yet."""
+    bundle = bundle_factory()
+    bundle.set_script("sleep 30")
+    tpm = swtpm_factory()
+    _, pid = runc.create(bundle)
+    agent.add_container(
+        ContainerSpec("c", list_dir, tpm.client, pid=pid, new_vtpm=True)
+    )
+    return tpm
+
+
 def test_a_new_vtpm_list_begins_when_the_caller_says(
     agent, runc, bundle_factory, swtpm_factory, tmp_path
 ):
     """For a new vTPM the list begins in a worker once begin_soon is said, not
     before: boot_aggregate arrives without any access by the container, once,
     and PCR 10 follows it."""
-    bundle = bundle_factory()
-    bundle.set_script("sleep 30")
-    tpm = swtpm_factory()
     list_dir = tmp_path / "l"
-    cid, pid = runc.create(bundle)
-    agent.add_container(
-        ContainerSpec("c", list_dir, tpm.client, pid=pid, new_vtpm=True)
+    tpm = _waiting_container_of_a_new_vtpm(
+        agent, runc, bundle_factory, swtpm_factory, list_dir
     )
     assert read_list(list_dir) == []
 
@@ -450,13 +461,9 @@ def test_a_new_vtpm_list_begins_when_the_caller_says(
 def test_begin_soon_never_raises(agent, runc, bundle_factory, swtpm_factory, tmp_path):
     """Not measured, or the agent's workers gone (it is stopping): the list is
     left to its first measured access, and the caller's set-up stands."""
-    bundle = bundle_factory()
-    bundle.set_script("sleep 30")
-    tpm = swtpm_factory()
     list_dir = tmp_path / "l"
-    cid, pid = runc.create(bundle)
-    agent.add_container(
-        ContainerSpec("c", list_dir, tpm.client, pid=pid, new_vtpm=True)
+    _waiting_container_of_a_new_vtpm(
+        agent, runc, bundle_factory, swtpm_factory, list_dir
     )
 
     agent.begin_soon("nosuch")
