@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -205,6 +206,30 @@ def test_ephemeral_container_leaves_nothing(host, runc, short_tmp):
     assert not (host.paths.lists / "tmp").exists()
     assert not (host.paths.run / "containers" / "tmp").exists()
     assert not os.path.exists(f"/proc/{swtpm_pid}")
+
+
+def test_an_ephemeral_container_that_ended_unserved_leaves_nothing(
+    paths, runc, short_tmp
+):
+    """One that ends while no daemon runs loses its vTPM and list at the next
+    daemon's start, as at its exit, so its name can be run ephemeral again."""
+    bundle = Bundle(short_tmp / "b")
+    bundle.set_script("true")
+    first = Host(paths, host_pcrs=None)
+    first.start()
+    cid, pid = hand_over(first, runc, bundle, "gone", ephemeral=True)
+    first.stop()
+    runc.start(cid)
+    runc.wait(cid)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)  # adopted by this process, the daemon's subreaper
+
+    with running_host(paths) as host:
+        with pytest.raises(NotFoundError):
+            host.manager.get("gone")
+        assert not (host.paths.lists / "gone").exists()
+        assert not (host.paths.run / "containers" / "gone").exists()
+        hand_over(host, runc, bundle, "gone", ephemeral=True)
 
 
 def test_killed_swtpm_is_restarted_and_pcr10_replayed(host, runc, short_tmp):

@@ -458,12 +458,11 @@ class Host:
             request = ContainerRequest(**json.loads(saved.read_text()))
             if not os.path.exists(f"/proc/{request.pid}"):
                 log.info("container %s ended while no daemon ran", request.name)
-                shutil.rmtree(saved.parent, ignore_errors=True)
                 try:
-                    if request.ephemeral:
-                        self.manager.delete(request.name)
-                    else:
-                        self.manager.stop(request.name)
+                    # As its exit would have: an ephemeral container's vTPM
+                    # and list go, and what its hook made in its rootfs.
+                    self._teardown(request, keep=not request.ephemeral)
+                    release_rootfs(self.paths, request.name)
                 except CvtpmError as exc:
                     log.warning("container %s: %s", request.name, exc.explain())
                 continue
