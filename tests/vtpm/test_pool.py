@@ -154,3 +154,18 @@ def test_fill_restarts_pooled_vtpms_whose_process_is_gone(manager):
 
     (after,) = manager.pooled()
     assert after.uuid == before.uuid and manager.is_running(after.name)
+
+
+def test_a_smaller_pool_drops_the_stopped_vtpms_it_does_not_want(manager):
+    """A daemon started with a smaller --pool than the last one starts only
+    as many of the pooled vTPMs its predecessor stopped as it holds, and
+    deletes the others rather than keeping their swtpm running."""
+    VtpmPool(manager, size=3).fill()
+    for info in manager.pooled():
+        manager.stop(info.name)  # what a daemon's stop does
+
+    assert VtpmPool(manager, size=1).fill() == 0
+
+    (kept,) = manager.pooled()
+    assert manager.is_running(kept.name)
+    assert len(list(manager.paths.vtpms.iterdir())) == 1

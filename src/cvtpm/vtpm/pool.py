@@ -64,20 +64,31 @@ class VtpmPool:
         made = 0
         # Names and pids only: this runs after every take, and whole records
         # of the pool cost milliseconds of the daemon's time.
+        running, stopped = 0, []
         for name, pid, state, vtpm_uuid in self.manager.registry.pooled_processes():
             # Only this thread makes pooled vTPMs, one at a time: one still
             # "creating" is what a crash left, its swtpm perhaps still running.
             if state == "creating":
                 with contextlib.suppress(NotFoundError):
                     self.manager.discard_unfinished(name)
-                continue
-            # After a host reboot, pooled vTPMs have no process; start them.
-            # (A running one may be claimed by a container meanwhile: it is
-            # then no longer the pool's, which only running ones can be.)
-            if swtpm.runs_on(pid, self.manager.uuid_paths(vtpm_uuid)):
+            elif swtpm.runs_on(pid, self.manager.uuid_paths(vtpm_uuid)):
+                running += 1
+            else:
+                stopped.append(name)
+
+        # After a host reboot or a daemon's restart, pooled vTPMs have no
+        # process: as many are started as the pool's size wants (a running one
+        # may be claimed meanwhile: it is then no longer the pool's), and the
+        # rest deleted (not running, no container can claim them meanwhile).
+        for name in stopped:
+            if running >= self.size:
+                log.info("dropping pooled vTPM %s: the pool holds %d", name, self.size)
+                with contextlib.suppress(NotFoundError):
+                    self.manager.delete(name)
                 continue
             try:
                 self.manager.start(name)
+                running += 1
             except NotFoundError:
                 continue
             except CvtpmError as exc:
