@@ -1,4 +1,5 @@
-"""`cvtpm daemon` refuses a second daemon, and the daemon refuses non-containers."""
+"""`cvtpm daemon` refuses a second daemon and a run directory too long for its
+sockets, and the daemon refuses non-containers."""
 
 from __future__ import annotations
 
@@ -42,6 +43,29 @@ def test_second_daemon_on_the_same_directories_is_refused(paths):
     finally:
         first.terminate()
         first.wait(timeout=30)
+
+
+def test_a_run_directory_too_long_for_vtpm_sockets_is_refused(paths, short_tmp):
+    """One line naming the longest run directory that fits, exit 1, before
+    anything is made: not a daemon whose every vTPM then fails."""
+    fits = short_tmp / "r".ljust(51 - len(str(short_tmp)) - 1, "r")
+    too_long = fits.with_name(fits.name + "r")
+    common = [*CVTPM, "--state-dir", str(paths.state)]
+
+    refused = subprocess.run(
+        [*common, "--run-dir", str(too_long), "daemon", "--no-measure"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        f"cvtpm: error: --run-dir {too_long} is 52 bytes long; the sockets of "
+        "vTPMs below it (vtpm/UUID/tpm.sock.ctrl) need it to be at most 51 (a "
+        "unix socket path holds 107)\n"
+    )
+    assert not too_long.exists()
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from cvtpm.server import keeper
 from cvtpm.server.daemon import control_app, evidence_app
 from cvtpm.server.host import Host
 from cvtpm.server.listen import bind_tcp
+from cvtpm.vtpm.manager import check_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,8 @@ def daemon(
     """
     tcp = _parse_listen(listen)
     paths = ctx.obj
+    # Refused now, not once the pool and every container start fail.
+    check_run_dir(paths)
     if fanotify_fd is None:
         # The keeper (or a daemon without measurement) holds this lock for its
         # life; its worker runs under it.

@@ -15,7 +15,14 @@ from pathlib import Path
 
 from cvtpm.ca import LocalCa
 from cvtpm.config import Paths
-from cvtpm.errors import CvtpmError, NotFoundError, StateError, TpmError, UsageError
+from cvtpm.errors import (
+    ConfigError,
+    CvtpmError,
+    NotFoundError,
+    StateError,
+    TpmError,
+    UsageError,
+)
 from cvtpm.locking import exclusive
 from cvtpm.names import check_name
 from cvtpm.tpm.client import BANK_ALGS, TpmClient
@@ -432,13 +439,7 @@ class VtpmManager:
 
     def uuid_paths(self, vtpm_uuid: str) -> swtpm.SwtpmPaths:
         """Where the vTPM with this UUID keeps its state and sockets."""
-        # Keyed by UUID, not name: a pooled vTPM gets its container's name by
-        # a registry update alone, while its swtpm keeps running on the same
-        # paths.
-        return swtpm.SwtpmPaths(
-            state_dir=self.paths.vtpms / vtpm_uuid,
-            run_dir=self.paths.run / "vtpm" / vtpm_uuid,
-        )
+        return vtpm_paths(self.paths, vtpm_uuid)
 
     def _alive(self, record: VtpmRecord) -> bool:
         """True if the record's pid is a swtpm on this vTPM's own state: after a
@@ -480,6 +481,30 @@ class VtpmManager:
             ca_chain_pem=self.ca.chain_pem.decode(),
             restarts=record.restarts,
             ephemeral=record.ephemeral,
+        )
+
+
+def vtpm_paths(paths: Paths, vtpm_uuid: str) -> swtpm.SwtpmPaths:
+    """Where the vTPM with this UUID keeps its state and sockets under `paths`."""
+    # Keyed by UUID, not name: a pooled vTPM gets its container's name by a
+    # registry update alone, while its swtpm keeps running on the same paths.
+    return swtpm.SwtpmPaths(
+        state_dir=paths.vtpms / vtpm_uuid, run_dir=paths.run / "vtpm" / vtpm_uuid
+    )
+
+
+def check_run_dir(paths: Paths) -> None:
+    """ConfigError if the run directory is too long for any vTPM's sockets:
+    a daemon refuses to start rather than fail every vTPM it makes."""
+    below = len(str(vtpm_paths(paths, str(uuid.UUID(int=0))).ctrl_socket)) - len(
+        str(paths.run)
+    )
+    room = swtpm.MAX_SOCKET_PATH - below
+    if len(str(paths.run)) > room:
+        raise ConfigError(
+            f"--run-dir {paths.run} is {len(str(paths.run))} bytes long; the "
+            f"sockets of vTPMs below it (vtpm/UUID/tpm.sock.ctrl) need it to be "
+            f"at most {room} (a unix socket path holds {swtpm.MAX_SOCKET_PATH})"
         )
 
 

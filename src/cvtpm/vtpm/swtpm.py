@@ -21,7 +21,7 @@ from cvtpm.vtpm.keys import key_pipe
 _PR_SET_CHILD_SUBREAPER = 36
 
 # sun_path is 108 bytes with its terminating NUL (unix(7)).
-_MAX_SOCKET_PATH = 107
+MAX_SOCKET_PATH = 107
 _STOP_TIMEOUT = 10.0
 # How long a spawned swtpm whose first command failed is given to finish exiting.
 _EXIT_GRACE = 2.0
@@ -157,10 +157,10 @@ def exit_reason(paths: SwtpmPaths, pid: int) -> StateError | None:
 
 def _prepare(paths: SwtpmPaths) -> None:
     """Check the socket path's length, make the directories, clear stale files."""
-    if len(str(paths.ctrl_socket)) > _MAX_SOCKET_PATH:
+    if len(str(paths.ctrl_socket)) > MAX_SOCKET_PATH:
         raise ConfigError(
-            f"socket path {paths.ctrl_socket} is longer than {_MAX_SOCKET_PATH} bytes; "
-            "choose a shorter --run-dir or vTPM name"
+            f"socket path {paths.ctrl_socket} is longer than {MAX_SOCKET_PATH} bytes; "
+            "choose a shorter --run-dir"
         )
     paths.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     paths.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
