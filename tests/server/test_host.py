@@ -208,6 +208,54 @@ def test_ephemeral_container_leaves_nothing(host, runc, short_tmp):
     assert not os.path.exists(f"/proc/{swtpm_pid}")
 
 
+def test_an_ephemeral_container_whose_vtpm_was_deleted_leaves_no_list(
+    host, runc, short_tmp
+):
+    """If its vTPM was deleted by hand while it ran, the container's exit still
+    removes its list, so the name can be run ephemeral again."""
+    bundle = Bundle(short_tmp / "b")
+    bundle.set_script("sleep 0.5")
+    cid, pid = hand_over(host, runc, bundle, "gone", ephemeral=True)
+    host.manager.delete("gone", force=True)
+
+    runc.start(cid)
+    runc.wait(cid)
+    wait_torn_down(host, "gone")
+
+    assert not (host.paths.lists / "gone").exists()
+    assert not (host.paths.run / "containers" / "gone").exists()
+    hand_over(host, runc, bundle, "gone", ephemeral=True)
+    assert host.manager.get("gone").state == "running"
+
+
+def test_a_set_up_that_cannot_be_remembered_is_undone(host, runc, short_tmp):
+    """If the container cannot be recorded for a later daemon, the start fails
+    as a whole: not served, its new vTPM and list gone, and a retry works."""
+    bundle = Bundle(short_tmp / "b")
+    bundle.set_script("sleep 5")
+    save = host._save
+
+    def failing_save(request):
+        raise OSError(28, "No space left on device")
+
+    host._save = failing_save
+    cid, pid = runc.create(bundle)
+    request = ContainerRequest(name="full", pid=pid, rootfs=str(bundle.rootfs))
+    with pytest.raises(OSError, match="No space left"):
+        host.add_container(request)
+
+    assert "full" not in [c["name"] for c in host.containers()]
+    assert "full" not in host.agent.containers()
+    with pytest.raises(NotFoundError):
+        host.manager.get("full")
+    assert not (host.paths.lists / "full").exists()
+
+    host._save = save
+    host.add_container(request)
+    assert "full" in [c["name"] for c in host.containers()]
+    assert (host.paths.run / "containers" / "full" / "container.json").exists()
+
+
 def test_an_ephemeral_container_that_ended_unserved_leaves_nothing(
     paths, runc, short_tmp
 ):

@@ -225,10 +225,18 @@ class Host:
                 # 3. The container's TPM: the filtered socket, or kernel
                 # devices whose commands the daemon filters the same way.
                 exposed = self._expose(request, Path(info.socket))
+
+                # 4. Served from now on, and remembered for a daemon that
+                # takes over after this one.
+                self._containers[request.name] = request
+                self._save(request)
+                if self.idle is not None:
+                    self.idle.track(request.name)
             except BaseException:
                 # A vTPM made for this container holds nothing worth keeping;
                 # one that ran before the attempt keeps running. A list from
                 # an earlier life of the name is never removed.
+                self._containers.pop(request.name, None)
                 self._teardown(
                     request,
                     keep=not created,
@@ -237,10 +245,6 @@ class Host:
                 )
                 raise
 
-            self._containers[request.name] = request
-            self._save(request)
-            if self.idle is not None:
-                self.idle.track(request.name)
             if not self._exits.watch(request.name, request.pid):
                 self._container_exited(request.name)
                 raise StateError(f"container {request.name!r} exited while set up")
@@ -419,11 +423,16 @@ class Host:
             self.agent.remove_container(name)
         self.supervisor.unwatch(name)
         shutil.rmtree(self._container_dir(name), ignore_errors=True)
-        if keep:
-            if stop:
-                self.manager.stop(name, force=True)
-        else:
-            self.manager.delete(name, force=True)
+        try:
+            if keep:
+                if stop:
+                    self.manager.stop(name, force=True)
+            else:
+                self.manager.delete(name, force=True)
+        except NotFoundError:
+            # Deleted by hand while the container ran: nothing of it is left
+            # to stop or delete, and a list it leaves follows the rule below.
+            log.warning("container %s: its vTPM was deleted already", name)
         if not keep if drop_list is None else drop_list:
             shutil.rmtree(self.paths.lists / name, ignore_errors=True)
 
