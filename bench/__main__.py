@@ -44,11 +44,18 @@ def rows() -> list[tuple[str, str, str, str]]:
     v = _load("vtpm")
     if v:
         out.append((
-            "certified vTPM ready (median)",
+            "certified vTPM ready, each after a `swtpm_setup` (median)",
             f"{v['cvtpm_create_ms']['median']:.1f} ms",
             f"swtpm_setup --create-ek-cert {v['swtpm_setup_ms']['median']:.0f} ms",
             f"{v['speedup_median']:.1f}x faster",
         ))  # fmt: skip
+        if "cvtpm_create_back_to_back_ms" in v:
+            out.append((
+                "certified vTPM ready, back to back (median)",
+                f"{v['cvtpm_create_back_to_back_ms']['median']:.1f} ms",
+                f"swtpm_setup --create-ek-cert {v['swtpm_setup_ms']['median']:.0f} ms",
+                f"{v['speedup_back_to_back_median']:.1f}x faster",
+            ))  # fmt: skip
         if "cvtpm_pool_take_ms" in v:
             out.append((
                 "certified vTPM taken from the pool (median)",
