@@ -65,7 +65,7 @@ def running_daemon(paths: Paths, log_file: Path, pool: int = 2):
     finally:
         process.terminate()
         process.wait(timeout=60)
-        for pid in swtpm_processes(paths.state):
+        for pid in swtpm_processes(paths):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
@@ -87,18 +87,22 @@ def pcr_value(pcrread_output: str, pcr: int = 10) -> str:
     raise AssertionError(f"no PCR {pcr} in {pcrread_output!r}")
 
 
-def swtpm_processes(top: Path) -> dict[int, str]:
-    """pid -> command line of every swtpm whose arguments name a path under `top`."""
+def swtpm_processes(paths: Paths) -> dict[int, str]:
+    """pid -> command line of every swtpm of the tree `paths`: its arguments
+    name a vTPM's state directory, or (a vTPM made since it started) the
+    link to it in the run directory."""
+    tops = [str(paths.state).encode(), str(paths.run).encode()]
     found = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         with contextlib.suppress(OSError):
             argv = (proc / "cmdline").read_bytes().split(b"\0")
-            if Path(argv[0].decode()).name == "swtpm" and str(
-                top
-            ).encode() in b" ".join(argv):
-                found[int(proc.name)] = b" ".join(argv).decode()
+            line = b" ".join(argv)
+            if Path(argv[0].decode()).name == "swtpm" and any(
+                top in line for top in tops
+            ):
+                found[int(proc.name)] = line.decode()
     return found
 
 
@@ -114,7 +118,7 @@ def leftovers(paths: Paths) -> dict[str, list[str]]:
     pooled = {info.uuid for info in manager.pooled()}
     processes = [
         cmdline
-        for cmdline in swtpm_processes(paths.state).values()
+        for cmdline in swtpm_processes(paths).values()
         if not any(uuid in cmdline for uuid in pooled)
     ]
     sockets = [

@@ -277,17 +277,16 @@ def test_concurrent_creates_of_one_name_make_one_vtpm(paths):
         VtpmManager(paths).delete("race")
 
 
-def _swtpms_under(directory: Path) -> list[int]:
-    """Pids of swtpm processes whose command line names `directory`."""
+def _swtpms_under(*directories: Path) -> list[int]:
+    """Pids of swtpm processes whose command line names one of `directories`."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
-            if str(directory) in (proc / "cmdline").read_bytes().decode(
-                errors="replace"
-            ):
-                found.append(int(proc.name))
-        except (OSError, ValueError):
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
             continue
+        if any(str(directory) in cmdline for directory in directories):
+            found.append(int(proc.name))
     return found
 
 
@@ -307,7 +306,7 @@ def test_a_swtpm_that_exits_at_start_is_said_and_leaves_nothing(
     assert manager.list() == []
     assert list(paths.vtpms.iterdir()) == []
     assert not any((paths.run / "vtpm").iterdir())
-    assert _swtpms_under(paths.vtpms) == []
+    assert _swtpms_under(paths.vtpms, paths.run) == []
 
 
 def test_a_name_taken_leaves_no_second_swtpm(manager, paths):
@@ -316,7 +315,7 @@ def test_a_name_taken_leaves_no_second_swtpm(manager, paths):
     with pytest.raises(StateError, match="already exists"):
         manager.create("taken")
     assert len(list(paths.vtpms.iterdir())) == 1
-    assert _swtpms_under(paths.vtpms) == [manager.get("taken").pid]
+    assert _swtpms_under(paths.vtpms, paths.run) == [manager.get("taken").pid]
 
 
 def test_delete_removes_state_and_process(manager, paths):

@@ -152,11 +152,10 @@ def test_a_creating_record_whose_pid_is_another_vtpm_s_spares_that_swtpm(manager
 
 
 def test_a_pooled_vtpm_a_crash_left_creating_is_dropped_with_its_swtpm(manager):
-    """Its swtpm still runs (the crash was the daemon's); the refill ends both."""
-    leftover = swtpm.SwtpmPaths(
-        manager.paths.vtpms / "left", manager.paths.run / "left"
-    )
-    pid = swtpm.spawn(leftover, b"k" * 32)
+    """Its swtpm still runs (the crash was the daemon's), on the state it was
+    making in the run directory; the refill ends both."""
+    leftover = manager.uuid_paths("left")
+    pid = swtpm.spawn(leftover, b"k" * 32, staged=True)
     manager.registry.add(
         VtpmRecord(
             name="_pool-left", uuid="left", state="creating", pid=pid, banks="",
@@ -168,6 +167,7 @@ def test_a_pooled_vtpm_a_crash_left_creating_is_dropped_with_its_swtpm(manager):
     VtpmPool(manager, 1).fill()
 
     assert not swtpm.is_running(pid)
+    assert not leftover.state_dir.exists() and not leftover.run_dir.exists()
     assert [info.name for info in manager.pooled()] != ["_pool-left"]
     assert "_pool-left" not in [
         name for name, *_ in manager.registry.pooled_processes()

@@ -27,7 +27,7 @@ from cvtpm.locking import exclusive
 from cvtpm.names import check_name
 from cvtpm.tpm.client import BANK_ALGS, TpmClient
 from cvtpm.tpm.templates import AK_HANDLES, EK_PROFILES
-from cvtpm.vtpm import ctrl, swtpm
+from cvtpm.vtpm import ctrl, staging, swtpm
 from cvtpm.vtpm.keys import derive_state_key, load_or_create_master_key
 from cvtpm.vtpm.manufacture import manufacture
 from cvtpm.vtpm.registry import Registry, VtpmRecord
@@ -175,9 +175,11 @@ class VtpmManager:
         pid = None
         with self._locked(record.uuid):
             # swtpm starts up while the record is written; its first command
-            # waits for it in the socket's queue.
+            # waits for it in the socket's queue. The vTPM is made on its run
+            # directory's tmpfs, and its state goes to disk once it is done
+            # (cvtpm.vtpm.staging).
             try:
-                pid = swtpm.spawn(paths, state_key)
+                pid = swtpm.spawn(paths, state_key, staged=True)
                 # With its pid, so that whoever removes a record left
                 # "creating" by a crash also stops its swtpm.
                 record.pid = pid
@@ -189,6 +191,7 @@ class VtpmManager:
                 raise
             try:
                 fields = self._manufacture(paths, pid, record, wanted_banks, ek_types)
+                staging.commit(paths.state_dir, paths.run_dir)
                 record = self.registry.update(
                     name, state="running", pid=pid, orderly=False, **fields
                 )

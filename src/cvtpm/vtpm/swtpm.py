@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cvtpm.errors import ConfigError, StateError
-from cvtpm.vtpm import ctrl
+from cvtpm.vtpm import ctrl, staging
 from cvtpm.vtpm.keys import key_pipe
 
 # include/uapi/linux/prctl.h
@@ -82,7 +82,7 @@ def swtpm_binary() -> str:
     return path
 
 
-def spawn(paths: SwtpmPaths, state_key: bytes) -> int:
+def spawn(paths: SwtpmPaths, state_key: bytes, staged: bool = False) -> int:
     """Start swtpm on `paths`, state encrypted by `state_key`; its pid, at once.
 
     The sockets are bound here and handed to swtpm, so a command sent while
@@ -90,12 +90,16 @@ def spawn(paths: SwtpmPaths, state_key: bytes) -> int:
     caller goes on with its own work meanwhile (a new vTPM's registry entry).
     If swtpm exits instead (state that does not decrypt, or that another
     swtpm runs), the first command fails, and `exit_reason` says why.
-    TPM2_Startup is left to the caller.
+    TPM2_Startup is left to the caller. A `staged` swtpm, for a vTPM being
+    made, keeps its state in the run directory until `staging.commit`.
     """
     _prepare(paths)
     listeners: list[socket.socket] = []
-    key_fd = log_fd = None
+    key_fd = log_fd = lock_fd = None
+    state_dir = paths.state_dir.absolute()
     try:
+        if staged:
+            state_dir, lock_fd = staging.prepare(paths.state_dir, paths.run_dir)
         listeners += [_listen(paths.socket), _listen(paths.ctrl_socket)]
         server, ctrl = (listener.fileno() for listener in listeners)
         key_fd = key_pipe(state_key)
@@ -107,11 +111,12 @@ def spawn(paths: SwtpmPaths, state_key: bytes) -> int:
         )
         child = subprocess.Popen(
             [
-                *_command(paths, key_fd),
+                *_command(paths, state_dir, key_fd),
                 "--server", f"type=unixio,fd={server}",
                 "--ctrl", f"type=unixio,fd={ctrl}",
             ],
-            pass_fds=(key_fd, server, ctrl),
+            # swtpm never uses the lock's descriptor: holding it is its use.
+            pass_fds=(key_fd, server, ctrl, *([lock_fd] if staged else [])),
             umask=0o077,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -122,7 +127,7 @@ def spawn(paths: SwtpmPaths, state_key: bytes) -> int:
             cwd="/",
         )  # fmt: skip
     finally:
-        for fd in key_fd, log_fd:
+        for fd in key_fd, log_fd, lock_fd:
             if fd is not None:
                 os.close(fd)
         for listener in listeners:
@@ -168,14 +173,14 @@ def _prepare(paths: SwtpmPaths) -> None:
         stale.unlink(missing_ok=True)
 
 
-def _command(paths: SwtpmPaths, key_fd: int) -> list[str]:
+def _command(paths: SwtpmPaths, state_dir: Path, key_fd: int) -> list[str]:
     """swtpm's arguments but for its sockets."""
     return [
         swtpm_binary(),
         "socket",
         "--tpm2",
         # Absolute: swtpm runs in /, and a relative path would name another place.
-        "--tpmstate", f"dir={paths.state_dir.absolute()},mode=0600",
+        "--tpmstate", f"dir={state_dir},mode=0600",
         "--key", f"fd={key_fd},mode=aes-256-cbc,format=binary",
         # TPM2_Startup is ours to send: STATE to resume after an orderly
         # stop, CLEAR otherwise (see TpmClient.startup).
@@ -208,7 +213,7 @@ def _refusal(paths: SwtpmPaths, log: str) -> StateError:
         return StateError(
             f"the state in {paths.state_dir} is in use by another swtpm; "
             "a vTPM's state never runs twice (stop that swtpm first: its "
-            "command line names the directory)"
+            f"command line names {paths.state_dir.name}, the vTPM's UUID)"
         )
     # A connection's end is logged each time: noise here. After a bad
     # option, swtpm prints its whole usage; what went wrong comes before it.
@@ -229,11 +234,22 @@ def runs_on(pid: int | None, paths: SwtpmPaths) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
             arguments = cmdline.read().decode(errors="replace").split("\0")
-        # --tpmstate dir=DIR,mode=0600: the same directory, however spelled.
+        # --tpmstate dir=DIR,mode=0600: the same directory, however spelled,
+        # or the link of a vTPM being made, whichever way it points now.
         where = arguments[arguments.index("--tpmstate") + 1]
         directory = where.removeprefix("dir=").rsplit(",mode=", 1)[0]
-        return os.path.samefile(directory, paths.state_dir)
+        return _same_link(directory, staging.state_link(paths.run_dir)) or (
+            os.path.samefile(directory, paths.state_dir)
+        )
     except (OSError, ValueError, IndexError):
+        return False
+
+
+def _same_link(path: str, link: Path) -> bool:
+    """True if `path` names `link` itself, however spelled (not its target)."""
+    try:
+        return os.path.samestat(os.lstat(path), os.lstat(link))
+    except OSError:
         return False
 
 
