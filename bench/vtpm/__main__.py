@@ -12,7 +12,7 @@ each cvtpm sample then starts on a machine that was busy elsewhere for 0.6
 s. A second series makes cvtpm's vTPMs one after another, as the pool does
 when it refills.
 vTPM states lie on disk, as swtpm_setup's do; cvtpm's run directory (sockets,
-swtpm's logs) on a tmpfs, as /run is on a host. Results go to
+swtpm's logs, vTPMs being made) on a tmpfs, as /run is on a host. Results go to
 bench/results/vtpm.json.
 """
 
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     # A host's layout: vTPM states on disk beside swtpm_setup's, the run
-    # directory (sockets, swtpm's logs) on a tmpfs, as /run is on Debian.
+    # directory (sockets, swtpm's logs, vTPMs being made) on a tmpfs, as /run
+    # is on Debian.
     with host_tree("cvb") as paths:
         work = paths.state.parent
         manager = VtpmManager(paths)
