@@ -11,7 +11,7 @@ import time
 import pytest
 
 from cvtpm.errors import UsageError
-from cvtpm.server.host import ContainerRequest
+from cvtpm.server.request import ContainerRequest
 
 pytestmark = [pytest.mark.root, pytest.mark.swtpm]
 

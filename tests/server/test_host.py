@@ -16,7 +16,8 @@ from cvtpm.errors import NotFoundError, StateError, UsageError
 from cvtpm.ima.binary import parse_binary
 from cvtpm.ima.replay import replay
 from cvtpm.measure.journal import read_list
-from cvtpm.server.host import ContainerRequest, Host
+from cvtpm.server.host import Host
+from cvtpm.server.request import ContainerRequest
 from tests.support.host import hand_over, running_host
 from tests.support.runc import Bundle, Runc, make_program, sha256_file
 
@@ -254,6 +255,42 @@ def test_a_set_up_that_cannot_be_remembered_is_undone(host, runc, short_tmp):
     host.add_container(request)
     assert "full" in [c["name"] for c in host.containers()]
     assert (host.paths.run / "containers" / "full" / "container.json").exists()
+
+
+def test_a_container_a_daemon_could_not_take_back_is_left_for_the_next(
+    paths, runc, short_tmp, caplog
+):
+    """A re-adoption that fails (here: its record cannot be rewritten) keeps the
+    record of the running container, and the next daemon takes it back; a
+    record that does not parse is said and skipped."""
+    bundle = Bundle(short_tmp / "b")
+    bundle.set_script("sleep 30")
+    first = Host(paths, host_pcrs=None)
+    first.start()
+    hand_over(first, runc, bundle, "kept")
+    first.stop()
+    saved = paths.run / "containers" / "kept" / "container.json"
+    garbled = paths.run / "containers" / "garbled" / "container.json"
+    garbled.parent.mkdir()
+    garbled.write_text('{"name": "garbled", "pid"')
+
+    second = Host(paths, host_pcrs=None)
+
+    def failing_save(request):
+        raise OSError(28, "No space left on device")
+
+    second._save = failing_save
+    second.start()
+    try:
+        assert "kept" not in [c["name"] for c in second.containers()]
+        assert "cannot re-adopt kept: [Errno 28] No space left" in caplog.text
+        assert f"cannot re-adopt the container saved in {garbled}" in caplog.text
+    finally:
+        second.stop()
+    assert saved.exists()
+
+    with running_host(paths) as third:
+        assert "kept" in [c["name"] for c in third.containers()]
 
 
 def test_an_ephemeral_container_that_ended_unserved_leaves_nothing(

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 from cvtpm.config import Paths
 from cvtpm.errors import NotFoundError
-from cvtpm.server.host import ContainerRequest, Host
+from cvtpm.server.host import Host
+from cvtpm.server.request import ContainerRequest
 
 
 @contextlib.contextmanager

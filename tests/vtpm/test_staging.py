@@ -67,6 +67,7 @@ def test_the_disk_state_of_a_vtpm_being_made_is_locked_against_a_second_swtpm(
     assert refused is not None and "in use by another swtpm" in str(refused)
     with pytest.raises(StateError, match="in use by another swtpm"):
         staging.prepare(making.state_dir, second.run_dir)
+    assert not staging.staging_dir(second.run_dir).exists()
 
     swtpm.kill(pid)
     after = swtpm.spawn(second, key)
@@ -89,3 +90,38 @@ def test_a_vtpm_whose_state_cannot_be_kept_is_not_made(manager, paths, monkeypat
     assert manager.list() == []
     assert list(paths.vtpms.iterdir()) == []
     assert not any((paths.run / "vtpm").iterdir())
+
+
+def test_a_vtpm_whose_run_directory_was_removed_is_still_known_by_its_swtpm(
+    manager, paths
+):
+    """Its swtpm's link is gone with the run directory; the swtpm still holds
+    the state's lock, so it is found, and a delete ends it."""
+    info = manager.create("cut")
+    manager.create("other")
+    run_dir = manager.swtpm_paths("cut").run_dir
+    for entry in run_dir.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            entry.rmdir()
+        else:
+            entry.unlink()
+    run_dir.rmdir()
+
+    assert manager.is_running("cut")
+    assert not swtpm.runs_on(info.pid, manager.swtpm_paths("other"))
+    manager.delete("cut", force=True)
+    assert not swtpm.is_running(info.pid)
+
+
+def test_a_commit_without_a_made_state_is_refused(short_tmp):
+    """A staging directory with no permanent state file commits nothing."""
+    state_dir, run_dir = short_tmp / "state", short_tmp / "run"
+    state_dir.mkdir()
+    run_dir.mkdir()
+    _, fd = staging.prepare(state_dir, run_dir)
+    os.close(fd)
+
+    with pytest.raises(StateError, match="left no tpm2-00.permall"):
+        staging.commit(state_dir, run_dir)
+    assert os.path.samefile(staging.state_link(run_dir), staging.staging_dir(run_dir))
+    assert not (state_dir / "tpm2-00.permall").exists()

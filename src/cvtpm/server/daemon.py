@@ -17,7 +17,8 @@ from cvtpm import __version__
 from cvtpm.errors import CvtpmError, NotFoundError, ParseError, UsageError
 from cvtpm.runtime.hook_main import STATE_DIR_HEADER
 from cvtpm.server.hooks import run_hook
-from cvtpm.server.host import ContainerRequest, Host
+from cvtpm.server.host import Host
+from cvtpm.server.request import ContainerRequest
 
 
 def _error_status(exc: CvtpmError) -> int:

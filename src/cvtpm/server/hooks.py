@@ -15,7 +15,8 @@ from cvtpm.errors import ConfigError, NotFoundError, ParseError, UsageError
 from cvtpm.runtime.hook import run_stage
 from cvtpm.runtime.hook_main import MAX_STATE_SIZE, STAGE_NAMES
 from cvtpm.runtime.oci import parse_state
-from cvtpm.server.host import ContainerRequest, Host
+from cvtpm.server.host import Host
+from cvtpm.server.request import ContainerRequest
 
 
 class HostContainers:

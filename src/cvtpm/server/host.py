@@ -15,22 +15,22 @@ import logging
 import os
 import shutil
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from cvtpm.attest.evidence import collect_evidence
 from cvtpm.config import Paths
-from cvtpm.errors import CvtpmError, NotFoundError, StateError, UsageError
+from cvtpm.errors import CvtpmError, NotFoundError, StateError
 from cvtpm.ima.policy import DEFAULT_CONTAINER_POLICY, parse_policy
 from cvtpm.measure.agent import DEFAULT_BUSY_POLL, Agent
 from cvtpm.measure.container import ContainerSpec
 from cvtpm.measure.hostpcrs import default_host_pcrs
 from cvtpm.measure.journal import BINARY_NAME, retire_list
 from cvtpm.measure.mounts import container_mounts
-from cvtpm.names import check_name
 from cvtpm.pidwatch import PidWatcher
 from cvtpm.runtime.filter_host import FilterHost
 from cvtpm.runtime.hook import release_rootfs
+from cvtpm.server.request import ContainerRequest, write_record
 from cvtpm.tpm.client import TpmClient
 from cvtpm.vtpm import swtpm
 from cvtpm.vtpm.idle import IdleReleaser
@@ -39,50 +39,6 @@ from cvtpm.vtpm.pool import VtpmPool
 from cvtpm.vtpm.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ContainerRequest:
-    """What an OCI hook tells the daemon about a container being created."""
-
-    name: str
-    pid: int
-    rootfs: str
-    bundle: str = ""
-    ephemeral: bool = False
-    policy: str | None = None
-    parent: str | None = None
-    expose: str = "socket"
-
-    def validate(self) -> None:
-        """Raise UsageError for a request that cannot be right."""
-        check_name(self.name)
-        if self.parent is not None:
-            check_name(self.parent)
-        if self.pid <= 1:
-            raise UsageError(f"container pid must be a process id, not {self.pid}")
-        if not os.path.isabs(self.rootfs):
-            raise UsageError(f"rootfs must be an absolute path, not {self.rootfs!r}")
-        if self.expose not in ("socket", "device"):
-            raise UsageError(
-                f"expose must be 'socket' or 'device', not {self.expose!r}"
-            )
-
-    def check_container(self) -> None:
-        """Raise UsageError unless pid and rootfs describe a container on this host."""
-        try:
-            ns = os.stat(f"/proc/{self.pid}/ns/mnt").st_ino
-        except (OSError, OverflowError, ValueError) as exc:
-            raise UsageError(f"no process {self.pid} on this host") from exc
-        # Marking the daemon's own mount namespace would measure the whole host
-        # (and the daemon's own files); a container has a namespace of its own.
-        if ns == os.stat("/proc/self/ns/mnt").st_ino:
-            raise UsageError(
-                f"process {self.pid} shares the host's mount namespace: "
-                "it is not a container"
-            )
-        if not os.path.isdir(self.rootfs):
-            raise UsageError(f"rootfs {self.rootfs} is not a directory on this host")
 
 
 class Host:
@@ -457,14 +413,20 @@ class Host:
 
     def _save(self, request: ContainerRequest) -> None:
         """Remember the container in the run directory, for a restarted daemon."""
-        path = self._container_dir(request.name) / "container.json"
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(request)))
+        write_record(
+            self._container_dir(request.name) / "container.json",
+            json.dumps(asdict(request)),
+        )
 
     def _readopt(self) -> None:
         """Take back the containers a previous daemon served that are still alive."""
         for saved in sorted((self.paths.run / "containers").glob("*/container.json")):
-            request = ContainerRequest(**json.loads(saved.read_text()))
+            try:
+                text = saved.read_text()
+                request = ContainerRequest(**json.loads(text))
+            except (OSError, ValueError, TypeError) as exc:
+                log.error("cannot re-adopt the container saved in %s: %s", saved, exc)
+                continue
             if not os.path.exists(f"/proc/{request.pid}"):
                 log.info("container %s ended while no daemon ran", request.name)
                 try:
@@ -487,8 +449,15 @@ class Host:
                         " its list records a measurement gap",
                         request.name,
                     )
-            except CvtpmError as exc:
-                log.error("cannot re-adopt %s: %s", request.name, exc.explain())
+            except (CvtpmError, OSError) as exc:
+                reason = exc.explain() if isinstance(exc, CvtpmError) else str(exc)
+                log.error("cannot re-adopt %s: %s", request.name, reason)
+                # The failed set-up was undone, its record with it; the
+                # container still runs, so the next daemon tries again.
+                try:
+                    write_record(saved, text)
+                except OSError as lost:
+                    log.error("cannot keep %s: %s", saved, lost)
 
     def _vtpm_woke(self, report: StartReport) -> None:
         """A vTPM released for being idle came back: watch its new process."""

@@ -7,11 +7,11 @@ manufacture, the start-up, two persistent keys, the EK certificate's NV
 define, write and lock). So a new vTPM's swtpm reaches its state through a
 symbolic link in the run directory (a tmpfs on a host, as /run is): to a
 staging directory beside it while the vTPM is made, then, by `commit`, to the
-vTPM's state directory on disk, with the state copied there. swtpm opens its
-state files by path at every write, so from then on it writes to disk. No
-durability is given up: a vTPM is recorded as made only after `commit`, and
-one that a crash leaves unfinished is discarded whatever its state
-(VtpmManager.discard_unfinished).
+vTPM's state directory on disk, with the state copied there and synced.
+swtpm opens its state files by path at every write, so from then on it writes
+to disk. A vTPM is recorded as made only after `commit`; one that a crash
+leaves unfinished is never started (the pool discards its own, and `cvtpm
+vtpm delete` removes one made by name).
 
 swtpm locks its state directory against a second swtpm on the same state, but
 it takes that lock where the link points first: in the staging directory. The
@@ -19,6 +19,13 @@ state directory on disk is locked on its behalf (`prepare`) with an open file
 description lock on the same lock file (fcntl(2), F_OFD_SETLK), whose
 descriptor swtpm inherits: it holds the lock until swtpm exits, and conflicts
 with the lock a second swtpm tries to take there.
+
+Known gap: swtpm 0.7 (Debian 12's) takes its lock again at every power cycle
+(CMD_INIT on its control channel). After `commit` that lock is the one held
+for it, and conflicts: the TPM then fails every command until swtpm is
+killed. cvtpm power-cycles a vTPM only while making it, before `commit`,
+and containers never reach the control channel; `swtpm_ioctl -i` by hand on
+such a vTPM breaks it.
 """
 
 from __future__ import annotations
@@ -31,8 +38,9 @@ from pathlib import Path
 
 from cvtpm.errors import StateError
 
-# swtpm's lock file in a state directory (swtpm src/swtpm/swtpm_nvstore_dir.c).
+# swtpm's files in a state directory (swtpm src/swtpm/swtpm_nvstore_dir.c).
 LOCK_FILE = ".lock"
+PERMANENT_STATE = "tpm2-00.permall"
 
 # struct flock on 64-bit Linux: l_type, l_whence, l_start, l_len, l_pid (0,
 # as F_OFD_SETLK requires), padding. The whole file, for writing.
@@ -40,17 +48,12 @@ _WRITE_LOCK_ALL = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
 
 
 def prepare(state_dir: Path, run_dir: Path) -> tuple[Path, int]:
-    """The directory to give swtpm (the link, to staging for now), and a
-    descriptor holding the lock of `state_dir`, for swtpm to inherit.
+    """The link to give swtpm as its state directory, and the lock of `state_dir`.
 
-    Both directories must exist. StateError if another swtpm runs on
-    `state_dir`.
+    Both directories must exist. The link points to a new staging directory;
+    the descriptor holds `state_dir`'s lock, for swtpm to inherit. StateError
+    if another swtpm runs on `state_dir`.
     """
-    staging = staging_dir(run_dir)
-    staging.mkdir(mode=0o700, exist_ok=True)
-    link = state_link(run_dir)
-    _point(link, staging)
-
     fd = os.open(
         state_dir / LOCK_FILE,
         os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -63,14 +66,25 @@ def prepare(state_dir: Path, run_dir: Path) -> tuple[Path, int]:
         raise StateError(
             f"the state in {state_dir} is in use by another swtpm ({exc.strerror})"
         ) from exc
+
+    staging = staging_dir(run_dir)
+    staging.mkdir(mode=0o700, exist_ok=True)
+    link = state_link(run_dir)
+    _point(link, staging)
     return link, fd
 
 
 def commit(state_dir: Path, run_dir: Path) -> None:
-    """Copy the made state into `state_dir`, and point swtpm's link there."""
+    """Copy the made state into `state_dir`, synced, and point swtpm's link there."""
     staging = staging_dir(run_dir)
-    for made in sorted(staging.glob("tpm2-*")):
-        _copy_into(made, state_dir / made.name)
+    made = sorted(staging.glob("tpm2-*"))
+    if not any(path.name == PERMANENT_STATE for path in made):
+        raise StateError(f"swtpm left no {PERMANENT_STATE} in {staging}")
+    for path in made:
+        _copy_into(path, state_dir / path.name)
+    # The names too, before anything records the vTPM as made.
+    _sync_directory(state_dir)
+
     _point(state_link(run_dir), state_dir.absolute())
     shutil.rmtree(staging, ignore_errors=True)
 
@@ -94,11 +108,23 @@ def _point(link: Path, target: Path) -> None:
 
 
 def _copy_into(source: Path, target: Path) -> None:
-    """Copy a state file, readable by root alone, in place of `target` at once."""
+    """Copy a state file, readable by root alone and synced, in place of `target`."""
     new = target.with_name(f".{target.name}.new")
     fd = os.open(
         new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
     )
     with open(fd, "wb") as out:
         out.write(source.read_bytes())
+        out.flush()
+        # A new name, not one replaced: no file system orders its data
+        # before the rename unless asked.
+        os.fsync(out.fileno())
     os.replace(new, target)
+
+
+def _sync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -91,7 +91,8 @@ def spawn(paths: SwtpmPaths, state_key: bytes, staged: bool = False) -> int:
     If swtpm exits instead (state that does not decrypt, or that another
     swtpm runs), the first command fails, and `exit_reason` says why.
     TPM2_Startup is left to the caller. A `staged` swtpm, for a vTPM being
-    made, keeps its state in the run directory until `staging.commit`.
+    made, keeps its state in the run directory until `staging.commit`; that
+    its state directory is in use is then a StateError at once.
     """
     _prepare(paths)
     listeners: list[socket.socket] = []
@@ -116,7 +117,9 @@ def spawn(paths: SwtpmPaths, state_key: bytes, staged: bool = False) -> int:
                 "--ctrl", f"type=unixio,fd={ctrl}",
             ],
             # swtpm never uses the lock's descriptor: holding it is its use.
-            pass_fds=(key_fd, server, ctrl, *([lock_fd] if staged else [])),
+            pass_fds=tuple(
+                fd for fd in (key_fd, server, ctrl, lock_fd) if fd is not None
+            ),
             umask=0o077,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -228,21 +231,28 @@ def _refusal(paths: SwtpmPaths, log: str) -> StateError:
 
 
 def runs_on(pid: int | None, paths: SwtpmPaths) -> bool:
-    """True if `pid` is a live swtpm on this state directory, not merely a swtpm."""
+    """True if `pid` is a live swtpm of this vTPM, not merely a swtpm: one
+    given its state directory, however spelled, or the link of a vTPM being
+    made (cvtpm.vtpm.staging), wherever that points now."""
     if not is_running(pid):
         return False
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
             arguments = cmdline.read().decode(errors="replace").split("\0")
-        # --tpmstate dir=DIR,mode=0600: the same directory, however spelled,
-        # or the link of a vTPM being made, whichever way it points now.
+        # --tpmstate dir=DIR,mode=0600
         where = arguments[arguments.index("--tpmstate") + 1]
         directory = where.removeprefix("dir=").rsplit(",mode=", 1)[0]
-        return _same_link(directory, staging.state_link(paths.run_dir)) or (
-            os.path.samefile(directory, paths.state_dir)
-        )
     except (OSError, ValueError, IndexError):
         return False
+    if _same_link(directory, staging.state_link(paths.run_dir)):
+        return True
+    try:
+        return os.path.samefile(directory, paths.state_dir)
+    except OSError:
+        # What it was given is gone: the link, if the run directory was
+        # removed under a vTPM made since its swtpm started. Such a swtpm
+        # still holds its state directory's lock file open.
+        return _holds_open(pid, paths.state_dir / staging.LOCK_FILE)
 
 
 def _same_link(path: str, link: Path) -> bool:
@@ -251,6 +261,20 @@ def _same_link(path: str, link: Path) -> bool:
         return os.path.samestat(os.lstat(path), os.lstat(link))
     except OSError:
         return False
+
+
+def _holds_open(pid: int, path: Path) -> bool:
+    """True if process `pid` has the file `path` open."""
+    try:
+        wanted = os.stat(path)
+        descriptors = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in descriptors:
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.stat(f"/proc/{pid}/fd/{fd}"), wanted):
+                return True
+    return False
 
 
 def is_running(pid: int | None) -> bool:
