@@ -34,6 +34,7 @@ def test_a_new_vtpm_is_made_in_the_run_directory_then_kept_on_disk(manager):
     saved = paths.permanent_state.read_bytes()
 
     assert stat.S_IMODE(paths.permanent_state.stat().st_mode) == 0o600
+    assert not [p.name for p in paths.state_dir.iterdir() if p.name.endswith(".new")]
     assert not staging.staging_dir(paths.run_dir).exists()
     link = staging.state_link(paths.run_dir)
     assert _tpmstate(info.pid) == str(link)

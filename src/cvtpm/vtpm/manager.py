@@ -161,28 +161,29 @@ class VtpmManager:
         wanted_banks = _check_choices("PCR bank", banks, BANK_ALGS) if banks else None
         _check_choices("AK type", [ak_type], AK_HANDLES)
 
-        record = VtpmRecord(
-            name=name,
-            uuid=str(uuid.uuid4()),
-            state="creating",
-            banks="",
-            ak_type=ak_type,
-            ephemeral=ephemeral,
-            pooled=pooled,
-        )
-        paths = self._paths(record)
-        state_key = self._state_key(record.uuid)
+        vtpm_uuid = str(uuid.uuid4())
+        paths = self.uuid_paths(vtpm_uuid)
+        state_key = self._state_key(vtpm_uuid)
         pid = None
-        with self._locked(record.uuid):
+        with self._locked(vtpm_uuid):
             # swtpm starts up while the record is written; its first command
             # waits for it in the socket's queue. The vTPM is made on its run
             # directory's tmpfs, and its state goes to disk once it is done
             # (cvtpm.vtpm.staging).
             try:
                 pid = swtpm.spawn(paths, state_key, staged=True)
-                # With its pid, so that whoever removes a record left
-                # "creating" by a crash also stops its swtpm.
-                record.pid = pid
+                record = VtpmRecord(
+                    name=name,
+                    uuid=vtpm_uuid,
+                    state="creating",
+                    # So that whoever removes a record left "creating" by a
+                    # crash also stops its swtpm.
+                    pid=pid,
+                    banks="",
+                    ak_type=ak_type,
+                    ephemeral=ephemeral,
+                    pooled=pooled,
+                )
                 self.registry.add(record)
             except BaseException:
                 # The name was not ours (or the registry failed): nothing of

@@ -7,11 +7,11 @@ manufacture, the start-up, two persistent keys, the EK certificate's NV
 define, write and lock). So a new vTPM's swtpm reaches its state through a
 symbolic link in the run directory (a tmpfs on a host, as /run is): to a
 staging directory beside it while the vTPM is made, then, by `commit`, to the
-vTPM's state directory on disk, with the state copied there and synced.
-swtpm opens its state files by path at every write, so from then on it writes
-to disk. A vTPM is recorded as made only after `commit`; one that a crash
-leaves unfinished is never started (the pool discards its own, and `cvtpm
-vtpm delete` removes one made by name).
+vTPM's state directory on disk, with the state copied there. swtpm opens its
+state files by path at every write, so from then on it writes to disk. A vTPM
+is recorded as made only after `commit`; one that a crash leaves unfinished
+is never started (the pool discards its own, and `cvtpm vtpm delete` removes
+one made by name).
 
 swtpm locks its state directory against a second swtpm on the same state, but
 it takes that lock where the link points first: in the staging directory. The
@@ -30,6 +30,7 @@ such a vTPM breaks it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -75,15 +76,13 @@ def prepare(state_dir: Path, run_dir: Path) -> tuple[Path, int]:
 
 
 def commit(state_dir: Path, run_dir: Path) -> None:
-    """Copy the made state into `state_dir`, synced, and point swtpm's link there."""
+    """Copy the made state into `state_dir`, and point swtpm's link there."""
     staging = staging_dir(run_dir)
     made = sorted(staging.glob("tpm2-*"))
     if not any(path.name == PERMANENT_STATE for path in made):
         raise StateError(f"swtpm left no {PERMANENT_STATE} in {staging}")
     for path in made:
         _copy_into(path, state_dir / path.name)
-    # The names too, before anything records the vTPM as made.
-    _sync_directory(state_dir)
 
     _point(state_link(run_dir), state_dir.absolute())
     shutil.rmtree(staging, ignore_errors=True)
@@ -108,23 +107,25 @@ def _point(link: Path, target: Path) -> None:
 
 
 def _copy_into(source: Path, target: Path) -> None:
-    """Copy a state file, readable by root alone and synced, in place of `target`."""
+    """Copy a state file, readable by root alone, in place of `target`, the way
+    swtpm writes its own: a new file renamed over the old one.
+
+    swtpm never fsyncs its state; what keeps a vTPM's state across a power
+    loss is that ext4 puts the data of a file renamed over another on disk
+    before it records the rename (auto_da_alloc, its default). A new vTPM
+    has no old file yet, so an empty one is put first for the copy to
+    replace: the copy is then as durable as each of swtpm's own writes.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.close(_create(target, os.O_EXCL))
     new = target.with_name(f".{target.name}.new")
-    fd = os.open(
-        new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-    )
-    with open(fd, "wb") as out:
+    with open(_create(new, os.O_TRUNC), "wb") as out:
         out.write(source.read_bytes())
-        out.flush()
-        # A new name, not one replaced: no file system orders its data
-        # before the rename unless asked.
-        os.fsync(out.fileno())
     os.replace(new, target)
 
 
-def _sync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _create(path: Path, flag: int) -> int:
+    """A descriptor of `path`, made mode 0600 for writing (with O_EXCL or O_TRUNC)."""
+    return os.open(
+        path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | flag, 0o600
+    )
