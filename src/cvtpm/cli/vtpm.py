@@ -8,7 +8,8 @@ from cvtpm.cli.output import emit, json_option
 from cvtpm.errors import CvtpmError, UsageError
 from cvtpm.measure.journal import retire_list
 from cvtpm.names import check_name
-from cvtpm.vtpm.manager import VtpmInfo, VtpmManager
+from cvtpm.vtpm.info import VtpmInfo
+from cvtpm.vtpm.manager import VtpmManager
 
 
 @click.group()

@@ -34,7 +34,8 @@ from cvtpm.server.request import ContainerRequest, write_record
 from cvtpm.tpm.client import TpmClient
 from cvtpm.vtpm import swtpm
 from cvtpm.vtpm.idle import IdleReleaser
-from cvtpm.vtpm.manager import StartReport, VtpmInfo, VtpmManager
+from cvtpm.vtpm.info import StartReport, VtpmInfo
+from cvtpm.vtpm.manager import VtpmManager
 from cvtpm.vtpm.pool import VtpmPool
 from cvtpm.vtpm.supervisor import Supervisor
 

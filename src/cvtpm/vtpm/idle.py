@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 from cvtpm.errors import CvtpmError
 from cvtpm.tpm.client import TpmClient
-from cvtpm.vtpm.manager import StartReport, VtpmManager
+from cvtpm.vtpm.info import StartReport
+from cvtpm.vtpm.manager import VtpmManager
 
 log = logging.getLogger(__name__)
 

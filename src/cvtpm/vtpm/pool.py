@@ -9,7 +9,8 @@ import time
 
 from cvtpm.errors import CvtpmError, NotFoundError
 from cvtpm.vtpm import swtpm
-from cvtpm.vtpm.manager import VtpmInfo, VtpmManager
+from cvtpm.vtpm.info import VtpmInfo
+from cvtpm.vtpm.manager import VtpmManager
 
 log = logging.getLogger(__name__)
 

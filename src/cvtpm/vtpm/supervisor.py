@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 from cvtpm.errors import CvtpmError
 from cvtpm.pidwatch import PidWatcher
-from cvtpm.vtpm.manager import StartReport, VtpmManager
+from cvtpm.vtpm.info import StartReport
+from cvtpm.vtpm.manager import VtpmManager
 
 log = logging.getLogger(__name__)
 
