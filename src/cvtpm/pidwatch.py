@@ -127,3 +127,26 @@ def _drain(fd: int) -> None:
             pass
     except BlockingIOError:
         pass
+
+
+def process_identity(pid: int) -> str | None:
+    """What tells process `pid` from any other that has had or will have its
+    pid: the boot's id and the process's start time; None if there is no
+    such process. For records that outlive a pidfd (a daemon's restart)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            boot_id = boot.read().strip()
+        with open(f"/proc/{pid}/stat") as stat:
+            # After "(comm)": state is field 3 of proc(5), starttime field 22.
+            started = stat.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+    return f"{boot_id}:{started}"
+
+
+def is_same_process(pid: int, identity: str) -> bool:
+    """True if `pid` is still the process whose `process_identity` was
+    `identity` (an empty one, from an older record, trusts the pid alone)."""
+    if not identity:
+        return os.path.exists(f"/proc/{pid}")
+    return process_identity(pid) == identity

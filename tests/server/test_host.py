@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import subprocess
 import threading
@@ -255,6 +256,60 @@ def test_a_set_up_that_cannot_be_remembered_is_undone(host, runc, short_tmp):
     host.add_container(request)
     assert "full" in [c["name"] for c in host.containers()]
     assert (host.paths.run / "containers" / "full" / "container.json").exists()
+
+
+def test_a_running_ephemeral_container_is_taken_back_by_the_next_daemon(
+    paths, runc, short_tmp
+):
+    """Its own vTPM and list do not make its re-adoption look like an ephemeral
+    container taking another's name: it is served, then ends as ephemeral."""
+    bundle = Bundle(short_tmp / "b")
+    bundle.set_script("true")
+    first = Host(paths, host_pcrs=None)
+    first.start()
+    cid, pid = hand_over(first, runc, bundle, "eph", ephemeral=True)
+    first.stop()
+
+    with running_host(paths) as second:
+        assert "eph" in [c["name"] for c in second.containers()]
+        runc.start(cid)
+        runc.wait(cid)
+        wait_torn_down(second, "eph")
+        with pytest.raises(NotFoundError):
+            second.manager.get("eph")
+        assert not (second.paths.lists / "eph").exists()
+
+
+def test_a_record_whose_pid_another_process_took_is_a_container_that_ended(
+    paths, runc, short_tmp
+):
+    """A container's pid, taken by another process while no daemon ran, is not
+    the container: its vTPM is not held in use, and the next daemon tears the
+    container down as ended instead of adopting the stranger."""
+    bundle = Bundle(short_tmp / "b")
+    bundle.set_script("true")
+    first = Host(paths, host_pcrs=None)
+    first.start()
+    hand_over(first, runc, bundle, "eph", ephemeral=True)
+    first.stop()
+    saved = paths.run / "containers" / "eph" / "container.json"
+    record = json.loads(saved.read_text())
+    assert record["started"]
+
+    stranger = subprocess.Popen(["sleep", "30"])
+    try:
+        saved.write_text(json.dumps({**record, "pid": stranger.pid}))
+        assert first.manager.container_using("eph") is None
+
+        with running_host(paths) as second:
+            assert "eph" not in [c["name"] for c in second.containers()]
+            with pytest.raises(NotFoundError):
+                second.manager.get("eph")
+            assert not (paths.lists / "eph").exists()
+            assert not saved.exists()
+    finally:
+        stranger.kill()
+        stranger.wait()
 
 
 def test_a_container_a_daemon_could_not_take_back_is_left_for_the_next(

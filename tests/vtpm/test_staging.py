@@ -11,6 +11,7 @@ import pytest
 from cvtpm.errors import StateError
 from cvtpm.tpm.templates import AK_HANDLES, marshaled_template
 from cvtpm.vtpm import staging, swtpm
+from cvtpm.vtpm.pool import VtpmPool
 
 pytestmark = pytest.mark.swtpm
 
@@ -93,14 +94,9 @@ def test_a_vtpm_whose_state_cannot_be_kept_is_not_made(manager, paths, monkeypat
     assert not any((paths.run / "vtpm").iterdir())
 
 
-def test_a_vtpm_whose_run_directory_was_removed_is_still_known_by_its_swtpm(
-    manager, paths
-):
-    """Its swtpm's link is gone with the run directory; the swtpm still holds
-    the state's lock, so it is found, and a delete ends it."""
-    info = manager.create("cut")
-    manager.create("other")
-    run_dir = manager.swtpm_paths("cut").run_dir
+def _cut_off(manager, name: str) -> None:
+    """Remove a vTPM's run directory (its sockets and state link) under it."""
+    run_dir = manager.swtpm_paths(name).run_dir
     for entry in run_dir.iterdir():
         if entry.is_dir() and not entry.is_symlink():
             entry.rmdir()
@@ -108,10 +104,44 @@ def test_a_vtpm_whose_run_directory_was_removed_is_still_known_by_its_swtpm(
             entry.unlink()
     run_dir.rmdir()
 
-    assert manager.is_running("cut")
-    assert not swtpm.runs_on(info.pid, manager.swtpm_paths("other"))
-    manager.delete("cut", force=True)
-    assert not swtpm.is_running(info.pid)
+
+def test_a_swtpm_cut_off_by_a_removed_run_directory_is_replaced_or_ended(manager):
+    """Without its link it can neither save its state nor be reached: it is
+    not counted as running, nor given out; it still holds its state's lock,
+    so a start replaces it, and a delete ends it."""
+    first, second = manager.create("cut"), manager.create("gone")
+    _cut_off(manager, "cut")
+    _cut_off(manager, "gone")
+
+    assert not manager.is_running("cut")
+    assert swtpm.holds(first.pid, manager.swtpm_paths("cut"))
+    assert not swtpm.holds(first.pid, manager.swtpm_paths("gone"))
+
+    report = manager.start("cut")
+    assert not swtpm.is_running(first.pid) and report.pid != first.pid
+    with manager.client("cut") as tpm:
+        assert tpm.nv_read(0x01C0000A)
+
+    manager.delete("gone", force=True)
+    assert not swtpm.is_running(second.pid)
+
+
+def test_the_pool_never_gives_out_a_cut_off_vtpm(manager):
+    """A pooled vTPM whose run directory was removed is passed over, and the
+    refill brings it back on its own state."""
+    pool = VtpmPool(manager, 1)
+    pool.fill()
+    (pooled,) = manager.pooled()
+    _cut_off(manager, pooled.name)
+
+    taken = pool.take("fresh")
+    assert taken.uuid != pooled.uuid
+
+    pool.fill()
+    (again,) = manager.pooled()
+    assert again.uuid == pooled.uuid and again.pid != pooled.pid
+    assert manager.is_running(again.name)
+    assert not swtpm.is_running(pooled.pid)
 
 
 def test_a_commit_without_a_made_state_is_refused(short_tmp):

@@ -12,10 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from cvtpm.attest.evidence import collect_evidence
@@ -27,7 +26,7 @@ from cvtpm.measure.container import ContainerSpec
 from cvtpm.measure.hostpcrs import default_host_pcrs
 from cvtpm.measure.journal import BINARY_NAME, retire_list
 from cvtpm.measure.mounts import container_mounts
-from cvtpm.pidwatch import PidWatcher
+from cvtpm.pidwatch import PidWatcher, is_same_process, process_identity
 from cvtpm.runtime.filter_host import FilterHost
 from cvtpm.runtime.hook import release_rootfs
 from cvtpm.server.request import ContainerRequest, write_record
@@ -140,10 +139,15 @@ class Host:
 
     # -- containers --------------------------------------------------------------
 
-    def add_container(self, request: ContainerRequest) -> dict:
-        """Give a starting container its vTPM, measurement and TPM socket."""
+    def add_container(
+        self, request: ContainerRequest, readopting: bool = False
+    ) -> dict:
+        """Give a starting container its vTPM, measurement and TPM socket;
+        `readopting`, give them back to a container a previous daemon served."""
         request.validate()
         request.check_container()
+        if not readopting:
+            request = replace(request, started=process_identity(request.pid) or "")
         with self._lock:
             self._left.wait_for(lambda: request.name not in self._leaving)
             previous = self._containers.get(request.name)
@@ -156,10 +160,11 @@ class Host:
             # 1. The vTPM: resumed if the container ran before, else from the
             # pool. Its paths are keyed by UUID and never change, so it is
             # looked up once here. An ephemeral container deletes its vTPM and
-            # list when it stops, so it may not take a name that has either.
+            # list when it stops, so it may not take a name that has either,
+            # unless they are its own (it is being re-adopted).
             had_list = (self.paths.lists / request.name).exists()
             existing = self._vtpm_named(request.name)
-            if request.ephemeral:
+            if request.ephemeral and not readopting:
                 self._refuse_ephemeral_over(request.name, had_list, existing)
             report, created, info = self._vtpm_up(request, existing)
             self.supervisor.watch(request.name, info.pid)
@@ -428,7 +433,7 @@ class Host:
             except (OSError, ValueError, TypeError) as exc:
                 log.error("cannot re-adopt the container saved in %s: %s", saved, exc)
                 continue
-            if not os.path.exists(f"/proc/{request.pid}"):
+            if not is_same_process(request.pid, request.started):
                 log.info("container %s ended while no daemon ran", request.name)
                 try:
                     # As its exit would have: an ephemeral container's vTPM
@@ -440,7 +445,7 @@ class Host:
                 continue
             log.warning("re-adopting container %s (pid %d)", request.name, request.pid)
             try:
-                self.add_container(request)
+                self.add_container(request, readopting=True)
                 if self.agent is not None and not self.group_continued:
                     # No group held its marks while no daemon ran: what it did
                     # then went unmeasured, and its list says so.
@@ -453,12 +458,13 @@ class Host:
             except (CvtpmError, OSError) as exc:
                 reason = exc.explain() if isinstance(exc, CvtpmError) else str(exc)
                 log.error("cannot re-adopt %s: %s", request.name, reason)
-                # The failed set-up was undone, its record with it; the
-                # container still runs, so the next daemon tries again.
-                try:
-                    write_record(saved, text)
-                except OSError as lost:
-                    log.error("cannot keep %s: %s", saved, lost)
+                # While the container runs, its record stays (a set-up that
+                # failed part-way removed it), so the next daemon tries again.
+                if is_same_process(request.pid, request.started):
+                    try:
+                        write_record(saved, text)
+                    except OSError as lost:
+                        log.error("cannot keep %s: %s", saved, lost)
 
     def _vtpm_woke(self, report: StartReport) -> None:
         """A vTPM released for being idle came back: watch its new process."""

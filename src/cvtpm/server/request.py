@@ -26,6 +26,9 @@ class ContainerRequest:
     policy: str | None = None
     parent: str | None = None
     expose: str = "socket"
+    # Set by the daemon, not the hook (cvtpm.pidwatch.process_identity): what
+    # tells the container's process from a later one that took its pid.
+    started: str = ""
 
     def validate(self) -> None:
         """Raise UsageError for a request that cannot be right."""

@@ -52,6 +52,7 @@ class StartReport:
     was_running: bool = False
 
     def describe(self) -> str:
+        """One line for the log: what the start found and what it lost."""
         if self.was_running:
             return f"{self.name}: already running (pid {self.pid})"
         if self.resumed:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 import uuid
@@ -24,6 +23,7 @@ from cvtpm.errors import (
 )
 from cvtpm.locking import exclusive
 from cvtpm.names import check_name
+from cvtpm.pidwatch import is_same_process
 from cvtpm.tpm.client import BANK_ALGS, TpmClient
 from cvtpm.tpm.templates import AK_HANDLES, EK_PROFILES
 from cvtpm.vtpm import ctrl, staging, swtpm
@@ -170,6 +170,8 @@ class VtpmManager:
                 raise StateError(f"vTPM {name!r} is still being created")
             if self._alive(record):
                 return StartReport(name, record.pid, resumed=True, was_running=True)
+            # One cut off from its state and sockets can only be killed.
+            swtpm.kill(record.pid if swtpm.holds(record.pid, paths) else None)
             if not paths.permanent_state.exists():
                 # Starting swtpm now would manufacture a blank TPM under the
                 # old name: a new EK that no certificate vouches for.
@@ -236,6 +238,8 @@ class VtpmManager:
                 swtpm.stop(paths, record.pid)
                 orderly = True
             else:
+                # One cut off from its state and sockets can only be killed.
+                swtpm.kill(record.pid if swtpm.holds(record.pid, paths) else None)
                 orderly = record.orderly
             self.registry.update(
                 name, state="idle" if idle else "stopped", pid=None, orderly=orderly
@@ -250,7 +254,7 @@ class VtpmManager:
         with self._locked(paths.state_dir.name):
             record = self.registry.get(name)
             # The state key is derived, never stored: removing the state is all.
-            _discard(paths, record.pid if self._alive(record) else None)
+            _discard(paths, record.pid if swtpm.holds(record.pid, paths) else None)
             self.registry.remove(name)
         log.info("deleted vTPM %s", name)
 
@@ -281,7 +285,7 @@ class VtpmManager:
             record = self.registry.get(name)
             if record.state != "creating":
                 return False
-            _discard(paths, record.pid if swtpm.runs_on(record.pid, paths) else None)
+            _discard(paths, record.pid if swtpm.holds(record.pid, paths) else None)
             self.registry.remove(name)
         log.warning("dropped vTPM %s: its creation never finished", name)
         return True
@@ -293,9 +297,10 @@ class VtpmManager:
                 (self.paths.run / "containers" / name / "container.json").read_text()
             )
             pid = int(saved["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
+            started = str(saved.get("started", ""))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
-        return pid if os.path.exists(f"/proc/{pid}") else None
+        return pid if is_same_process(pid, started) else None
 
     def _refuse_if_in_use(self, name: str, action: str) -> None:
         pid = self.container_using(name)

@@ -68,10 +68,14 @@ def prepare(state_dir: Path, run_dir: Path) -> tuple[Path, int]:
             f"the state in {state_dir} is in use by another swtpm ({exc.strerror})"
         ) from exc
 
-    staging = staging_dir(run_dir)
-    staging.mkdir(mode=0o700, exist_ok=True)
-    link = state_link(run_dir)
-    _point(link, staging)
+    try:
+        staging = staging_dir(run_dir)
+        staging.mkdir(mode=0o700, exist_ok=True)
+        link = state_link(run_dir)
+        _point(link, staging)
+    except BaseException:
+        os.close(fd)
+        raise
     return link, fd
 
 
@@ -111,9 +115,10 @@ def _copy_into(source: Path, target: Path) -> None:
     swtpm writes its own: a new file renamed over the old one.
 
     swtpm never fsyncs its state; what keeps a vTPM's state across a power
-    loss is that ext4 puts the data of a file renamed over another on disk
-    before it records the rename (auto_da_alloc, its default). A new vTPM
-    has no old file yet, so an empty one is put first for the copy to
+    loss is that ext4, with its default options (auto_da_alloc, and
+    data=ordered), puts the data of a file renamed over an existing one on
+    disk before it records the rename (fs/ext4/namei.c, ext4_rename). A new
+    vTPM has no old file yet, so an empty one is put first for the copy to
     replace: the copy is then as durable as each of swtpm's own writes.
     """
     with contextlib.suppress(FileExistsError):

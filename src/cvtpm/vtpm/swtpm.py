@@ -231,28 +231,42 @@ def _refusal(paths: SwtpmPaths, log: str) -> StateError:
 
 
 def runs_on(pid: int | None, paths: SwtpmPaths) -> bool:
-    """True if `pid` is a live swtpm of this vTPM, not merely a swtpm: one
-    given its state directory, however spelled, or the link of a vTPM being
-    made (cvtpm.vtpm.staging), wherever that points now."""
-    if not is_running(pid):
-        return False
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            arguments = cmdline.read().decode(errors="replace").split("\0")
-        # --tpmstate dir=DIR,mode=0600
-        where = arguments[arguments.index("--tpmstate") + 1]
-        directory = where.removeprefix("dir=").rsplit(",mode=", 1)[0]
-    except (OSError, ValueError, IndexError):
+    """True if `pid` is a live swtpm of this vTPM that still reaches its state:
+    one given its state directory, however spelled, or the link it was made
+    through (cvtpm.vtpm.staging), as long as that link is there."""
+    directory = _tpmstate(pid)
+    if directory is None:
         return False
     if _same_link(directory, staging.state_link(paths.run_dir)):
         return True
     try:
         return os.path.samefile(directory, paths.state_dir)
     except OSError:
-        # What it was given is gone: the link, if the run directory was
-        # removed under a vTPM made since its swtpm started. Such a swtpm
-        # still holds its state directory's lock file open.
-        return _holds_open(pid, paths.state_dir / staging.LOCK_FILE)
+        return False
+
+
+def holds(pid: int | None, paths: SwtpmPaths) -> bool:
+    """True if `pid` is a live swtpm on this vTPM's state, even one cut off
+    from it: made through a link whose run directory was removed since, it
+    can no longer save its state, nor be reached, but still holds its state
+    directory's lock (its lock file open). Such a swtpm is only to be killed."""
+    return runs_on(pid, paths) or (
+        _tpmstate(pid) is not None
+        and _holds_open(pid, paths.state_dir / staging.LOCK_FILE)
+    )
+
+
+def _tpmstate(pid: int | None) -> str | None:
+    """The directory a live swtpm was given (--tpmstate dir=DIR,mode=0600)."""
+    if not is_running(pid):
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            arguments = cmdline.read().decode(errors="replace").split("\0")
+        where = arguments[arguments.index("--tpmstate") + 1]
+    except (OSError, ValueError, IndexError):
+        return None
+    return where.removeprefix("dir=").rsplit(",mode=", 1)[0]
 
 
 def _same_link(path: str, link: Path) -> bool:
