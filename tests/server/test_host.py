@@ -19,7 +19,8 @@ from cvtpm.ima.replay import replay
 from cvtpm.measure.journal import read_list
 from cvtpm.server.host import Host
 from cvtpm.server.request import ContainerRequest
-from tests.support.host import hand_over, running_host
+from cvtpm.vtpm.manager import VtpmManager
+from tests.support.host import hand_over, running_host, served_then_left
 from tests.support.runc import Bundle, Runc, make_program, sha256_file
 
 pytestmark = [pytest.mark.root, pytest.mark.runc, pytest.mark.swtpm]
@@ -265,10 +266,7 @@ def test_a_running_ephemeral_container_is_taken_back_by_the_next_daemon(
     container taking another's name: it is served, then ends as ephemeral."""
     bundle = Bundle(short_tmp / "b")
     bundle.set_script("true")
-    first = Host(paths, host_pcrs=None)
-    first.start()
-    cid, pid = hand_over(first, runc, bundle, "eph", ephemeral=True)
-    first.stop()
+    cid, pid = served_then_left(paths, runc, bundle, "eph", ephemeral=True)
 
     with running_host(paths) as second:
         assert "eph" in [c["name"] for c in second.containers()]
@@ -288,10 +286,7 @@ def test_a_record_whose_pid_another_process_took_is_a_container_that_ended(
     container down as ended instead of adopting the stranger."""
     bundle = Bundle(short_tmp / "b")
     bundle.set_script("true")
-    first = Host(paths, host_pcrs=None)
-    first.start()
-    hand_over(first, runc, bundle, "eph", ephemeral=True)
-    first.stop()
+    served_then_left(paths, runc, bundle, "eph", ephemeral=True)
     saved = paths.run / "containers" / "eph" / "container.json"
     record = json.loads(saved.read_text())
     assert record["started"]
@@ -299,7 +294,7 @@ def test_a_record_whose_pid_another_process_took_is_a_container_that_ended(
     stranger = subprocess.Popen(["sleep", "30"])
     try:
         saved.write_text(json.dumps({**record, "pid": stranger.pid}))
-        assert first.manager.container_using("eph") is None
+        assert VtpmManager(paths).container_using("eph") is None
 
         with running_host(paths) as second:
             assert "eph" not in [c["name"] for c in second.containers()]
@@ -320,10 +315,7 @@ def test_a_container_a_daemon_could_not_take_back_is_left_for_the_next(
     record that does not parse is said and skipped."""
     bundle = Bundle(short_tmp / "b")
     bundle.set_script("sleep 30")
-    first = Host(paths, host_pcrs=None)
-    first.start()
-    hand_over(first, runc, bundle, "kept")
-    first.stop()
+    served_then_left(paths, runc, bundle, "kept")
     saved = paths.run / "containers" / "kept" / "container.json"
     garbled = paths.run / "containers" / "garbled" / "container.json"
     garbled.parent.mkdir()
@@ -355,10 +347,7 @@ def test_an_ephemeral_container_that_ended_unserved_leaves_nothing(
     daemon's start, as at its exit, so its name can be run ephemeral again."""
     bundle = Bundle(short_tmp / "b")
     bundle.set_script("true")
-    first = Host(paths, host_pcrs=None)
-    first.start()
-    cid, pid = hand_over(first, runc, bundle, "gone", ephemeral=True)
-    first.stop()
+    cid, pid = served_then_left(paths, runc, bundle, "gone", ephemeral=True)
     runc.start(cid)
     runc.wait(cid)
     with contextlib.suppress(ChildProcessError):

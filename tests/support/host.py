@@ -37,3 +37,17 @@ def hand_over(host: Host, runc, bundle, name: str, **request) -> tuple[str, int]
         ContainerRequest(name=name, pid=pid, rootfs=str(bundle.rootfs), **request)
     )
     return cid, pid
+
+
+def served_then_left(
+    paths: Paths, runc, bundle, name: str, **request
+) -> tuple[str, int]:
+    """`hand_over` to a daemon that then stops, as one that crashed or was
+    restarted would: the container waits for `runc start`, unserved, with
+    its record left for the next daemon to find."""
+    host = Host(paths, host_pcrs=None)
+    host.start()
+    try:
+        return hand_over(host, runc, bundle, name, **request)
+    finally:
+        host.stop()
