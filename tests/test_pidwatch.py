@@ -6,8 +6,9 @@ import os
 import resource
 import subprocess
 import threading
+from pathlib import Path
 
-from cvtpm.pidwatch import PidWatcher
+from cvtpm.pidwatch import PidWatcher, is_alive, is_same_process, process_identity
 
 
 def test_an_exit_is_reported_once_and_a_live_process_never():
@@ -113,3 +114,38 @@ def running_watcher(count: int):
     thread = threading.Thread(target=watcher.run, daemon=True)
     thread.start()
     return watcher, thread, exited, done
+
+
+def _zombie() -> subprocess.Popen:
+    """A child that exited and whose exit is not yet collected."""
+    child = subprocess.Popen(["true"])
+    waited = os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+    assert waited.si_pid == child.pid
+    return child
+
+
+def test_a_process_is_told_from_a_later_one_with_its_pid():
+    """process_identity is the boot and the start time: a live process keeps
+    it, a zombie (exited, not yet collected) has none, and a process of
+    another start time is not the same even under the same pid."""
+    live = subprocess.Popen(["sleep", "30"])
+    dead = _zombie()
+    try:
+        identity = process_identity(live.pid)
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        assert identity is not None and identity.startswith(f"{boot_id}:")
+        assert is_same_process(live.pid, identity)
+        assert is_same_process(live.pid, "")  # an old record: the pid alone
+        assert is_alive(live.pid)
+
+        assert process_identity(dead.pid) is None
+        assert not is_alive(dead.pid)
+        assert not is_same_process(dead.pid, "")
+
+        boot, started = identity.split(":")
+        assert not is_same_process(live.pid, f"{boot}:{int(started) + 1}")
+        assert not is_same_process(live.pid, f"another-boot:{started}")
+    finally:
+        live.kill()
+        live.wait()
+        dead.wait()

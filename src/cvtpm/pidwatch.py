@@ -129,24 +129,43 @@ def _drain(fd: int) -> None:
         pass
 
 
+def is_alive(pid: int) -> bool:
+    """True if process `pid` runs: a zombie, whose exit is not yet collected,
+    has ended."""
+    return _stat_fields(pid) is not None
+
+
 def process_identity(pid: int) -> str | None:
     """What tells process `pid` from any other that has had or will have its
-    pid: the boot's id and the process's start time; None if there is no
-    such process. For records that outlive a pidfd (a daemon's restart)."""
+    pid: the boot's id and the process's start time; None if no such process
+    runs. For records that outlive a pidfd (a daemon's restart)."""
+    fields = _stat_fields(pid)
+    # After "(comm)": state is field 3 of proc(5), starttime field 22.
+    if fields is None or len(fields) < 20:
+        return None
     try:
         with open("/proc/sys/kernel/random/boot_id") as boot:
             boot_id = boot.read().strip()
-        with open(f"/proc/{pid}/stat") as stat:
-            # After "(comm)": state is field 3 of proc(5), starttime field 22.
-            started = stat.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+    except OSError:
         return None
-    return f"{boot_id}:{started}"
+    return f"{boot_id}:{fields[19]}"
 
 
 def is_same_process(pid: int, identity: str) -> bool:
-    """True if `pid` is still the process whose `process_identity` was
+    """True if `pid` still runs the process whose `process_identity` was
     `identity` (an empty one, from an older record, trusts the pid alone)."""
     if not identity:
-        return os.path.exists(f"/proc/{pid}")
+        return is_alive(pid)
     return process_identity(pid) == identity
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after "(comm)", or None for no live process."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError, ValueError):
+        return None
+    if not fields or fields[0] in ("Z", "X"):
+        return None
+    return fields

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 
 import pytest
 from click.testing import CliRunner
@@ -130,6 +131,21 @@ def test_damage_before_the_tail_is_an_error(tmp_path, capsys):
     assert code == 1
     assert err.startswith(f"cvtpm: error: {path}: entry 1, at byte offset {at},")
     assert "Traceback" not in err
+    assert out == ""
+
+
+def test_a_list_of_random_bytes_is_an_error_not_a_torn_tail(tmp_path, capsys):
+    """Bytes no record starts with were no crash: exit 1, the file named."""
+    make_list(tmp_path, [])
+    path = tmp_path / "lists/c" / BINARY_NAME
+    path.write_bytes(random.Random(6).randbytes(2000))
+
+    code = main(["--state-dir", str(tmp_path), "log", "c"])
+    out, err = capsys.readouterr()
+
+    assert code == 1
+    assert err.startswith(f"cvtpm: error: {path}: entry 0, at byte offset 0,")
+    assert "PCR index" in err and "torn" not in err
     assert out == ""
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
 
 from cvtpm.cli.main import main
+from cvtpm.errors import TpmError
+from cvtpm.tpm.client import TpmClient
 
 pytestmark = pytest.mark.swtpm
 
@@ -51,6 +55,32 @@ def test_create_show_stop_start_delete(cvtpm):
 
     assert cvtpm("vtpm", "delete", "web")[0] == 0
     assert json.loads(cvtpm("vtpm", "list", "--json")[1]) == []
+
+
+def test_a_vtpm_whose_swtpm_died_shows_as_down(cvtpm, monkeypatch):
+    """Recorded running, its swtpm gone: `list` and `show` say "down" and how
+    to bring it back; a PCR that cannot be read is said in text too."""
+    created = json.loads(cvtpm("vtpm", "create", "web", "--json")[1])
+    os.kill(created["pid"], signal.SIGKILL)
+    waited = os.waitid(os.P_PID, created["pid"], os.WEXITED | os.WNOWAIT)
+    assert waited.si_pid == created["pid"]
+
+    code, out, _ = cvtpm("vtpm", "show", "web")
+    assert code == 0
+    assert "state:     down" in out
+    assert "`cvtpm vtpm start web` restarts it" in out
+    assert "down" in cvtpm("vtpm", "list")[1].splitlines()[1]
+
+    assert cvtpm("vtpm", "start", "web")[0] == 0
+    assert "state:     running" in cvtpm("vtpm", "show", "web")[1]
+
+    def unreadable(self, pcr, banks=None):
+        raise TpmError("TPM2_PCR_Read failed: the TPM is in failure mode")
+
+    monkeypatch.setattr(TpmClient, "pcr_read", unreadable)
+    code, out, _ = cvtpm("vtpm", "show", "web")
+    assert code == 0
+    assert "PCR 10:    cannot be read: TPM2_PCR_Read failed" in out
 
 
 @pytest.mark.parametrize(
@@ -102,3 +132,21 @@ def test_delete_keeps_the_list_aside(cvtpm, paths):
     assert not listed.exists()
     assert (paths.lists / ".retired").is_dir()
     assert (Path(kept) / "binary_runtime_measurements").read_bytes() == b"recorded"
+
+
+@pytest.mark.parametrize("command", [["list"], ["show", "web"], ["start", "web"]])
+def test_a_state_directory_that_is_not_there_is_not_made(tmp_path, capsys, command):
+    """A mistyped --state-dir is said, not quietly begun anew (only `create` may)."""
+    state = tmp_path / "typo"
+
+    code = main(
+        ["--state-dir", str(state), "--run-dir", str(tmp_path / "r"), "vtpm"] + command
+    )
+    err = capsys.readouterr().err
+
+    assert code == 1
+    assert err == (
+        f"cvtpm: error: no cvtpm state directory {state}: no vTPM was made there"
+        " (is --state-dir right?)\n"
+    )
+    assert not state.exists()

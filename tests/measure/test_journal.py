@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 
 import pytest
 
@@ -308,3 +309,44 @@ def test_a_refused_reconcile_keeps_the_torn_tail(tmp_path, swtpm_factory):
 
     assert path.read_bytes() == data
     assert not list(tmp_path.glob("*.torn-*"))
+
+
+@pytest.mark.parametrize(
+    ("tail", "reason"),
+    [
+        # A file of random bytes: its first "PCR index" is far past 23.
+        (random.Random(6).randbytes(300), "PCR index"),
+        # PCR 10, a digest, then a template name no list holds.
+        (b"\x0a\0\0\0" + bytes(20) + b"\x06\0\0\0imx-ng", "template name"),
+        # A name length past any name's.
+        (b"\x0a\0\0\0" + bytes(20) + b"\x00\x10\0\0ima-ng", "template name"),
+    ],
+    ids=["random", "unknown-template", "long-name"],
+)
+def test_bytes_that_start_no_record_are_damage_not_a_torn_tail(tmp_path, tail, reason):
+    """A crash leaves a record's first bytes (or zeros): a header field no
+    record has was never an append, and is refused, the file left as it is."""
+    write_list(tmp_path, sample_entries()).close()
+    path = tmp_path / BINARY_NAME
+    damaged = path.read_bytes() + tail
+    path.write_bytes(damaged)
+
+    with pytest.raises(CorruptJournalError, match=reason) as info:
+        MeasurementList(tmp_path)
+    assert info.value.index == len(sample_entries())
+    assert path.read_bytes() == damaged
+
+
+@pytest.mark.parametrize("kept", [4, 30, 40, 60])
+def test_the_start_of_a_record_with_zeros_after_it_is_a_torn_tail(tmp_path, kept):
+    """What a crash leaves: a record's first bytes, the rest zeros where the
+    data never reached the disk (the name itself may be cut)."""
+    write_list(tmp_path, sample_entries()[:3]).close()
+    path = tmp_path / BINARY_NAME
+    record = encode_binary(sample_entries()[3])
+    path.write_bytes(path.read_bytes() + record[:kept] + bytes(len(record) - kept))
+
+    mlist = MeasurementList(tmp_path)
+
+    assert mlist.entries == sample_entries()[:3]
+    assert mlist.torn == len(record)

@@ -15,8 +15,10 @@ import pytest
 from cvtpm.attest.evidence import Evidence
 from cvtpm.errors import NotFoundError, StateError, UsageError
 from cvtpm.ima.binary import parse_binary
+from cvtpm.ima.entry import MEASUREMENT_GAP
 from cvtpm.ima.replay import replay
 from cvtpm.measure.journal import read_list
+from cvtpm.pidwatch import process_identity
 from cvtpm.server.host import Host
 from cvtpm.server.request import ContainerRequest
 from cvtpm.vtpm.manager import VtpmManager
@@ -53,6 +55,11 @@ def wait_torn_down(host: Host, name: str, timeout: float = 20) -> None:
 def entries(host: Host, name: str):
     # read_list tolerates a record the agent is still appending.
     return read_list(host.list_path(name).parent)
+
+
+def gaps(listed) -> int:
+    """How many measurement gaps a list records."""
+    return [e.path for e in listed].count(MEASUREMENT_GAP)
 
 
 def pcr10(host: Host, name: str, bank: str = "sha256") -> bytes:
@@ -307,6 +314,26 @@ def test_a_record_whose_pid_another_process_took_is_a_container_that_ended(
         stranger.wait()
 
 
+def test_a_record_from_before_start_times_is_taken_back_and_gains_one(
+    paths, runc, short_tmp
+):
+    """A record with no start time (an older daemon's) trusts its pid, for the
+    manager as for the next daemon, which writes the start time it lacked."""
+    bundle = Bundle(short_tmp / "b")
+    bundle.set_script("sleep 30")
+    cid, pid = served_then_left(paths, runc, bundle, "old")
+    saved = paths.run / "containers" / "old" / "container.json"
+    record = json.loads(saved.read_text())
+    del record["started"]
+    saved.write_text(json.dumps(record))
+    assert VtpmManager(paths).container_using("old") == pid
+
+    with running_host(paths) as host:
+        assert "old" in [c["name"] for c in host.containers()]
+        assert json.loads(saved.read_text())["started"] == process_identity(pid)
+        subprocess.run(["runc", "--root", str(runc.root), "kill", cid, "KILL"])
+
+
 def test_a_container_a_daemon_could_not_take_back_is_left_for_the_next(
     paths, runc, short_tmp, caplog
 ):
@@ -335,9 +362,39 @@ def test_a_container_a_daemon_could_not_take_back_is_left_for_the_next(
     finally:
         second.stop()
     assert saved.exists()
+    # It ran unmeasured, and its list says so, whoever continues it.
+    assert gaps(read_list(paths.lists / "kept")) == 1
 
     with running_host(paths) as third:
         assert "kept" in [c["name"] for c in third.containers()]
+        assert gaps(entries(third, "kept")) == 2
+        assert pcr10(third, "kept") == replay(entries(third, "kept"), "sha256")
+
+
+def test_a_container_that_ended_unserved_leaves_a_gap_in_its_list(
+    paths, runc, short_tmp
+):
+    """One that ran and ended while no daemon ran keeps its vTPM and list, and
+    the list records the gap: the next container of its name continues a list
+    that says something ran unmeasured, and PCR 10 follows it."""
+    bundle = Bundle(short_tmp / "b")
+    bundle.set_script("true")
+    cid, pid = served_then_left(paths, runc, bundle, "left")
+    runc.start(cid)
+    runc.wait(cid)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)  # adopted by this process, the daemon's subreaper
+
+    with running_host(paths) as host:
+        assert "left" not in [c["name"] for c in host.containers()]
+        assert host.manager.get("left").state == "stopped"
+        assert entries(host, "left")[-1].path == MEASUREMENT_GAP
+
+        bundle.set_script("sleep 30")
+        cid, _ = hand_over(host, runc, bundle, "left")
+        assert gaps(entries(host, "left")) == 1
+        assert pcr10(host, "left") == replay(entries(host, "left"), "sha256")
+        subprocess.run(["runc", "--root", str(runc.root), "kill", cid, "KILL"])
 
 
 def test_an_ephemeral_container_that_ended_unserved_leaves_nothing(

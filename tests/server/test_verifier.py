@@ -141,6 +141,23 @@ def test_tokens_a_client_cannot_send_are_refused(tmp_path, token):
     assert load_token(path) == "Abc-._~+/0123456789=="
 
 
+def test_a_short_token_is_refused_saying_where_it_came_from(tmp_path, monkeypatch):
+    """The error names the file or variable that held too short a token."""
+    from cvtpm.errors import ConfigError
+    from cvtpm.server._auth import TOKEN_ENV, load_token
+
+    path = tmp_path / "token"
+    path.write_text("short\n")
+    with pytest.raises(ConfigError, match=f"the token file {path} holds 5$"):
+        load_token(path)
+    monkeypatch.setenv(TOKEN_ENV, "tiny")
+    with pytest.raises(ConfigError, match=f"{TOKEN_ENV} is 4$"):
+        load_token()
+    monkeypatch.delenv(TOKEN_ENV)
+    with pytest.raises(ConfigError, match="pass --token-file or set"):
+        load_token()
+
+
 @pytest.mark.swtpm
 def test_a_body_over_the_limit_is_refused_unread(tmp_path, local_ca, vtpm):
     """Evidence larger than the limit is 413, and the container's state is kept."""

@@ -105,25 +105,42 @@ def _cut_off(manager, name: str) -> None:
     run_dir.rmdir()
 
 
-def test_a_swtpm_cut_off_by_a_removed_run_directory_is_replaced_or_ended(manager):
-    """Without its link it can neither save its state nor be reached: it is
-    not counted as running, nor given out; it still holds its state's lock,
-    so a start replaces it, and a delete ends it."""
-    first, second = manager.create("cut"), manager.create("gone")
-    _cut_off(manager, "cut")
-    _cut_off(manager, "gone")
+@pytest.mark.parametrize("restarted", [False, True], ids=["made", "restarted"])
+def test_a_swtpm_cut_off_by_a_removed_run_directory_is_replaced_or_ended(
+    manager, restarted, caplog
+):
+    """Without its sockets (and, if it is the swtpm the vTPM was made with,
+    its link) it can neither be reached nor save its state: it is not
+    counted as running, shows as down, is not given out; it still holds its
+    state's lock, so a start replaces it, and a stop or delete ends it."""
+    names = ("cut", "gone", "ended")
+    for name in names:
+        manager.create(name)
+        if restarted:  # it then runs on its state directory on disk
+            manager.stop(name)
+            manager.start(name)
+    first, second, third = (manager.get(name) for name in names)
+    for name in names:
+        _cut_off(manager, name)
 
     assert not manager.is_running("cut")
+    assert manager.shown(first).state == "down"
     assert swtpm.holds(first.pid, manager.swtpm_paths("cut"))
     assert not swtpm.holds(first.pid, manager.swtpm_paths("gone"))
 
     report = manager.start("cut")
     assert not swtpm.is_running(first.pid) and report.pid != first.pid
+    assert manager.shown(manager.get("cut")).state == "running"
     with manager.client("cut") as tpm:
         assert tpm.nv_read(0x01C0000A)
+    assert f"its swtpm (pid {first.pid}) was cut off" in caplog.text
 
     manager.delete("gone", force=True)
     assert not swtpm.is_running(second.pid)
+
+    manager.stop("ended")
+    assert not swtpm.is_running(third.pid)
+    assert manager.get("ended").state == "stopped"
 
 
 def test_the_pool_never_gives_out_a_cut_off_vtpm(manager):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from cvtpm.cli.output import emit, json_option
-from cvtpm.errors import CvtpmError, UsageError
+from cvtpm.errors import CvtpmError, NotFoundError, UsageError
 from cvtpm.measure.journal import retire_list
 from cvtpm.names import check_name
 from cvtpm.vtpm.info import VtpmInfo
@@ -28,7 +28,14 @@ def _valid_name(_ctx, _param, value: str) -> str:
 name_argument = click.argument("name", callback=_valid_name)
 
 
-def _manager(ctx: click.Context) -> VtpmManager:
+def _manager(ctx: click.Context, making: bool = False) -> VtpmManager:
+    """The host's vTPM manager; only a command `making` a vTPM may begin a
+    state directory (a mistyped --state-dir would otherwise make a new one)."""
+    if not making and not ctx.obj.state.is_dir():
+        raise NotFoundError(
+            f"no cvtpm state directory {ctx.obj.state}: no vTPM was made there"
+            " (is --state-dir right?)"
+        )
     return VtpmManager(ctx.obj)
 
 
@@ -74,7 +81,7 @@ def create(ctx, name, ek, banks, ak, no_start, as_json):
                 f"{banks!r} has an empty bank name; name banks like sha1,sha256",
                 param_hint="--banks",
             )
-    info = _manager(ctx).create(
+    info = _manager(ctx, making=True).create(
         name, ek_types=ek_types, banks=bank_list, ak_type=ak, start=not no_start
     )
     emit(info.to_dict(), as_json, lambda _: _describe(info))
@@ -85,7 +92,8 @@ def create(ctx, name, ek, banks, ak, no_start, as_json):
 @click.pass_context
 def list_(ctx, as_json):
     """List the vTPMs and their state."""
-    infos = _manager(ctx).list()
+    manager = _manager(ctx)
+    infos = [manager.shown(info) for info in manager.list()]
 
     def text(_):
         if not infos:
@@ -109,9 +117,9 @@ def list_(ctx, as_json):
 def show(ctx, name, as_json):
     """Show one vTPM, with its PCR 10 when it is running."""
     manager = _manager(ctx)
-    info = manager.get(name)
+    info = manager.shown(manager.get(name))
     data = info.to_dict()
-    if manager.is_running(name):
+    if info.state == "running":
         try:
             with manager.client(name) as tpm:
                 data["pcr10"] = {b: v.hex() for b, v in tpm.pcr_read(10).items()}
@@ -120,6 +128,13 @@ def show(ctx, name, as_json):
 
     def text(_):
         extra = [f"PCR 10 {b}: {v}" for b, v in data.get("pcr10", {}).items()]
+        if "pcr10_error" in data:
+            extra.append(f"PCR 10:    cannot be read: {data['pcr10_error']}")
+        if info.state == "down":
+            extra.append(
+                "its swtpm died or lost its run directory; "
+                f"`cvtpm vtpm start {name}` restarts it"
+            )
         return "\n".join([_describe(info), *extra])
 
     emit(data, as_json, text)

@@ -18,6 +18,7 @@ from pathlib import Path
 from cvtpm.errors import ParseError, StateError
 from cvtpm.ima.binary import parse_binary
 from cvtpm.ima.entry import Entry
+from cvtpm.ima.template import TEMPLATES
 
 _U32LE = struct.Struct("<I")
 _SHA1_SIZE = 20
@@ -25,6 +26,8 @@ _SHA1_SIZE = 20
 # template data holds at most a digest, a path and a signature or buffer.
 _MAX_NAME = 255
 _MAX_DATA = 1 << 24
+_PCR_COUNT = 24  # TCG PC Client Platform TPM Profile: PCRs 0 to 23
+_NAMES = tuple(name.encode() for name in TEMPLATES)
 
 
 class CorruptJournalError(StateError):
@@ -74,7 +77,10 @@ def scan_journal(data: bytes, path: Path) -> Scan:
                     "; its template digest is that of its data, so it was "
                     "written so, not torn by a crash"
                 )
-            if whole or followed:
+            never = _never_a_record(data[offset:])
+            if never:
+                reason = never
+            if whole or followed or never:
                 raise CorruptJournalError(
                     path, offset, len(entries), reason, followed=followed
                 )
@@ -134,6 +140,40 @@ def _written_whole(record: bytes) -> bool:
         return False
     digest = record[4 : 4 + _SHA1_SIZE]
     return any(digest) and hashlib.sha1(record[name_end + 4 :]).digest() == digest
+
+
+def _never_a_record(tail: bytes) -> str:
+    """Why bytes after the last record are not the start of a record that a
+    crash cut short, or "" if they may be.
+
+    A crash leaves a record's first bytes, in which blocks that never reached
+    the disk read as zeros. A header field that is there (not zeros) with a
+    value no record has was never written by an append: the file was damaged
+    otherwise, or is no list.
+    """
+    pcr = _present(tail, 0, 4)
+    if pcr is not None and _U32LE.unpack(pcr)[0] >= _PCR_COUNT:
+        return (
+            f"it starts with PCR index {_U32LE.unpack(pcr)[0]}, which no TPM has,"
+            " so it is no record a crash cut short"
+        )
+    length = _present(tail, 4 + _SHA1_SIZE, 4)
+    if length is None:
+        return ""
+    (name_len,) = _U32LE.unpack(length)
+    name = tail[8 + _SHA1_SIZE : 8 + _SHA1_SIZE + name_len].rstrip(b"\0")
+    if name_len > _MAX_NAME or not any(known.startswith(name) for known in _NAMES):
+        return (
+            f"its template name ({name_len} bytes: {name[:32]!r}) is none a list"
+            " holds, so it is no record a crash cut short"
+        )
+    return ""
+
+
+def _present(data: bytes, start: int, size: int) -> bytes | None:
+    """The field at `start` if it was written: all there, and not all zeros."""
+    field = data[start : start + size]
+    return field if len(field) == size and any(field) else None
 
 
 def _valid_record_after(data: bytes, offset: int) -> bool:

@@ -37,9 +37,14 @@ def load_token(path: str | Path | None = None, env: str = TOKEN_ENV) -> str:
     else:
         token = os.environ.get(env, "").strip()
     if len(token) < MIN_TOKEN_LENGTH:
+        where = f"the token file {path} holds" if path is not None else f"{env} is"
         raise ConfigError(
             f"a bearer token of at least {MIN_TOKEN_LENGTH} characters is needed:"
-            f" pass --token-file or set {env}"
+            + (
+                f" {where} {len(token)}"
+                if token or path is not None
+                else f" pass --token-file or set {env}"
+            )
         )
     # RFC 6750's b64token characters: a client can send nothing else in the
     # header as it is (HTTP reads header bytes as Latin-1, not UTF-8).

@@ -20,16 +20,22 @@ from pathlib import Path
 from cvtpm.attest.evidence import collect_evidence
 from cvtpm.config import Paths
 from cvtpm.errors import CvtpmError, NotFoundError, StateError
+from cvtpm.ima.entry import MEASUREMENT_GAP, violation
 from cvtpm.ima.policy import DEFAULT_CONTAINER_POLICY, parse_policy
 from cvtpm.measure.agent import DEFAULT_BUSY_POLL, Agent
 from cvtpm.measure.container import ContainerSpec
 from cvtpm.measure.hostpcrs import default_host_pcrs
-from cvtpm.measure.journal import BINARY_NAME, retire_list
+from cvtpm.measure.journal import BINARY_NAME, MeasurementList, retire_list
 from cvtpm.measure.mounts import container_mounts
-from cvtpm.pidwatch import PidWatcher, is_same_process, process_identity
+from cvtpm.pidwatch import (
+    PidWatcher,
+    is_alive,
+    is_same_process,
+    process_identity,
+)
 from cvtpm.runtime.filter_host import FilterHost
 from cvtpm.runtime.hook import release_rootfs
-from cvtpm.server.request import ContainerRequest, write_record
+from cvtpm.server.request import ContainerRequest, read_record, write_record
 from cvtpm.tpm.client import TpmClient
 from cvtpm.vtpm import swtpm
 from cvtpm.vtpm.idle import IdleReleaser
@@ -146,12 +152,13 @@ class Host:
         `readopting`, give them back to a container a previous daemon served."""
         request.validate()
         request.check_container()
-        if not readopting:
+        if not readopting or not request.started:
+            # A record from before start times were kept gets one now.
             request = replace(request, started=process_identity(request.pid) or "")
         with self._lock:
             self._left.wait_for(lambda: request.name not in self._leaving)
             previous = self._containers.get(request.name)
-            if previous is not None and not _alive(previous.pid):
+            if previous is not None and not is_alive(previous.pid):
                 # Its exit is not handled yet; a restart must not wait for it.
                 self._container_exited(request.name)
             if request.name in self._containers:
@@ -242,7 +249,7 @@ class Host:
             request = self._containers.get(name)
             if request is None:
                 raise NotFoundError(f"container {name!r} is not set up on this host")
-            if exited and _alive(request.pid):
+            if exited and is_alive(request.pid):
                 return None
             del self._containers[name]
             self._exits.unwatch(name)
@@ -428,13 +435,14 @@ class Host:
         """Take back the containers a previous daemon served that are still alive."""
         for saved in sorted((self.paths.run / "containers").glob("*/container.json")):
             try:
-                text = saved.read_text()
-                request = ContainerRequest(**json.loads(text))
-            except (OSError, ValueError, TypeError) as exc:
+                text, request = read_record(saved)
+            except (OSError, ValueError) as exc:
                 log.error("cannot re-adopt the container saved in %s: %s", saved, exc)
                 continue
             if not is_same_process(request.pid, request.started):
                 log.info("container %s ended while no daemon ran", request.name)
+                if not request.ephemeral:
+                    self._record_gap_unserved(request.name)
                 try:
                     # As its exit would have: an ephemeral container's vTPM
                     # and list go, and what its hook made in its rootfs.
@@ -458,6 +466,7 @@ class Host:
             except (CvtpmError, OSError) as exc:
                 reason = exc.explain() if isinstance(exc, CvtpmError) else str(exc)
                 log.error("cannot re-adopt %s: %s", request.name, reason)
+                self._record_gap_unserved(request.name)
                 # While the container runs, its record stays (a set-up that
                 # failed part-way removed it), so the next daemon tries again.
                 if is_same_process(request.pid, request.started):
@@ -465,6 +474,36 @@ class Host:
                         write_record(saved, text)
                     except OSError as lost:
                         log.error("cannot keep %s: %s", saved, lost)
+
+    def _record_gap_unserved(self, name: str) -> None:
+        """Put a measurement gap in the list of a container that ran while no
+        daemon served it and that this daemon does not serve either (it ended,
+        or could not be taken back), so that the next container of its name
+        does not continue the list as if nothing had run. The entry reaches
+        PCR 10 when the list is next reconciled with its vTPM."""
+        directory = self.paths.lists / name
+        if (
+            self.agent is None
+            or self.group_continued
+            or not (directory / BINARY_NAME).exists()
+        ):
+            return
+        gap = violation(MEASUREMENT_GAP, self.agent.template, self.agent.hash_algorithm)
+        try:
+            mlist = MeasurementList(directory)
+            try:
+                mlist.append(gap)
+            finally:
+                mlist.close()
+        except (CvtpmError, OSError) as exc:
+            reason = exc.explain() if isinstance(exc, CvtpmError) else str(exc)
+            log.error("cannot record the measurement gap of %s: %s", name, reason)
+            return
+        log.warning(
+            "container %s ran unmeasured while no daemon ran;"
+            " its list records a measurement gap",
+            name,
+        )
 
     def _vtpm_woke(self, report: StartReport) -> None:
         """A vTPM released for being idle came back: watch its new process."""
@@ -480,15 +519,6 @@ class Host:
         """After swtpm died and came back, bring PCR 10 up to the list at once."""
         if self.agent is not None and report.name in self.agent.containers():
             self.agent.reconcile(report.name)
-
-
-def _alive(pid: int) -> bool:
-    """True if `pid` runs (a zombie, whose exit is not collected, does not)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rpartition(b")")[2].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _public(info: dict) -> dict:

@@ -6,6 +6,7 @@ The daemon writes each container's request into the run directory
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,3 +68,42 @@ def write_record(path: Path, text: str) -> None:
     new = path.with_name(f".{path.name}.new")
     new.write_text(text)
     os.replace(new, path)
+
+
+def read_record(path: Path) -> tuple[str, ContainerRequest]:
+    """A container's record as written by `write_record`: its text and the
+    request; OSError, or ValueError for one that is not a record."""
+    text, fields = _load(path)
+    pid, started = _process(fields)
+    try:
+        request = ContainerRequest(**{**fields, "pid": pid, "started": started})
+    except TypeError as exc:
+        raise ValueError(str(exc)) from exc
+    return text, request
+
+
+def recorded_process(path: Path) -> tuple[int, str]:
+    """Only the pid and start time from a container's record, for whoever must
+    know whether the container runs even if the rest of its record is damaged;
+    OSError, or ValueError if they are not there."""
+    return _process(_load(path)[1])
+
+
+def _load(path: Path) -> tuple[str, dict]:
+    text = path.read_text()
+    fields = json.loads(text)
+    if not isinstance(fields, dict):
+        raise ValueError("not a JSON object")
+    return text, fields
+
+
+def _process(fields: dict) -> tuple[int, str]:
+    """The record's pid and start time. One written before start times were
+    kept, or with null there, has "": its pid alone then says whether the
+    container runs."""
+    pid, started = fields.get("pid"), fields.get("started")
+    if started is None:
+        started = ""
+    if type(pid) is not int or not isinstance(started, str):
+        raise ValueError("its pid is not a number or its start not a string")
+    return pid, started

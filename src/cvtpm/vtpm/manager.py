@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from cvtpm.ca import LocalCa
@@ -24,6 +24,7 @@ from cvtpm.errors import (
 from cvtpm.locking import exclusive
 from cvtpm.names import check_name
 from cvtpm.pidwatch import is_same_process
+from cvtpm.server.request import recorded_process
 from cvtpm.tpm.client import BANK_ALGS, TpmClient
 from cvtpm.tpm.templates import AK_HANDLES, EK_PROFILES
 from cvtpm.vtpm import ctrl, staging, swtpm
@@ -170,8 +171,7 @@ class VtpmManager:
                 raise StateError(f"vTPM {name!r} is still being created")
             if self._alive(record):
                 return StartReport(name, record.pid, resumed=True, was_running=True)
-            # One cut off from its state and sockets can only be killed.
-            swtpm.kill(record.pid if swtpm.holds(record.pid, paths) else None)
+            _kill_cut_off(name, record.pid, paths)
             if not paths.permanent_state.exists():
                 # Starting swtpm now would manufacture a blank TPM under the
                 # old name: a new EK that no certificate vouches for.
@@ -238,8 +238,7 @@ class VtpmManager:
                 swtpm.stop(paths, record.pid)
                 orderly = True
             else:
-                # One cut off from its state and sockets can only be killed.
-                swtpm.kill(record.pid if swtpm.holds(record.pid, paths) else None)
+                _kill_cut_off(name, record.pid, paths)
                 orderly = record.orderly
             self.registry.update(
                 name, state="idle" if idle else "stopped", pid=None, orderly=orderly
@@ -293,12 +292,10 @@ class VtpmManager:
     def container_using(self, name: str) -> int | None:
         """The pid of a running container the daemon set up with this vTPM, if any."""
         try:
-            saved = json.loads(
-                (self.paths.run / "containers" / name / "container.json").read_text()
+            pid, started = recorded_process(
+                self.paths.run / "containers" / name / "container.json"
             )
-            pid = int(saved["pid"])
-            started = str(saved.get("started", ""))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (OSError, ValueError):
             return None
         return pid if is_same_process(pid, started) else None
 
@@ -338,6 +335,16 @@ class VtpmManager:
     def pooled(self) -> list[VtpmInfo]:
         """The vTPMs waiting in the pool."""
         return [self._info(record) for record in self.registry.all(pooled=True)]
+
+    def shown(self, info: VtpmInfo) -> VtpmInfo:
+        """The vTPM as a user should see it: one recorded running whose swtpm
+        died, or was cut off from its run directory, is "down" (`start`, or
+        the daemon's supervisor, brings it back)."""
+        if info.state != "running" or swtpm.runs_on(
+            info.pid, self.uuid_paths(info.uuid)
+        ):
+            return info
+        return replace(info, state="down")
 
     def is_running(self, name: str) -> bool:
         """True if the vTPM's swtpm process is alive."""
@@ -471,6 +478,20 @@ def _first_commands(paths: swtpm.SwtpmPaths, pid: int) -> Iterator[None]:
         if reason is not None:
             raise reason from exc
         raise
+
+
+def _kill_cut_off(name: str, pid: int | None, paths: swtpm.SwtpmPaths) -> None:
+    """Kill the vTPM's swtpm if it runs cut off from its sockets or state (its
+    run directory was removed): it cannot be asked to save, and its PCRs,
+    which nothing could reach, are lost."""
+    if swtpm.holds(pid, paths):
+        log.warning(
+            "vTPM %s: its swtpm (pid %d) was cut off from its run directory;"
+            " killed, its PCRs are lost",
+            name,
+            pid,
+        )
+        swtpm.kill(pid)
 
 
 def _end(paths: swtpm.SwtpmPaths, pid: int, orderly: bool) -> None:

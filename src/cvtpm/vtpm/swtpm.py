@@ -9,6 +9,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,11 +232,14 @@ def _refusal(paths: SwtpmPaths, log: str) -> StateError:
 
 
 def runs_on(pid: int | None, paths: SwtpmPaths) -> bool:
-    """True if `pid` is a live swtpm of this vTPM that still reaches its state:
-    one given its state directory, however spelled, or the link it was made
-    through (cvtpm.vtpm.staging), as long as that link is there."""
+    """True if `pid` is a live swtpm of this vTPM that can still be used: one
+    given its state directory, however spelled, or the link it was made
+    through (cvtpm.vtpm.staging) as long as that link is there, and whose
+    sockets are there to reach it by."""
     directory = _tpmstate(pid)
-    if directory is None:
+    if directory is None or not all(
+        _is_socket(path) for path in (paths.socket, paths.ctrl_socket)
+    ):
         return False
     if _same_link(directory, staging.state_link(paths.run_dir)):
         return True
@@ -246,10 +250,11 @@ def runs_on(pid: int | None, paths: SwtpmPaths) -> bool:
 
 
 def holds(pid: int | None, paths: SwtpmPaths) -> bool:
-    """True if `pid` is a live swtpm on this vTPM's state, even one cut off
-    from it: made through a link whose run directory was removed since, it
-    can no longer save its state, nor be reached, but still holds its state
-    directory's lock (its lock file open). Such a swtpm is only to be killed."""
+    """True if `pid` is a live swtpm on this vTPM's state, even one cut off:
+    with its run directory removed, its sockets are gone (nothing reaches
+    it) and so is the link of one made since it started (it can no longer
+    save its state); it still holds the state directory's lock, its lock file
+    open. A cut-off swtpm is only to be killed."""
     return runs_on(pid, paths) or (
         _tpmstate(pid) is not None
         and _holds_open(pid, paths.state_dir / staging.LOCK_FILE)
@@ -267,6 +272,13 @@ def _tpmstate(pid: int | None) -> str | None:
     except (OSError, ValueError, IndexError):
         return None
     return where.removeprefix("dir=").rsplit(",mode=", 1)[0]
+
+
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _same_link(path: str, link: Path) -> bool:
@@ -296,8 +308,8 @@ def is_running(pid: int | None) -> bool:
     if not pid:
         return False
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)
+        with open(f"/proc/{pid}/stat") as stat_file:
+            fields = stat_file.read().rsplit(")", 1)
         with open(f"/proc/{pid}/comm") as comm:
             name = comm.read().strip()
     except OSError:
