@@ -119,6 +119,15 @@ def rows() -> list[tuple[str, str, str, str]]:
     if e:
         lat, rate = e["exec_latency"], e["hash_rate"]
         base = lat["no_agent"]
+        if "allow_all_responder" in lat:
+            floor = lat["allow_all_responder"]
+            out.append((
+                "exec in a container, allow-all fanotify responder in C, the"
+                " floor (median / p99)",
+                f"{floor['added_median_us']:+.0f} / {floor['added_p99_us']:+.0f} us",
+                f"no agent {base['median_us']:.0f} / {base['p99_us']:.0f} us",
+                f"{floor['median_us'] / base['median_us']:.2f}x",
+            ))  # fmt: skip
         for key, label in (
             ("agent_cached", "cached file"),
             ("agent_cached_busy_poll", "cached file, --busy-poll 2000"),

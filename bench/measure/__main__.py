@@ -4,9 +4,11 @@
 
 Exec latency is timed inside the container, one exec at a time, by a small
 static program (exectime.c) that spawns a program and waits for it: with no
-agent, with the agent and an already measured program (cache hit), the same
-with the agent polling for 2 ms after each event (--busy-poll 2000), and with
-the agent hashing a new program (a distinct 2 MB busybox copy) every time.
+agent; under a fanotify responder in C that allows everything (allowall.c),
+the floor of any measurement by permission events; with the agent and an
+already measured program (cache hit), the same with the agent polling for 2
+ms after each event (--busy-poll 2000), and with the agent hashing a new
+program (a distinct 2 MB busybox copy) every time.
 The figures are the median and 99th percentile of each, and what the agent
 adds to those of no agent. The hashing rate compares cvtpm's fd hashing with
 `sha256sum` on the same files, read from page cache. Results go to
@@ -33,9 +35,11 @@ from cvtpm.ima.policy import DEFAULT_CONTAINER_POLICY, parse_policy
 from cvtpm.measure.agent import Agent
 from cvtpm.measure.container import ContainerSpec
 from cvtpm.measure.hashing import hash_fd
+from cvtpm.measure.mounts import container_mounts
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "measure.json"
 EXECTIME = Path(__file__).resolve().parent / "exectime.c"
+ALLOWALL = Path(__file__).resolve().parent / "allowall.c"
 
 
 def build_exectime(rootfs: Path) -> str:
@@ -49,17 +53,44 @@ def build_exectime(rootfs: Path) -> str:
     return "/opt/exectime"
 
 
-def run_container(runc: Runc, bundle: Bundle, agent: Agent | None, tpm, name: str):
-    """Run the bundle's process to its end, measured by `agent` if there is one."""
+def build_allowall(work: Path) -> str:
+    """Compile allowall.c for the host; its path."""
+    target = work / "allowall"
+    gcc = shutil.which("gcc") or "gcc"
+    subprocess.run([gcc, "-O2", "-o", str(target), str(ALLOWALL)], check=True)
+    return str(target)
+
+
+def run_container(
+    runc: Runc,
+    bundle: Bundle,
+    agent: Agent | None,
+    tpm,
+    name: str,
+    responder: str | None = None,
+):
+    """Run the bundle's process to its end, measured by `agent` if there is
+    one, or under the allow-all `responder`, marking the same mounts."""
     cid, pid = runc.create(bundle)
     if agent is not None:
         agent.add_container(ContainerSpec(name, bundle.directory / name, tpm, pid=pid))
+    allowing = None
+    if responder is not None:
+        allowing = subprocess.Popen(
+            [responder, *container_mounts(pid, str(bundle.rootfs))],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert allowing.stdout.readline() == "ready\n"
     pidfd = os.pidfd_open(pid)
     try:
         runc.start(cid)
         select.select([pidfd], [], [])
     finally:
         os.close(pidfd)
+        if allowing is not None:
+            allowing.kill()
+            allowing.wait()
     runc.wait(cid)
     if agent is not None:
         agent.remove_container(name)
@@ -79,6 +110,7 @@ def exec_latency(work: Path, execs: int, new: int) -> dict[str, dict[str, float]
     tpm.start()
     bundle = Bundle(work / "bundle")
     timer = build_exectime(bundle.rootfs)
+    allowall = build_allowall(work)
     make_program(bundle.rootfs, "/opt/same", b"same")
     for i in range(new):
         make_program(bundle.rootfs, f"/opt/n{i}", i.to_bytes(4, "big"))
@@ -89,12 +121,14 @@ def exec_latency(work: Path, execs: int, new: int) -> dict[str, dict[str, float]
     for agent in agents.values():
         agent.start()
 
-    def timed(count: int, program: str, agent: Agent | None) -> list[float]:
+    def timed(
+        count: int, program: str, agent: Agent | None, responder: str | None = None
+    ) -> list[float]:
         samples = bundle.rootfs / "data" / "samples"
         bundle.set_script(f"{timer} {count} /data/samples {program}")
         client = tpm.client() if agent is not None else None
         try:
-            run_container(runc, bundle, agent, client, "list")
+            run_container(runc, bundle, agent, client, "list", responder)
         finally:
             if client is not None:
                 client.close()
@@ -102,10 +136,12 @@ def exec_latency(work: Path, execs: int, new: int) -> dict[str, dict[str, float]
 
     try:
         plain: list[float] = []
+        allowed: list[float] = []
         cached: dict[str, list[float]] = {name: [] for name in agents}
         # Interleaved rounds, so that a slow moment of the machine hits all.
         for _ in range(3):
             plain += timed(execs, "/opt/same/true", None)
+            allowed += timed(execs, "/opt/same/true", None, allowall)
             for name, agent in agents.items():
                 # A new container's first exec is measured: drop it.
                 cached[name] += timed(execs + 1, "/opt/same/true", agent)[1:]
@@ -119,6 +155,7 @@ def exec_latency(work: Path, execs: int, new: int) -> dict[str, dict[str, float]
     base = percentiles(plain)
     out = {"no_agent": base}
     for label, samples in (
+        ("allow_all_responder", allowed),
         ("agent_cached", cached["default"]),
         ("agent_cached_busy_poll", cached["busy_poll"]),
         ("agent_new_file", hashed),
