@@ -3,8 +3,10 @@ and a real PostgreSQL server for the stores that take one."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -19,7 +21,26 @@ def short_tmp() -> Path:
     """A fresh directory with a short path (unix socket paths hold 107 bytes)."""
     directory = Path(tempfile.mkdtemp(prefix="cvt", dir="/tmp"))
     yield directory
+    # A test that failed half-way may leave a vTPM running, as a daemon
+    # leaves them for the next: it must not outlive its directory.
+    _kill_swtpms_under(directory)
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def _kill_swtpms_under(directory: Path) -> None:
+    """SIGKILL every swtpm whose command line names a path in `directory`."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if Path(os.fsdecode(arguments[0])).name == "swtpm" and any(
+            str(directory).encode() + b"/" in argument for argument in arguments
+        ):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 @pytest.fixture
