@@ -191,3 +191,24 @@ def test_a_relative_state_directory_names_the_same_place_for_swtpm(
     finally:
         relative.delete("rel")
     assert not swtpm.is_running(info.pid)
+
+
+def test_a_named_vtpm_a_crash_left_creating_says_so_and_can_be_deleted(manager):
+    """Its maker would hold its lock: one found "creating" under it was cut
+    short, and start says how to remove it; delete ends its swtpm too."""
+    leftover = manager.uuid_paths("cut")
+    pid = swtpm.spawn(leftover, b"k" * 32, staged=True)
+    manager.registry.add(
+        VtpmRecord(
+            name="half", uuid="cut", state="creating", pid=pid, banks="",
+            ak_type="ecc", ephemeral=False, pooled=False,
+        )
+    )  # fmt: skip
+
+    with pytest.raises(StateError, match="'half' was never finished") as info:
+        manager.start("half")
+    assert "`cvtpm vtpm delete half` removes it" in str(info.value)
+
+    manager.delete("half")
+    assert not swtpm.is_running(pid)
+    assert not leftover.state_dir.exists()

@@ -168,7 +168,12 @@ class VtpmManager:
                     "or delete the vTPM"
                 )
             if record.state == "creating":
-                raise StateError(f"vTPM {name!r} is still being created")
+                # Its maker holds this lock until it is made: having it, this
+                # is a creation that a crash cut short.
+                raise StateError(
+                    f"vTPM {name!r} was never finished: what was making it "
+                    f"ended first; `cvtpm vtpm delete {name}` removes it"
+                )
             if self._alive(record):
                 return StartReport(name, record.pid, resumed=True, was_running=True)
             _kill_cut_off(name, record.pid, paths)
@@ -233,10 +238,7 @@ class VtpmManager:
             if record.state == "corrupt":
                 return  # nothing runs; it stays marked until its state is restored
             if self._alive(record):
-                with TpmClient(paths.tcti) as tpm:
-                    tpm.shutdown_state()
-                swtpm.stop(paths, record.pid)
-                orderly = True
+                orderly = _shut_down(name, paths, record.pid)
             else:
                 _kill_cut_off(name, record.pid, paths)
                 orderly = record.orderly
@@ -478,6 +480,29 @@ def _first_commands(paths: swtpm.SwtpmPaths, pid: int) -> Iterator[None]:
         if reason is not None:
             raise reason from exc
         raise
+
+
+def _shut_down(name: str, paths: swtpm.SwtpmPaths, pid: int) -> bool:
+    """Stop a running swtpm in order, so that its next start resumes: True.
+
+    A TPM that refuses TPM2_Shutdown (one in failure mode fails every
+    command) can only be killed: False, and its next start begins anew.
+    """
+    try:
+        with TpmClient(paths.tcti) as tpm:
+            tpm.shutdown_state()
+    except TpmError as exc:
+        log.warning(
+            "vTPM %s: %s; its swtpm (pid %d) is killed, and its next start"
+            " will not resume (its PCRs are lost)",
+            name,
+            exc,
+            pid,
+        )
+        swtpm.kill(pid)
+        return False
+    swtpm.stop(paths, pid)
+    return True
 
 
 def _kill_cut_off(name: str, pid: int | None, paths: swtpm.SwtpmPaths) -> None:

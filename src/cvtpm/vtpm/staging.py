@@ -23,9 +23,9 @@ with the lock a second swtpm tries to take there.
 Known gap: swtpm 0.7 (Debian 12's) takes its lock again at every power cycle
 (CMD_INIT on its control channel). After `commit` that lock is the one held
 for it, and conflicts: the TPM then fails every command until swtpm is
-killed. cvtpm power-cycles a vTPM only while making it, before `commit`,
-and containers never reach the control channel; `swtpm_ioctl -i` by hand on
-such a vTPM breaks it.
+killed (`VtpmManager.stop` does). cvtpm power-cycles a vTPM only while
+making it, before `commit`, and containers never reach the control channel;
+`swtpm_ioctl -i` by hand on such a vTPM breaks it.
 """
 
 from __future__ import annotations
