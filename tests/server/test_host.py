@@ -389,6 +389,13 @@ def test_a_container_that_ended_unserved_leaves_a_gap_in_its_list(
         assert "left" not in [c["name"] for c in host.containers()]
         assert host.manager.get("left").state == "stopped"
         assert entries(host, "left")[-1].path == MEASUREMENT_GAP
+        # Its vTPM still ran: the gap is in PCR 10 already, as a verifier
+        # attesting it now must see.
+        assert host.manager.start("left").resumed
+        with host.manager.client("left") as tpm:
+            pcr = tpm.pcr_read(10, ["sha256"])["sha256"]
+        assert pcr == replay(entries(host, "left"), "sha256")
+        host.manager.stop("left")
 
         bundle.set_script("sleep 30")
         cid, _ = hand_over(host, runc, bundle, "left")

@@ -11,6 +11,7 @@ from cvtpm.attest.evidence import Evidence
 from cvtpm.ima.replay import replay
 from cvtpm.measure.journal import read_list
 from cvtpm.server.host import Host
+from cvtpm.tpm.client import TpmClient
 from tests.support.host import hand_over, running_host
 from tests.support.runc import Bundle, make_program, sha256_file
 
@@ -88,5 +89,40 @@ def test_released_vtpm_serves_socket_measurement_and_evidence(host, runc, short_
         evidence = Evidence.from_json(host.evidence("quiet", b"n" * 16))
         assert evidence.pcrs["sha256"][10] == replay(listed, "sha256")
         assert host.manager.get("quiet").restarts == 0
+    finally:
+        subprocess.run(["runc", "--root", str(runc.root), "kill", cid, "KILL"])
+
+
+def test_a_vtpm_woken_without_its_state_is_brought_up_to_the_list(
+    host, runc, short_tmp, monkeypatch
+):
+    """A release whose vTPM cannot resume (its PCRs come back reset): the
+    measured access that wakes it fails closed, and PCR 10 is replayed from
+    the list, that access's entry included, rather than extended from zero."""
+    bundle = Bundle(short_tmp / "b")
+    make_program(bundle.rootfs, "/opt/p0", b"0")
+    make_program(bundle.rootfs, "/opt/p1", b"1")
+    bundle.set_script(
+        "/opt/p0/true; while [ ! -e /go ]; do sleep 0.05; done; /opt/p1/true; sleep 30"
+    )
+    cid, pid = hand_over(host, runc, bundle, "reset")
+    runc.start(cid)
+    try:
+        wait_for(host, "reset", "/opt/p0/true")
+        release(host, "reset")
+        monkeypatch.setattr(
+            TpmClient, "startup", lambda tpm: tpm.startup_clear() or False
+        )
+
+        (bundle.rootfs / "go").touch()
+        listed = wait_for(host, "reset", "/opt/p1/true")
+
+        deadline = time.monotonic() + 20
+        while pcr10(host, "reset") != replay(listed, "sha256"):
+            assert time.monotonic() < deadline, "PCR 10 never matched the list"
+            time.sleep(0.05)
+            listed = read_list(host.list_path("reset").parent)
+        assert listed[-1].path == "/opt/p1/true"
+        assert not host.idle.came_back_whole("reset")
     finally:
         subprocess.run(["runc", "--root", str(runc.root), "kill", cid, "KILL"])

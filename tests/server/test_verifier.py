@@ -148,10 +148,10 @@ def test_a_short_token_is_refused_saying_where_it_came_from(tmp_path, monkeypatc
 
     path = tmp_path / "token"
     path.write_text("short\n")
-    with pytest.raises(ConfigError, match=f"the token file {path} holds 5$"):
+    with pytest.raises(ConfigError, match=f"the token file {path} holds 5 characters$"):
         load_token(path)
     monkeypatch.setenv(TOKEN_ENV, "tiny")
-    with pytest.raises(ConfigError, match=f"{TOKEN_ENV} is 4$"):
+    with pytest.raises(ConfigError, match=f"{TOKEN_ENV} is 4 characters$"):
         load_token()
     monkeypatch.delenv(TOKEN_ENV)
     with pytest.raises(ConfigError, match="pass --token-file or set"):

@@ -6,6 +6,8 @@ import threading
 
 import pytest
 
+from cvtpm.errors import StateError
+from cvtpm.tpm.client import TpmClient
 from cvtpm.vtpm import swtpm
 from cvtpm.vtpm.idle import IdleReleaser
 
@@ -124,3 +126,28 @@ def test_untracked_names_pass_through(releaser, manager):
 def test_timeout_must_be_positive(manager):
     with pytest.raises(ValueError, match="must be positive"):
         IdleReleaser(manager, 0)
+
+
+def test_a_vtpm_that_came_back_without_its_state_fails_old_connections(
+    releaser, manager, clock, monkeypatch
+):
+    """Its PCRs were reset: a connection made before fails every call, so an
+    extend cannot land on the reset PCR as if nothing happened; a new
+    connection works (the agent's, which brings PCR 10 up to its list)."""
+    tpm = releaser.client("app", manager.get("app").tcti)
+    tpm.pcr_extend(10, {"sha256": b"\x11" * 32})
+    clock.now += 61
+    assert releaser.sweep() == ["app"]
+    # As if its saved state were lost: its next start cannot resume.
+    monkeypatch.setattr(TpmClient, "startup", lambda tpm: tpm.startup_clear() or False)
+
+    with pytest.raises(StateError, match="came back from idle without its state"):
+        tpm.pcr_extend(10, {"sha256": b"\x22" * 32})
+    with pytest.raises(StateError):
+        tpm.pcr_read(10, ["sha256"])
+
+    assert [r.resumed for r in releaser.started] == [False]
+    fresh = releaser.client("app", manager.get("app").tcti)
+    assert fresh.pcr_read(10, ["sha256"]) == {"sha256": bytes(32)}
+    fresh.close()
+    tpm.close()

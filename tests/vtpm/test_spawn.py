@@ -195,7 +195,8 @@ def test_a_relative_state_directory_names_the_same_place_for_swtpm(
 
 def test_a_named_vtpm_a_crash_left_creating_says_so_and_can_be_deleted(manager):
     """Its maker would hold its lock: one found "creating" under it was cut
-    short, and start says how to remove it; delete ends its swtpm too."""
+    short, and start and stop say how to remove it (stop does not mark it
+    stopped); delete ends its swtpm too."""
     leftover = manager.uuid_paths("cut")
     pid = swtpm.spawn(leftover, b"k" * 32, staged=True)
     manager.registry.add(
@@ -208,6 +209,9 @@ def test_a_named_vtpm_a_crash_left_creating_says_so_and_can_be_deleted(manager):
     with pytest.raises(StateError, match="'half' was never finished") as info:
         manager.start("half")
     assert "`cvtpm vtpm delete half` removes it" in str(info.value)
+    with pytest.raises(StateError, match="'half' was never finished"):
+        manager.stop("half")
+    assert manager.registry.get("half").state == "creating"
 
     manager.delete("half")
     assert not swtpm.is_running(pid)

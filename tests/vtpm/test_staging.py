@@ -8,9 +8,11 @@ import stat
 
 import pytest
 
-from cvtpm.errors import StateError, TpmError
+from cvtpm.config import Paths
+from cvtpm.errors import ConfigError, StateError, TpmError
 from cvtpm.tpm.templates import AK_HANDLES, marshaled_template
 from cvtpm.vtpm import ctrl, staging, swtpm
+from cvtpm.vtpm.manager import VtpmManager
 from cvtpm.vtpm.pool import VtpmPool
 
 pytestmark = pytest.mark.swtpm
@@ -195,4 +197,28 @@ def test_a_tpm_that_refuses_shutdown_is_stopped_all_the_same(manager, caplog):
     report = manager.start("cycled")
     assert not report.resumed
     with manager.client("cycled") as tpm:
+        assert tpm.nv_read(0x01C0000A)
+
+
+@pytest.mark.parametrize("restarted", [False, True], ids=["made", "restarted"])
+def test_a_vtpm_running_under_another_run_directory_is_not_cut_off(
+    manager, paths, short_tmp, restarted
+):
+    """A command given another --run-dir than the daemon's sees the vTPM
+    running, and refuses to start, stop or delete it there rather than take
+    it for cut off and kill it."""
+    info = manager.create("web")
+    if restarted:
+        manager.stop("web")
+        manager.start("web")
+        info = manager.get("web")
+    elsewhere = VtpmManager(Paths(state=paths.state, run=short_tmp / "run2"))
+
+    assert elsewhere.shown(elsewhere.get("web")).state == "running"
+    for action in (elsewhere.start, elsewhere.stop, elsewhere.delete):
+        with pytest.raises(ConfigError, match="give the --run-dir it was started"):
+            action("web")
+
+    assert swtpm.is_running(info.pid)
+    with manager.client("web") as tpm:
         assert tpm.nv_read(0x01C0000A)

@@ -63,8 +63,8 @@ def _local_fetch(paths: Paths):
     manager = VtpmManager(paths)
 
     def fetch(reg: Registration, nonce: bytes, since: int) -> Evidence:
-        info = manager.get(reg.name)
-        if not manager.is_running(reg.name):
+        info = manager.shown(manager.get(reg.name))
+        if info.state != "running":
             raise StateError(
                 f"the vTPM of {reg.name!r} is {info.state}: start it with"
                 f" `cvtpm vtpm start {reg.name}` (or run its container) to attest it"

@@ -42,6 +42,7 @@ def load_token(path: str | Path | None = None, env: str = TOKEN_ENV) -> str:
             f"a bearer token of at least {MIN_TOKEN_LENGTH} characters is needed:"
             + (
                 f" {where} {len(token)}"
+                + (" character" if len(token) == 1 else " characters")
                 if token or path is not None
                 else f" pass --token-file or set {env}"
             )

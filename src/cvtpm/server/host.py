@@ -479,8 +479,10 @@ class Host:
         """Put a measurement gap in the list of a container that ran while no
         daemon served it and that this daemon does not serve either (it ended,
         or could not be taken back), so that the next container of its name
-        does not continue the list as if nothing had run. The entry reaches
-        PCR 10 when the list is next reconciled with its vTPM."""
+        does not continue the list as if nothing had run. If its vTPM runs
+        (a daemon's stop leaves it running), PCR 10 is brought up to the list
+        at once, a torn tail set aside first; otherwise the entry reaches PCR
+        10 when the list is next reconciled with the vTPM."""
         directory = self.paths.lists / name
         if (
             self.agent is None
@@ -492,7 +494,16 @@ class Host:
         try:
             mlist = MeasurementList(directory)
             try:
-                mlist.append(gap)
+                running = False
+                with contextlib.suppress(NotFoundError):  # its vTPM was deleted
+                    running = self.manager.is_running(name)
+                if not running:
+                    mlist.append(gap)
+                else:
+                    with self.manager.client(name) as tpm:
+                        mlist.reconcile(tpm)
+                        mlist.append(gap)
+                        mlist.reconcile(tpm)
             finally:
                 mlist.close()
         except (CvtpmError, OSError) as exc:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from cvtpm.errors import CvtpmError
+from cvtpm.errors import CvtpmError, StateError
 from cvtpm.tpm.client import TpmClient
 from cvtpm.vtpm.info import StartReport
 from cvtpm.vtpm.manager import VtpmManager
@@ -41,6 +41,9 @@ class _Slot:
     users: int = 0
     released: bool = False
     generation: int = 0
+    # False once it came back without its state (PCRs reset), until released
+    # again: see LeasedTpm.
+    whole: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -125,6 +128,11 @@ class IdleReleaser:
         if slot is not None:
             slot.last_used = self.clock()
 
+    def came_back_whole(self, name: str) -> bool:
+        """False if the vTPM's last start after a release lost its state."""
+        slot = self._slot(name)
+        return slot is None or slot.whole
+
     def client(self, name: str, tcti: str) -> LeasedTpm:
         """A TPM connection to the vTPM that survives its releases."""
         return LeasedTpm(self, name, tcti)
@@ -202,6 +210,7 @@ class IdleReleaser:
         """Start a released vTPM again (call with slot.lock held)."""
         report = self.manager.start(name)
         slot.released = False
+        slot.whole = report.resumed
         if not report.resumed:
             # An orderly stop always resumes; anything else means its PCRs are
             # gone and a measured container's list is now ahead of PCR 10.
@@ -215,7 +224,12 @@ class LeasedTpm:
 
     It reconnects when the vTPM was released and started again since the last
     call (its old socket is gone), so a holder such as the measurement agent
-    never notices a release.
+    never notices a release. If the vTPM came back without its state, its
+    PCRs are reset and no longer what the holder extended them to: every
+    call fails (StateError) until the holder opens a new connection, which
+    the agent does after a failed extend, bringing PCR 10 up to its list
+    first. Otherwise the extend that woke the vTPM would land on a reset
+    PCR 10, which no replay of the list could then match.
     """
 
     def __init__(self, releaser: IdleReleaser, name: str, tcti: str):
@@ -233,6 +247,13 @@ class LeasedTpm:
 
         def call(*args, **kwargs):
             with self._releaser.use(self._name) as generation, self._lock:
+                if self._generation not in (-1, generation) and (
+                    not self._releaser.came_back_whole(self._name)
+                ):
+                    raise StateError(
+                        f"vTPM {self._name} came back from idle without its "
+                        "state: its PCRs were reset; open a new connection"
+                    )
                 return getattr(self._connected(generation), attr)(*args, **kwargs)
 
         return call

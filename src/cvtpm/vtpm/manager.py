@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 import uuid
@@ -158,6 +159,7 @@ class VtpmManager:
         paths = self.swtpm_paths(name)
         with self._locked(paths.state_dir.name):
             record = self.registry.get(name)
+            self._refuse_other_run_dir(name, record, paths)
             if unless_stopped and record.state in ("stopped", "idle"):
                 return None
             if record.state == "corrupt" and not paths.permanent_state.exists():
@@ -168,12 +170,7 @@ class VtpmManager:
                     "or delete the vTPM"
                 )
             if record.state == "creating":
-                # Its maker holds this lock until it is made: having it, this
-                # is a creation that a crash cut short.
-                raise StateError(
-                    f"vTPM {name!r} was never finished: what was making it "
-                    f"ended first; `cvtpm vtpm delete {name}` removes it"
-                )
+                raise _unfinished(name)
             if self._alive(record):
                 return StartReport(name, record.pid, resumed=True, was_running=True)
             _kill_cut_off(name, record.pid, paths)
@@ -235,8 +232,11 @@ class VtpmManager:
         paths = self.swtpm_paths(name)
         with self._locked(paths.state_dir.name):
             record = self.registry.get(name)
+            self._refuse_other_run_dir(name, record, paths)
             if record.state == "corrupt":
                 return  # nothing runs; it stays marked until its state is restored
+            if record.state == "creating":
+                raise _unfinished(name)
             if self._alive(record):
                 orderly = _shut_down(name, paths, record.pid)
             else:
@@ -254,6 +254,7 @@ class VtpmManager:
         paths = self.swtpm_paths(name)
         with self._locked(paths.state_dir.name):
             record = self.registry.get(name)
+            self._refuse_other_run_dir(name, record, paths)
             # The state key is derived, never stored: removing the state is all.
             _discard(paths, record.pid if swtpm.holds(record.pid, paths) else None)
             self.registry.remove(name)
@@ -300,6 +301,22 @@ class VtpmManager:
         except (OSError, ValueError):
             return None
         return pid if is_same_process(pid, started) else None
+
+    def _refuse_other_run_dir(
+        self, name: str, record: VtpmRecord, paths: swtpm.SwtpmPaths
+    ) -> None:
+        """Refuse to act on a vTPM whose swtpm runs with another run directory
+        than this manager's (a command given another --run-dir than the
+        daemon's): it is not cut off, only not where this manager looks."""
+        if not swtpm.holds(record.pid, paths):
+            return
+        own = swtpm.own_run_dir(record.pid)
+        if own is not None and os.path.realpath(own) != os.path.realpath(paths.run_dir):
+            raise ConfigError(
+                f"vTPM {name!r} runs (swtpm pid {record.pid}) with its sockets in "
+                f"{own}, not under --run-dir {self.paths.run}: give the --run-dir "
+                "it was started with"
+            )
 
     def _refuse_if_in_use(self, name: str, action: str) -> None:
         pid = self.container_using(name)
@@ -480,6 +497,15 @@ def _first_commands(paths: swtpm.SwtpmPaths, pid: int) -> Iterator[None]:
         if reason is not None:
             raise reason from exc
         raise
+
+
+def _unfinished(name: str) -> StateError:
+    """What start and stop say of a vTPM found "creating" under its lock: its
+    maker holds that lock until it is made, so a crash cut this one short."""
+    return StateError(
+        f"vTPM {name!r} was never finished: what was making it ended first;"
+        f" `cvtpm vtpm delete {name}` removes it"
+    )
 
 
 def _shut_down(name: str, paths: swtpm.SwtpmPaths, pid: int) -> bool:

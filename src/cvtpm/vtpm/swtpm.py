@@ -233,20 +233,17 @@ def _refusal(paths: SwtpmPaths, log: str) -> StateError:
 
 def runs_on(pid: int | None, paths: SwtpmPaths) -> bool:
     """True if `pid` is a live swtpm of this vTPM that can still be used: one
-    given its state directory, however spelled, or the link it was made
-    through (cvtpm.vtpm.staging) as long as that link is there, and whose
-    sockets are there to reach it by."""
+    given its state directory, however spelled, or a link to it (the link of
+    cvtpm.vtpm.staging, as long as it is there), and whose sockets are still
+    in its own run directory (see `own_run_dir`) to reach it by."""
     directory = _tpmstate(pid)
-    if directory is None or not all(
-        _is_socket(path) for path in (paths.socket, paths.ctrl_socket)
-    ):
+    if directory is None or not _on_state(directory, paths):
         return False
-    if _same_link(directory, staging.state_link(paths.run_dir)):
-        return True
-    try:
-        return os.path.samefile(directory, paths.state_dir)
-    except OSError:
+    own = own_run_dir(pid)
+    if own is None:
         return False
+    sockets = SwtpmPaths(paths.state_dir, own)
+    return _is_socket(sockets.socket) and _is_socket(sockets.ctrl_socket)
 
 
 def holds(pid: int | None, paths: SwtpmPaths) -> bool:
@@ -261,17 +258,44 @@ def holds(pid: int | None, paths: SwtpmPaths) -> bool:
     )
 
 
+def own_run_dir(pid: int | None) -> Path | None:
+    """The run directory a live swtpm was started with, which holds its
+    sockets and its log (--log file=DIR/swtpm.log,...); None if there is no
+    such swtpm. A CLI given another --run-dir than the daemon's finds the
+    daemon's vTPMs running there, not cut off."""
+    where = _argument(pid, "--log")
+    if where is None:
+        return None
+    log_file = where.removeprefix("file=").split(",level=", 1)[0]
+    return Path(log_file).parent
+
+
+def _on_state(directory: str, paths: SwtpmPaths) -> bool:
+    """True if a swtpm's --tpmstate `directory` is this vTPM's state."""
+    if _same_link(directory, staging.state_link(paths.run_dir)):
+        return True
+    try:
+        return os.path.samefile(directory, paths.state_dir)
+    except OSError:
+        return False
+
+
 def _tpmstate(pid: int | None) -> str | None:
     """The directory a live swtpm was given (--tpmstate dir=DIR,mode=0600)."""
+    where = _argument(pid, "--tpmstate")
+    return None if where is None else where.removeprefix("dir=").rsplit(",mode=", 1)[0]
+
+
+def _argument(pid: int | None, option: str) -> str | None:
+    """The value given to `option` on a live swtpm's command line."""
     if not is_running(pid):
         return None
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
             arguments = cmdline.read().decode(errors="replace").split("\0")
-        where = arguments[arguments.index("--tpmstate") + 1]
+        return arguments[arguments.index(option) + 1]
     except (OSError, ValueError, IndexError):
         return None
-    return where.removeprefix("dir=").rsplit(",mode=", 1)[0]
 
 
 def _is_socket(path: Path) -> bool:
