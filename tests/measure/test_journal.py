@@ -337,16 +337,62 @@ def test_bytes_that_start_no_record_are_damage_not_a_torn_tail(tmp_path, tail, r
     assert path.read_bytes() == damaged
 
 
-@pytest.mark.parametrize("kept", [4, 30, 40, 60])
-def test_the_start_of_a_record_with_zeros_after_it_is_a_torn_tail(tmp_path, kept):
-    """What a crash leaves: a record's first bytes, the rest zeros where the
-    data never reached the disk (the name itself may be cut)."""
-    write_list(tmp_path, sample_entries()[:3]).close()
-    path = tmp_path / BINARY_NAME
-    record = encode_binary(sample_entries()[3])
-    path.write_bytes(path.read_bytes() + record[:kept] + bytes(len(record) - kept))
+def _across_a_sector(tmp_path) -> tuple[bytes, bytes, int]:
+    """A journal of whole entries whose last record crosses the file's first
+    sector boundary (512): the bytes before that record, the record, and
+    where in the record the boundary lies."""
+    before = dump_binary(sample_entries()[:3])
+    for n in range(1, 512):
+        filler = encode_binary(ima_ng("/" + "f" * n, bytes(32)))
+        if 512 - 40 <= len(before) + len(filler) <= 512 - 20:
+            break
+    before += filler
+    return before, encode_binary(sample_entries()[3]), 512 - len(before)
+
+
+@pytest.mark.parametrize("written", ["first-sector", "header-only", "cut-short"])
+def test_what_a_crash_leaves_of_a_record_is_a_torn_tail(tmp_path, written):
+    """A record whose sectors did not all reach the disk: the file ends early,
+    or reads zeros from a sector boundary on."""
+    before, record, boundary = _across_a_sector(tmp_path)
+    tail = {
+        "first-sector": record[:boundary] + bytes(len(record) - boundary),
+        "header-only": record[:30],
+        "cut-short": record[:boundary],
+    }[written]
+    (tmp_path / BINARY_NAME).write_bytes(before + tail)
 
     mlist = MeasurementList(tmp_path)
 
-    assert mlist.entries == sample_entries()[:3]
-    assert mlist.torn == len(record)
+    assert len(mlist.entries) == 4
+    assert mlist.torn == len(tail)
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("bit", "damaged after it was written"),
+        ("mid-sector-zeros", "damaged after it was written"),
+        ("huge-data", "template data is said to be"),
+    ],
+)
+def test_a_whole_record_damaged_after_it_was_written_is_refused(
+    tmp_path, damage, reason
+):
+    """Bytes a crash cannot leave: a changed bit in a record whose bytes are
+    all there, zeros from inside a sector, a length past any record's. Taken
+    for torn, the entry (extended already) would be set aside and lost."""
+    before, record, boundary = _across_a_sector(tmp_path)
+    tail = bytearray(record)
+    if damage == "bit":
+        tail[-5] ^= 0x10
+    elif damage == "mid-sector-zeros":
+        tail[boundary + 3 :] = bytes(len(tail) - boundary - 3)
+    else:
+        at = 4 + 20 + 4 + len(b"ima-ng")
+        tail[at : at + 4] = (1 << 30).to_bytes(4, "little")
+    (tmp_path / BINARY_NAME).write_bytes(before + tail)
+
+    with pytest.raises(CorruptJournalError, match=reason) as info:
+        MeasurementList(tmp_path)
+    assert info.value.index == 4

@@ -28,6 +28,7 @@ _MAX_NAME = 255
 _MAX_DATA = 1 << 24
 _PCR_COUNT = 24  # TCG PC Client Platform TPM Profile: PCRs 0 to 23
 _NAMES = tuple(name.encode() for name in TEMPLATES)
+_SECTOR = 512  # the smallest unit a disk writes whole
 
 
 class CorruptJournalError(StateError):
@@ -77,7 +78,7 @@ def scan_journal(data: bytes, path: Path) -> Scan:
                     "; its template digest is that of its data, so it was "
                     "written so, not torn by a crash"
                 )
-            never = _never_a_record(data[offset:])
+            never = "" if whole else _never_a_record(data[offset:], offset)
             if never:
                 reason = never
             if whole or followed or never:
@@ -142,14 +143,17 @@ def _written_whole(record: bytes) -> bool:
     return any(digest) and hashlib.sha1(record[name_end + 4 :]).digest() == digest
 
 
-def _never_a_record(tail: bytes) -> str:
-    """Why bytes after the last record are not the start of a record that a
-    crash cut short, or "" if they may be.
+def _never_a_record(tail: bytes, offset: int) -> str:
+    """Why the bytes after the last record, at file `offset`, are not the
+    start of a record that a crash cut short, or "" if they may be.
 
     A crash leaves a record's first bytes, in which blocks that never reached
     the disk read as zeros. A header field that is there (not zeros) with a
-    value no record has was never written by an append: the file was damaged
-    otherwise, or is no list.
+    value no record has was never written by an append; nor was a record
+    whose every byte its lengths call for is there, not ending in zeros: the
+    write reached the disk whole, and what does not decode was damaged after
+    (a changed bit), or the file is no list. Such bytes are refused, never
+    set aside as a crash's: an entry extended before would be lost.
     """
     pcr = _present(tail, 0, 4)
     if pcr is not None and _U32LE.unpack(pcr)[0] >= _PCR_COUNT:
@@ -167,7 +171,32 @@ def _never_a_record(tail: bytes) -> str:
             f"its template name ({name_len} bytes: {name[:32]!r}) is none a list"
             " holds, so it is no record a crash cut short"
         )
+    at = 8 + _SHA1_SIZE + name_len + (_SHA1_SIZE if name == b"ima" else 0)
+    body = _present(tail, at, 4)
+    if body is not None and _U32LE.unpack(body)[0] > _MAX_DATA:
+        return (
+            f"its template data is said to be {_U32LE.unpack(body)[0]} bytes long,"
+            f" more than any (at most {_MAX_DATA}), so it is no record a crash cut"
+            " short"
+        )
+    end = _record_end(tail, 0)
+    if end is not None and not _zeros_from_a_sector(tail[:end], offset):
+        return (
+            "all its bytes are there, with no sector of zeros at its end, so no"
+            " crash cut it short: it was damaged after it was written"
+        )
     return ""
+
+
+def _zeros_from_a_sector(record: bytes, offset: int) -> bool:
+    """True if the record, at file `offset`, is zeros from some sector
+    boundary of the file to its end: what a write cut short leaves, the
+    sectors that never reached the disk reading as zeros."""
+    first = -(-offset // _SECTOR) * _SECTOR  # the first boundary at or after it
+    return any(
+        not any(record[boundary - offset :])
+        for boundary in range(first, offset + len(record), _SECTOR)
+    )
 
 
 def _present(data: bytes, start: int, size: int) -> bytes | None:
