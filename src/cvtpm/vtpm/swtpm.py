@@ -236,13 +236,12 @@ def runs_on(pid: int | None, paths: SwtpmPaths) -> bool:
     given its state directory, however spelled, or a link to it (the link of
     cvtpm.vtpm.staging, as long as it is there), and whose sockets are still
     in its own run directory (see `own_run_dir`) to reach it by."""
-    directory = _tpmstate(pid)
-    if directory is None or not _on_state(directory, paths):
+    started = _started_with(pid)
+    if started is None or started.run_dir is None:
         return False
-    own = own_run_dir(pid)
-    if own is None:
+    if not _on_state(started.tpmstate, paths):
         return False
-    sockets = SwtpmPaths(paths.state_dir, own)
+    sockets = SwtpmPaths(paths.state_dir, started.run_dir)
     return _is_socket(sockets.socket) and _is_socket(sockets.ctrl_socket)
 
 
@@ -253,21 +252,44 @@ def holds(pid: int | None, paths: SwtpmPaths) -> bool:
     save its state); it still holds the state directory's lock, its lock file
     open. A cut-off swtpm is only to be killed."""
     return runs_on(pid, paths) or (
-        _tpmstate(pid) is not None
+        _started_with(pid) is not None
         and _holds_open(pid, paths.state_dir / staging.LOCK_FILE)
     )
 
 
 def own_run_dir(pid: int | None) -> Path | None:
     """The run directory a live swtpm was started with, which holds its
-    sockets and its log (--log file=DIR/swtpm.log,...); None if there is no
-    such swtpm. A CLI given another --run-dir than the daemon's finds the
-    daemon's vTPMs running there, not cut off."""
-    where = _argument(pid, "--log")
-    if where is None:
+    sockets and its log; None if there is no such swtpm. A CLI given another
+    --run-dir than the daemon's finds the daemon's vTPMs running there, not
+    cut off."""
+    started = _started_with(pid)
+    return None if started is None else started.run_dir
+
+
+@dataclass(frozen=True)
+class _Started:
+    """What a live swtpm was given on its command line."""
+
+    tpmstate: str  # --tpmstate dir=DIR,mode=0600
+    run_dir: Path | None  # where --log file=DIR/swtpm.log,... lies
+
+
+def _started_with(pid: int | None) -> _Started | None:
+    """The state and run directories a live swtpm was given; None if `pid`
+    is no live swtpm, or one not started with a state directory."""
+    if not is_running(pid):
         return None
-    log_file = where.removeprefix("file=").split(",level=", 1)[0]
-    return Path(log_file).parent
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            arguments = cmdline.read().decode(errors="replace").split("\0")
+        where = arguments[arguments.index("--tpmstate") + 1]
+    except (OSError, ValueError, IndexError):
+        return None
+    run_dir = None
+    with contextlib.suppress(ValueError, IndexError):
+        log = arguments[arguments.index("--log") + 1]
+        run_dir = Path(log.removeprefix("file=").split(",level=", 1)[0]).parent
+    return _Started(where.removeprefix("dir=").rsplit(",mode=", 1)[0], run_dir)
 
 
 def _on_state(directory: str, paths: SwtpmPaths) -> bool:
@@ -278,24 +300,6 @@ def _on_state(directory: str, paths: SwtpmPaths) -> bool:
         return os.path.samefile(directory, paths.state_dir)
     except OSError:
         return False
-
-
-def _tpmstate(pid: int | None) -> str | None:
-    """The directory a live swtpm was given (--tpmstate dir=DIR,mode=0600)."""
-    where = _argument(pid, "--tpmstate")
-    return None if where is None else where.removeprefix("dir=").rsplit(",mode=", 1)[0]
-
-
-def _argument(pid: int | None, option: str) -> str | None:
-    """The value given to `option` on a live swtpm's command line."""
-    if not is_running(pid):
-        return None
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            arguments = cmdline.read().decode(errors="replace").split("\0")
-        return arguments[arguments.index(option) + 1]
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _is_socket(path: Path) -> bool:
