@@ -151,17 +151,24 @@ def test_a_creating_record_whose_pid_is_another_vtpm_s_spares_that_swtpm(manager
         assert tpm.pcr_read(10, ["sha256"])
 
 
-def test_a_pooled_vtpm_a_crash_left_creating_is_dropped_with_its_swtpm(manager):
-    """Its swtpm still runs (the crash was the daemon's), on the state it was
-    making in the run directory; the refill ends both."""
-    leftover = manager.uuid_paths("left")
+def _left_creating(manager, name: str, vtpm_uuid: str, pooled: bool):
+    """What a crash in the middle of a creation leaves: a "creating" record
+    and its swtpm still running on the state it was making; (paths, pid)."""
+    leftover = manager.uuid_paths(vtpm_uuid)
     pid = swtpm.spawn(leftover, b"k" * 32, staged=True)
     manager.registry.add(
         VtpmRecord(
-            name="_pool-left", uuid="left", state="creating", pid=pid, banks="",
-            ak_type="ecc", ephemeral=False, pooled=True,
+            name=name, uuid=vtpm_uuid, state="creating", pid=pid, banks="",
+            ak_type="ecc", ephemeral=False, pooled=pooled,
         )
     )  # fmt: skip
+    return leftover, pid
+
+
+def test_a_pooled_vtpm_a_crash_left_creating_is_dropped_with_its_swtpm(manager):
+    """Its swtpm still runs (the crash was the daemon's), on the state it was
+    making in the run directory; the refill ends both."""
+    leftover, pid = _left_creating(manager, "_pool-left", "left", pooled=True)
     assert swtpm.is_running(pid)
 
     VtpmPool(manager, 1).fill()
@@ -197,14 +204,7 @@ def test_a_named_vtpm_a_crash_left_creating_says_so_and_can_be_deleted(manager):
     """Its maker would hold its lock: one found "creating" under it was cut
     short, and start and stop say how to remove it (stop does not mark it
     stopped); delete ends its swtpm too."""
-    leftover = manager.uuid_paths("cut")
-    pid = swtpm.spawn(leftover, b"k" * 32, staged=True)
-    manager.registry.add(
-        VtpmRecord(
-            name="half", uuid="cut", state="creating", pid=pid, banks="",
-            ak_type="ecc", ephemeral=False, pooled=False,
-        )
-    )  # fmt: skip
+    leftover, pid = _left_creating(manager, "half", "cut", pooled=False)
 
     with pytest.raises(StateError, match="'half' was never finished") as info:
         manager.start("half")
