@@ -37,15 +37,15 @@ def load_token(path: str | Path | None = None, env: str = TOKEN_ENV) -> str:
     else:
         token = os.environ.get(env, "").strip()
     if len(token) < MIN_TOKEN_LENGTH:
-        where = f"the token file {path} holds" if path is not None else f"{env} is"
+        if path is not None:
+            said = f"the token file {path} holds {_characters(token)}"
+        elif token:
+            said = f"{env} is {_characters(token)}"
+        else:
+            said = f"pass --token-file or set {env}"
         raise ConfigError(
             f"a bearer token of at least {MIN_TOKEN_LENGTH} characters is needed:"
-            + (
-                f" {where} {len(token)}"
-                + (" character" if len(token) == 1 else " characters")
-                if token or path is not None
-                else f" pass --token-file or set {env}"
-            )
+            f" {said}"
         )
     # RFC 6750's b64token characters: a client can send nothing else in the
     # header as it is (HTTP reads header bytes as Latin-1, not UTF-8).
@@ -118,3 +118,7 @@ class BearerGate:
 def _token_matches(given: str, expected: bytes) -> bool:
     # Constant-time comparison: the time taken says nothing about the token.
     return hmac.compare_digest(given.encode("utf-8", "replace"), expected)
+
+
+def _characters(token: str) -> str:
+    return f"{len(token)} character" + ("" if len(token) == 1 else "s")

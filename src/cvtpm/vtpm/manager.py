@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 import shutil
 import time
 import uuid
@@ -159,7 +159,7 @@ class VtpmManager:
         paths = self.swtpm_paths(name)
         with self._locked(paths.state_dir.name):
             record = self.registry.get(name)
-            self._refuse_other_run_dir(name, record, paths)
+            standing = self._standing(name, record, paths)
             if unless_stopped and record.state in ("stopped", "idle"):
                 return None
             if record.state == "corrupt" and not paths.permanent_state.exists():
@@ -171,9 +171,10 @@ class VtpmManager:
                 )
             if record.state == "creating":
                 raise _unfinished(name)
-            if self._alive(record):
+            if standing is swtpm.Standing.RUNS:
                 return StartReport(name, record.pid, resumed=True, was_running=True)
-            _kill_cut_off(name, record.pid, paths)
+            if standing is swtpm.Standing.CUT_OFF:
+                _kill_cut_off(name, record.pid)
             if not paths.permanent_state.exists():
                 # Starting swtpm now would manufacture a blank TPM under the
                 # old name: a new EK that no certificate vouches for.
@@ -214,7 +215,7 @@ class VtpmManager:
             except BaseException:
                 # Not recorded as running, it must not run unrecorded either;
                 # once resumed, it stops in order, so its saved state is kept.
-                _end(paths, pid, orderly=started)
+                _end(name, paths, pid, orderly=started)
                 raise
 
         report = StartReport(name, pid, resumed=resumed, lost=lost)
@@ -232,15 +233,16 @@ class VtpmManager:
         paths = self.swtpm_paths(name)
         with self._locked(paths.state_dir.name):
             record = self.registry.get(name)
-            self._refuse_other_run_dir(name, record, paths)
+            standing = self._standing(name, record, paths)
             if record.state == "corrupt":
                 return  # nothing runs; it stays marked until its state is restored
             if record.state == "creating":
                 raise _unfinished(name)
-            if self._alive(record):
+            if standing is swtpm.Standing.RUNS:
                 orderly = _shut_down(name, paths, record.pid)
             else:
-                _kill_cut_off(name, record.pid, paths)
+                if standing is swtpm.Standing.CUT_OFF:
+                    _kill_cut_off(name, record.pid)
                 orderly = record.orderly
             self.registry.update(
                 name, state="idle" if idle else "stopped", pid=None, orderly=orderly
@@ -254,9 +256,9 @@ class VtpmManager:
         paths = self.swtpm_paths(name)
         with self._locked(paths.state_dir.name):
             record = self.registry.get(name)
-            self._refuse_other_run_dir(name, record, paths)
+            standing = self._standing(name, record, paths)
             # The state key is derived, never stored: removing the state is all.
-            _discard(paths, record.pid if swtpm.holds(record.pid, paths) else None)
+            _discard(paths, None if standing is swtpm.Standing.NONE else record.pid)
             self.registry.remove(name)
         log.info("deleted vTPM %s", name)
 
@@ -302,21 +304,20 @@ class VtpmManager:
             return None
         return pid if is_same_process(pid, started) else None
 
-    def _refuse_other_run_dir(
+    def _standing(
         self, name: str, record: VtpmRecord, paths: swtpm.SwtpmPaths
-    ) -> None:
-        """Refuse to act on a vTPM whose swtpm runs with another run directory
-        than this manager's (a command given another --run-dir than the
-        daemon's): it is not cut off, only not where this manager looks."""
-        if not swtpm.holds(record.pid, paths):
-            return
-        own = swtpm.own_run_dir(record.pid)
-        if own is not None and os.path.realpath(own) != os.path.realpath(paths.run_dir):
+    ) -> swtpm.Standing:
+        """Where the vTPM's recorded swtpm stands (swtpm.standing); a
+        ConfigError if it runs with another run directory than this
+        manager's: it is not cut off, only not where this manager looks."""
+        standing = swtpm.standing(record.pid, paths)
+        if standing is swtpm.Standing.ELSEWHERE:
             raise ConfigError(
                 f"vTPM {name!r} runs (swtpm pid {record.pid}) with its sockets in "
-                f"{own}, not under --run-dir {self.paths.run}: give the --run-dir "
-                "it was started with"
+                f"{swtpm.own_run_dir(record.pid)}, not under --run-dir "
+                f"{self.paths.run}: give the --run-dir it was started with"
             )
+        return standing
 
     def _refuse_if_in_use(self, name: str, action: str) -> None:
         pid = self.container_using(name)
@@ -531,32 +532,26 @@ def _shut_down(name: str, paths: swtpm.SwtpmPaths, pid: int) -> bool:
     return True
 
 
-def _kill_cut_off(name: str, pid: int | None, paths: swtpm.SwtpmPaths) -> None:
-    """Kill the vTPM's swtpm if it runs cut off from its sockets or state (its
-    run directory was removed): it cannot be asked to save, and its PCRs,
-    which nothing could reach, are lost."""
-    if swtpm.holds(pid, paths):
-        log.warning(
-            "vTPM %s: its swtpm (pid %d) was cut off from its run directory;"
-            " killed, its PCRs are lost",
-            name,
-            pid,
-        )
-        swtpm.kill(pid)
+def _kill_cut_off(name: str, pid: int) -> None:
+    """Kill the vTPM's cut-off swtpm (swtpm.standing): it cannot be asked to
+    save, and its PCRs, which nothing could reach, are lost."""
+    log.warning(
+        "vTPM %s: its swtpm (pid %d) was cut off from its run directory;"
+        " killed, its PCRs are lost",
+        name,
+        pid,
+    )
+    swtpm.kill(pid)
 
 
-def _end(paths: swtpm.SwtpmPaths, pid: int, orderly: bool) -> None:
-    """Stop a swtpm that failed its start: TPM2_Shutdown(STATE) first if
+def _end(name: str, paths: swtpm.SwtpmPaths, pid: int, orderly: bool) -> None:
+    """Stop a swtpm that failed its start: in order (`_shut_down`) if
     `orderly` (it had resumed), so the next start resumes too; SIGKILL if that
     fails, or otherwise."""
     if orderly:
-        try:
-            with TpmClient(paths.tcti) as tpm:
-                tpm.shutdown_state()
-            swtpm.stop(paths, pid)
-            return
-        except CvtpmError:
-            pass
+        with contextlib.suppress(CvtpmError):
+            if _shut_down(name, paths, pid):
+                return
     swtpm.kill(pid)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import enum
 import os
 import select
 import shutil
@@ -231,39 +232,67 @@ def _refusal(paths: SwtpmPaths, log: str) -> StateError:
     )
 
 
+class Standing(enum.Enum):
+    """Where a recorded swtpm stands towards its vTPM (see `standing`)."""
+
+    NONE = "no swtpm on its state"
+    RUNS = "runs, reached through this run directory"
+    ELSEWHERE = "runs with another run directory"
+    CUT_OFF = "cut off: on its state, but nothing reaches it"
+
+
+def standing(pid: int | None, paths: SwtpmPaths) -> Standing:
+    """Where `pid` stands towards the vTPM of `paths`, from one reading of its
+    command line: no live swtpm on its state; one that runs, reached through
+    `paths.run_dir`; one on its state but started with another run
+    directory (a command given another --run-dir than the daemon's: only
+    not where that command looks); or one cut off, which with its run
+    directory removed has lost its sockets (nothing reaches it) and, if it
+    was made since it started, the link to its state (it can no longer save
+    it), but still holds the state directory's lock, its lock file open.
+    A cut-off swtpm is only to be killed."""
+    started = _started_with(pid)
+    if started is None:
+        return Standing.NONE
+    reachable = _reachable(started, paths)
+    if not reachable and not _holds_open(pid, paths.state_dir / staging.LOCK_FILE):
+        return Standing.NONE
+    if started.run_dir is not None and os.path.realpath(
+        started.run_dir
+    ) != os.path.realpath(paths.run_dir):
+        return Standing.ELSEWHERE
+    return Standing.RUNS if reachable else Standing.CUT_OFF
+
+
 def runs_on(pid: int | None, paths: SwtpmPaths) -> bool:
     """True if `pid` is a live swtpm of this vTPM that can still be used: one
     given its state directory, however spelled, or a link to it (the link of
     cvtpm.vtpm.staging, as long as it is there), and whose sockets are still
     in its own run directory (see `own_run_dir`) to reach it by."""
     started = _started_with(pid)
-    if started is None or started.run_dir is None:
-        return False
-    if not _on_state(started.tpmstate, paths):
-        return False
-    sockets = SwtpmPaths(paths.state_dir, started.run_dir)
-    return _is_socket(sockets.socket) and _is_socket(sockets.ctrl_socket)
+    return started is not None and _reachable(started, paths)
 
 
 def holds(pid: int | None, paths: SwtpmPaths) -> bool:
-    """True if `pid` is a live swtpm on this vTPM's state, even one cut off:
-    with its run directory removed, its sockets are gone (nothing reaches
-    it) and so is the link of one made since it started (it can no longer
-    save its state); it still holds the state directory's lock, its lock file
-    open. A cut-off swtpm is only to be killed."""
-    return runs_on(pid, paths) or (
-        _started_with(pid) is not None
-        and _holds_open(pid, paths.state_dir / staging.LOCK_FILE)
-    )
+    """True if `pid` is a live swtpm on this vTPM's state, even one cut off
+    (see `standing`)."""
+    return standing(pid, paths) is not Standing.NONE
 
 
 def own_run_dir(pid: int | None) -> Path | None:
     """The run directory a live swtpm was started with, which holds its
-    sockets and its log; None if there is no such swtpm. A CLI given another
-    --run-dir than the daemon's finds the daemon's vTPMs running there, not
-    cut off."""
+    sockets and its log; None if there is no such swtpm."""
     started = _started_with(pid)
     return None if started is None else started.run_dir
+
+
+def _reachable(started: _Started, paths: SwtpmPaths) -> bool:
+    """True if a swtpm started so is on this vTPM's state and its sockets are
+    in its own run directory."""
+    if started.run_dir is None or not _on_state(started.tpmstate, paths):
+        return False
+    sockets = SwtpmPaths(paths.state_dir, started.run_dir)
+    return _is_socket(sockets.socket) and _is_socket(sockets.ctrl_socket)
 
 
 @dataclass(frozen=True)
@@ -382,7 +411,8 @@ def stop(paths: SwtpmPaths, pid: int | None) -> None:
 
 
 def kill(pid: int | None) -> None:
-    """SIGKILL swtpm and wait for it to go: for delete and failed creation only."""
+    """SIGKILL swtpm and wait for it to go: when it cannot, or need not, be
+    stopped in order (delete, a failed creation, a cut-off or failed TPM)."""
     if not is_running(pid):
         return
     try:
